@@ -1,0 +1,4 @@
+//! hv-net: TAP devices, Linux bridges, NAT and isolated networks, VXLAN, port filtering and
+//! the virtio-net device.
+//!
+//! Skeleton: the host-side objects and the device land with issue #5.

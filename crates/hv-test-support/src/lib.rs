@@ -1,0 +1,75 @@
+//! Shared helpers for hv tests: prerequisite checks that skip locally and fail loudly in CI,
+//! the test guest, and the guest kit (kernels, initramfs).
+//!
+//! A test that needs KVM, root or a guest kernel starts with [`require!`]:
+//!
+//! ```no_run
+//! # fn t() {
+//! hv_test_support::require!(hv_test_support::have_kvm(), "/dev/kvm is not usable");
+//! # }
+//! ```
+
+use std::path::PathBuf;
+
+/// True when running under CI (`CI=true`): missing prerequisites are failures there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Decides what to do about a prerequisite: `true` when it is met; otherwise panics in CI and
+/// prints a skip notice (returning `false`) elsewhere.
+pub fn check(met: bool, what: &str) -> bool {
+    if met {
+        return true;
+    }
+    if in_ci() {
+        panic!("prerequisite missing in CI: {what}");
+    }
+    eprintln!("SKIPPED: prerequisite missing: {what}");
+    false
+}
+
+/// Returns from the calling test when a prerequisite is not met (after [`check`]).
+#[macro_export]
+macro_rules! require {
+    ($met:expr, $what:expr) => {
+        if !$crate::check($met, $what) {
+            return;
+        }
+    };
+}
+
+/// True when `/dev/kvm` can be opened read-write.
+pub fn have_kvm() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+/// True when the process runs as root (needed for network namespaces, TAP, loop devices).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// The workspace root (where the top `Cargo.toml` is).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// The guest kit cache directory (`guests/cache`), where the kit script puts kernels and
+/// initramfs images.
+pub fn kit_dir() -> PathBuf {
+    std::env::var_os("HV_GUEST_KIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("guests/cache"))
+}
+
+/// A file from the guest kit, if the kit script has made it.
+pub fn kit_file(name: &str) -> Option<PathBuf> {
+    let p = kit_dir().join(name);
+    p.is_file().then_some(p)
+}
