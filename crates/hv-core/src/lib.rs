@@ -1,1 +1,3 @@
 //! hv-core
+
+pub mod rate_limiter;
