@@ -4,6 +4,9 @@
 //!   physical address space of an x86_64 machine.
 //! - [`backing`]: what host memory backs guest RAM (anonymous, memfd, hugetlbfs, THP, KSM) and
 //!   the [`GuestRam`] that owns the mappings.
+//! - [`dirty`]: which guest pages changed, from KVM's log and the VMM's own writes.
+//! - [`translate`]: guest virtual to guest physical (walking the guest's page tables) to host.
+//! - [`accounting`]: how much of the guest's RAM is reserved and how much is resident.
 //!
 //! ```
 //! use hv_mem::{GuestRam, MemoryConfig};
@@ -11,11 +14,17 @@
 //! assert_eq!(ram.layout().ram_bytes(), 64 << 20);
 //! ```
 
+pub mod accounting;
 pub mod backing;
+pub mod dirty;
 pub mod layout;
+pub mod translate;
 
+pub use accounting::{AccountingError, KsmStats, MemoryUsage};
 pub use backing::{Backing, GuestRam, HugePageSize, MemoryConfig};
+pub use dirty::{DirtyBitmap, DirtyError};
 pub use layout::{MemoryLayout, RamRange, ReservedKind, ReservedRange};
+pub use translate::{PageSize, PagingMode, TranslateError, Translation, Translator};
 
 /// The guest memory type every hv crate uses: mmap-backed regions with a dirty bitmap that
 /// records writes made by the VMM itself (device DMA), beside KVM's log of guest writes.
