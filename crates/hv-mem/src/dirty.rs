@@ -208,6 +208,26 @@ impl DirtyBitmap {
         Ok(Self { regions: out })
     }
 
+    /// A bitmap built from KVM's dirty logs, one `(slot guest base, slot length, words)` per
+    /// memslot, as `VmFd::get_dirty_log` returned them. The slots must satisfy
+    /// [`new`](Self::new)'s rules and each log must have one bit per 4 KiB page of its slot.
+    ///
+    /// ```
+    /// use hv_mem::DirtyBitmap;
+    /// let d = DirtyBitmap::from_kvm_logs([(0, 128 << 12, vec![1 << 63, 1])]).unwrap();
+    /// assert_eq!(d.runs().collect::<Vec<_>>(), vec![(63 << 12, 2 << 12)]);
+    /// ```
+    pub fn from_kvm_logs(
+        slots: impl IntoIterator<Item = (u64, u64, Vec<u64>)>,
+    ) -> Result<Self, DirtyError> {
+        let slots: Vec<_> = slots.into_iter().collect();
+        let mut out = Self::new(slots.iter().map(|(base, len, _)| (*base, *len)))?;
+        for (base, _, words) in &slots {
+            out.merge_kvm_log(*base, words)?;
+        }
+        Ok(out)
+    }
+
     /// An empty bitmap over the regions of `memory`.
     pub fn for_memory(memory: &GuestMemory) -> Self {
         Self {
@@ -230,6 +250,12 @@ impl DirtyBitmap {
     /// The tracked regions as `(guest base, length)`, in address order.
     pub fn regions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.regions.iter().map(|r| (r.base, r.len))
+    }
+
+    /// The bitmap words of the region starting at `base` (bit `i` of word `j` is page
+    /// `j * 64 + i` of the region), for writers that send bitmaps as they are.
+    pub fn words(&self, base: u64) -> Option<&[u64]> {
+        self.regions.iter().find(|r| r.base == base).map(|r| r.words.as_slice())
     }
 
     fn region_mut(&mut self, base: u64) -> Result<&mut RegionBitmap, DirtyError> {
@@ -455,6 +481,16 @@ mod tests {
             d.merge_kvm_log(0x1000, &[0, 0]),
             Err(DirtyError::NoSuchRegion { base: 0x1000 })
         );
+        assert!(matches!(
+            DirtyBitmap::from_kvm_logs([(0, 64 * PAGE_SIZE, vec![0, 0])]),
+            Err(DirtyError::LogSize { .. })
+        ));
+        let d =
+            DirtyBitmap::from_kvm_logs([(G, 64 * PAGE_SIZE, vec![6]), (0, 4096, vec![1])]).unwrap();
+        assert_eq!(d.words(G), Some(&[6u64][..]));
+        assert_eq!(d.words(0), Some(&[1u64][..]));
+        assert_eq!(d.words(0x1000), None);
+        assert_eq!(d.dirty_pages(), 3);
     }
 
     #[test]

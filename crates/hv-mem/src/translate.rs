@@ -23,7 +23,7 @@
 //! let mem = ram.memory();
 //! // Identity-map the first GiB with one 1 GiB page: PML4 at 0x1000, PDPT at 0x2000.
 //! mem.write_obj(0x2000u64 | 0b11, GuestAddress(0x1000)).unwrap();
-//! mem.write_obj(0x0u64 | 0b11 | 1 << 7, GuestAddress(0x2000)).unwrap();
+//! mem.write_obj(0b11u64 | 1 << 7, GuestAddress(0x2000)).unwrap();
 //! mem.write_slice(b"hello", GuestAddress(0x50_0000)).unwrap();
 //!
 //! let t = Translator::new(mem, PagingMode::Long4Level, 0x1000).unwrap();

@@ -278,8 +278,8 @@ fn reads_and_writes_cross_pages_translated_separately() {
     );
 }
 
-/// Page frames the random tables live in: 0x1000..0x9000.
-const FRAMES: u64 = 8;
+/// Page frames the random tables live in: 0x1000..0x5000.
+const FRAMES: u64 = 4;
 
 fn entry_strategy() -> impl Strategy<Value = u64> {
     prop_oneof![
