@@ -2,3 +2,5 @@
 //! the virtio-net device.
 //!
 //! Skeleton: the host-side objects and the device land with issue #5.
+
+pub mod dhcp;
