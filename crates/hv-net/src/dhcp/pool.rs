@@ -17,13 +17,20 @@ pub const OFFER_HOLD: Duration = Duration::from_secs(60);
 /// How long a declined address is kept out of the pool.
 pub const DECLINE_QUARANTINE: Duration = Duration::from_secs(600);
 
-/// Leases, pending offers and declined addresses of one network.
+/// Leases, pending offers and declined addresses of one network, indexed both ways so that
+/// finding a free address costs one hash lookup per candidate, whatever a guest floods us with.
 #[derive(Debug, Default)]
 pub struct Pool {
     leases: BTreeMap<MacAddr, Lease>,
+    /// Address -> client, for `leases`.
     owner: HashMap<Ipv4Addr, MacAddr>,
     offers: HashMap<MacAddr, (Ipv4Addr, SystemTime)>,
+    /// Address -> client, for `offers`.
+    offered: HashMap<Ipv4Addr, MacAddr>,
     declined: HashMap<Ipv4Addr, SystemTime>,
+    /// The configuration's reservations, both ways.
+    reserved_for: HashMap<MacAddr, Ipv4Addr>,
+    reserved_by: HashMap<Ipv4Addr, MacAddr>,
 }
 
 impl Pool {
@@ -32,6 +39,10 @@ impl Pool {
     /// leases of one MAC or one address are dropped. Also returns whether any was dropped.
     pub fn from_leases(config: &DhcpConfig, leases: Vec<Lease>, now: SystemTime) -> (Pool, bool) {
         let mut pool = Pool::default();
+        for r in &config.reservations {
+            pool.reserved_for.insert(r.mac, r.ip);
+            pool.reserved_by.insert(r.ip, r.mac);
+        }
         let mut dropped = false;
         for lease in leases {
             let valid = lease.is_active(now)
@@ -54,7 +65,14 @@ impl Pool {
 
     /// Removes leases, offers and quarantines that ended by `now`; true when a lease went.
     pub fn expire(&mut self, now: SystemTime) -> bool {
-        self.offers.retain(|_, (_, until)| *until > now);
+        let offered = &mut self.offered;
+        self.offers.retain(|_, (ip, until)| {
+            let keep = *until > now;
+            if !keep {
+                offered.remove(ip);
+            }
+            keep
+        });
         self.declined.retain(|_, until| *until > now);
         let before = self.leases.len();
         let owner = &mut self.owner;
@@ -90,8 +108,8 @@ impl Pool {
         ip: Ipv4Addr,
         now: SystemTime,
     ) -> bool {
-        match config.reservation_for(mac) {
-            Some(r) => r.ip == ip && self.owner.get(&ip).is_none_or(|m| *m == mac),
+        match self.reserved_for.get(&mac) {
+            Some(reserved) => *reserved == ip && self.owner.get(&ip).is_none_or(|m| *m == mac),
             None => self.free_for(config, mac, ip, now),
         }
     }
@@ -100,9 +118,9 @@ impl Pool {
         config.in_range(ip)
             && ip != config.server_ip
             && config.is_host_in_subnet(ip)
-            && config.reservation_of_ip(ip).is_none()
+            && !self.reserved_by.contains_key(&ip)
             && self.owner.get(&ip).is_none_or(|m| *m == mac)
-            && !self.offers.iter().any(|(m, (o, until))| *o == ip && *m != mac && *until > now)
+            && self.offered.get(&ip).is_none_or(|m| *m == mac || !self.offer_live(*m, now))
             && self.declined.get(&ip).is_none_or(|until| *until <= now)
     }
 
@@ -116,8 +134,8 @@ impl Pool {
         requested: Option<Ipv4Addr>,
         now: SystemTime,
     ) -> Option<Ipv4Addr> {
-        if let Some(r) = config.reservation_for(mac) {
-            return self.acceptable(config, mac, r.ip, now).then_some(r.ip);
+        if let Some(&ip) = self.reserved_for.get(&mac) {
+            return self.acceptable(config, mac, ip, now).then_some(ip);
         }
         let candidates = [
             self.leases.get(&mac).map(|l| l.ip),
@@ -135,12 +153,27 @@ impl Pool {
 
     /// Sets `ip` aside for `mac` for [`OFFER_HOLD`].
     pub fn hold_offer(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) {
+        self.forget_offer(mac);
+        if let Some(other) = self.offered.insert(ip, mac) {
+            // A stale offer of the same address to another client ends here.
+            if other != mac {
+                self.offers.remove(&other);
+            }
+        }
         self.offers.insert(mac, (ip, now + OFFER_HOLD));
+    }
+
+    fn offer_live(&self, mac: MacAddr, now: SystemTime) -> bool {
+        self.offers.get(&mac).is_some_and(|(_, until)| *until > now)
     }
 
     /// Forgets the offer made to `mac` (it chose another server, or took the lease).
     pub fn forget_offer(&mut self, mac: MacAddr) {
-        self.offers.remove(&mac);
+        if let Some((ip, _)) = self.offers.remove(&mac) {
+            if self.offered.get(&ip) == Some(&mac) {
+                self.offered.remove(&ip);
+            }
+        }
     }
 
     /// Gives `mac` the lease on `ip` until `expires`, replacing any lease it held. The caller

@@ -80,6 +80,12 @@ impl DhcpServer {
         lock(&self.core).stats()
     }
 
+    /// Takes the last lease-file error, if one happened since the last call (the server keeps
+    /// running and retries the write).
+    pub fn take_error(&self) -> Option<DhcpError> {
+        lock(&self.core).take_error()
+    }
+
     /// Serves until `stop` becomes true, noticing it within about 200 ms. Socket errors while
     /// running (an interface going down, say) are counted and the loop goes on; only failing to
     /// set up the wait is an error.
@@ -157,6 +163,12 @@ impl DhcpHandle {
     /// The counters so far.
     pub fn stats(&self) -> DhcpStats {
         lock(&self.core).stats()
+    }
+
+    /// Takes the last lease-file error, if one happened since the last call (the server keeps
+    /// running and retries the write).
+    pub fn take_error(&self) -> Option<DhcpError> {
+        lock(&self.core).take_error()
     }
 
     /// Stops the server and waits for its thread (at most about 200 ms); returns what the loop

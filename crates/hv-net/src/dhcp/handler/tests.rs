@@ -257,6 +257,28 @@ fn exhausted_range_offers_nothing_and_naks() {
 }
 
 #[test]
+fn a_flood_of_new_clients_cannot_hold_more_than_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut core = DhcpCore::new(config(dir.path()), t0()).unwrap();
+    let mut offered = Vec::new();
+    for n in 0..2000u32 {
+        let [_, a, b, c] = n.to_be_bytes();
+        let client = MacAddr([0x52, 0x54, 0, a, b, c]);
+        if let Some(offer) = core.handle(&discover(client, None), t0()) {
+            offered.push(offer.yiaddr());
+        }
+    }
+    offered.sort();
+    offered.dedup();
+    assert_eq!(offered.len(), 4);
+    assert_eq!(core.stats().offers, 4);
+    assert_eq!(core.stats().exhausted, 1996);
+    // Once the offers lapse the addresses are free again.
+    let later = t0() + crate::dhcp::pool::OFFER_HOLD + Duration::from_secs(1);
+    assert_eq!(core.handle(&discover(mac(200), None), later).unwrap().yiaddr(), FIRST);
+}
+
+#[test]
 fn release_frees_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let mut core = DhcpCore::new(config(dir.path()), t0()).unwrap();

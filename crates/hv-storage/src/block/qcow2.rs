@@ -1,0 +1,141 @@
+//! The qcow2 backend, over the `imago` crate (synchronous build).
+//!
+//! The image named by the caller is opened read-write (unless read-only is asked for); its
+//! backing chain, as the image header names it, is opened read-only by imago. Guest buffers are
+//! handed to imago as I/O vectors over guest memory, so data clusters move disk <-> guest RAM
+//! without a copy; imago marks the guest pages dirty when it reads into them.
+//!
+//! Instances cloned for other queues share one `FormatAccess` behind a read-write lock: reads,
+//! writes and write-zeroes share it, discards (which may invalidate in-flight cluster mappings)
+//! take it exclusively.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
+
+use super::{check_range, slices_len, BlockBackend, BlockError, GuestSlice, Result};
+
+type Image = FormatAccess<imago::file::File>;
+
+/// A qcow2 image (with its backing chain) as a guest disk.
+#[derive(Clone)]
+pub struct Qcow2Disk {
+    image: Arc<RwLock<Image>>,
+    path: PathBuf,
+    size: u64,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Qcow2Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qcow2Disk")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Qcow2Disk {
+    /// Opens the qcow2 image at `path` and its backing chain (backing files read-only).
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self> {
+        let qcow2 = Qcow2::<imago::file::File>::builder_path(path)
+            .write(!read_only)
+            .storage_open_options(StorageOpenOptions::new().direct(direct))
+            .open(PermissiveImplicitOpenGate::default())
+            .map_err(|source| BlockError::Qcow2Open { path: path.to_path_buf(), source })?;
+        let image = FormatAccess::new(qcow2);
+        let size = image.size();
+        Ok(Self { image: Arc::new(RwLock::new(image)), path: path.to_path_buf(), size, read_only })
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, Image> {
+        self.image.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Image> {
+        self.image.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn writable(&self, op: &'static str) -> Result<()> {
+        if self.read_only {
+            Err(BlockError::ReadOnly { op })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn io_err(op: &'static str, offset: u64, len: u64) -> impl FnOnce(io::Error) -> BlockError {
+    move |source| BlockError::Io { op, offset, len, source }
+}
+
+impl BlockBackend for Qcow2Disk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_vectored(&mut self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
+        let len = slices_len(bufs);
+        check_range(offset, len, self.size)?;
+        // The guard keeps the guest memory mapped and marks it dirty when dropped.
+        let (iov, _guard) = IoVectorMut::from_volatile_slice(bufs);
+        self.shared().readv(iov, offset).map_err(io_err("read", offset, len))
+    }
+
+    fn write_vectored(&mut self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
+        self.writable("write")?;
+        let len = slices_len(bufs);
+        check_range(offset, len, self.size)?;
+        let (iov, _guard) = IoVector::from_volatile_slice(bufs);
+        self.shared().writev(iov, offset).map_err(io_err("write", offset, len))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let image = self.shared();
+        image.flush().map_err(io_err("flush", 0, 0))?;
+        image.sync().map_err(io_err("flush", 0, 0))
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.writable("discard")?;
+        check_range(offset, len, self.size)?;
+        match self.exclusive().discard_to_any(offset, len) {
+            Ok(()) => Ok(()),
+            // Discard is a hint; an image that cannot discard keeps its data.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            Err(e) => Err(io_err("discard", offset, len)(e)),
+        }
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.writable("write-zeroes")?;
+        check_range(offset, len, self.size)?;
+        if unmap {
+            self.exclusive().discard_to_zero(offset, len)
+        } else {
+            self.shared().write_zeroes(offset, len)
+        }
+        .map_err(io_err("write-zeroes", offset, len))
+    }
+
+    fn try_clone(&self) -> Result<Box<dyn BlockBackend>> {
+        Ok(Box::new(self.clone()))
+    }
+}
