@@ -2,3 +2,6 @@
 //! block backends, and the virtio-blk device.
 //!
 //! Skeleton: the pool, volume, backend and device modules land with issue #4.
+
+pub mod block;
+pub mod virtio_blk;
