@@ -1,0 +1,204 @@
+//! vCPUs: their initial state (CPUID, MSRs, FPU, local APIC, boot registers) and the run loop
+//! each one runs on its own host thread.
+//!
+//! vCPUs are plain threads, so a VM may have more vCPUs than the host has cores: the host
+//! scheduler time-slices them, and a vCPU the guest halts sleeps inside KVM.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::boot::regs::{entry_regs, setup_sregs};
+use crate::boot::EntryPoint;
+use crate::exits::{self, Step};
+use crate::vm::{Context, CrashInfo, CrashReason, ExitReason};
+
+/// Errors configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A vCPU ioctl failed.
+    #[error("vCPU {vcpu}: {what} failed: {source}")]
+    Ioctl {
+        /// The vCPU index.
+        vcpu: u8,
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default type write-back.
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn ioctl(vcpu: u8, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl { vcpu, what, source }
+}
+
+/// Sets CPUID, MSRs, FPU and (with an in-kernel irqchip) the local APIC's LINT pins.
+pub fn configure(fd: &VcpuFd, id: u8, cpuid: &CpuId, irqchip: bool) -> Result<(), Error> {
+    fd.set_cpuid2(cpuid).map_err(ioctl(id, "KVM_SET_CPUID2"))?;
+    let entries: Vec<kvm_msr_entry> = [
+        (MSR_IA32_SYSENTER_CS, 0),
+        (MSR_IA32_SYSENTER_ESP, 0),
+        (MSR_IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_LSTAR, 0),
+        (MSR_IA32_TSC, 0),
+        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
+    ]
+    .iter()
+    .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .collect();
+    // Msrs::from_entries only fails for more entries than the FAM limit, far above these.
+    if let Ok(msrs) = Msrs::from_entries(&entries) {
+        let set = fd.set_msrs(&msrs).map_err(ioctl(id, "KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            log::debug!("vCPU {id}: host accepted {set} of {} boot MSRs", entries.len());
+        }
+    }
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    fd.set_fpu(&fpu).map_err(ioctl(id, "KVM_SET_FPU"))?;
+    if irqchip {
+        let mut lapic = fd.get_lapic().map_err(ioctl(id, "KVM_GET_LAPIC"))?;
+        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let bytes: &mut [u8] = bytemuck_regs(&mut lapic.regs);
+            let mut v =
+                u32::from_le_bytes([bytes[reg], bytes[reg + 1], bytes[reg + 2], bytes[reg + 3]]);
+            v = (v & !0x700) | (mode << 8);
+            bytes[reg..reg + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fd.set_lapic(&lapic).map_err(ioctl(id, "KVM_SET_LAPIC"))?;
+    }
+    Ok(())
+}
+
+fn bytemuck_regs(regs: &mut [libc::c_char; 1024]) -> &mut [u8] {
+    // SAFETY: c_char and u8 have the same size and alignment; the slice covers exactly the
+    // array and borrows it mutably for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(regs.as_mut_ptr().cast::<u8>(), regs.len()) }
+}
+
+/// Puts the boot vCPU at the kernel's entry point.
+pub fn set_boot_state(fd: &VcpuFd, entry: &EntryPoint, boot_info: u64) -> Result<(), Error> {
+    let mut sregs: kvm_sregs = fd.get_sregs().map_err(ioctl(0, "KVM_GET_SREGS"))?;
+    setup_sregs(&mut sregs, entry);
+    fd.set_sregs(&sregs).map_err(ioctl(0, "KVM_SET_SREGS"))?;
+    let regs: kvm_regs = entry_regs(entry, boot_info);
+    fd.set_regs(&regs).map_err(ioctl(0, "KVM_SET_REGS"))?;
+    Ok(())
+}
+
+/// Lets another thread kick a vCPU out of `KVM_RUN`.
+#[derive(Debug, Default)]
+pub struct Kicker {
+    target: Mutex<Option<KickTarget>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KickTarget {
+    thread: libc::pthread_t,
+    immediate_exit: *mut u8,
+}
+
+// SAFETY: the pointer is only dereferenced under the mutex while the vCPU thread that owns the
+// kvm_run mapping is alive (it clears the target before the mapping goes away).
+unsafe impl Send for KickTarget {}
+
+impl Kicker {
+    /// Makes the vCPU leave `KVM_RUN` as soon as possible.
+    pub fn kick(&self) {
+        let target = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = *target {
+            // SAFETY: the kvm_run mapping outlives the target (see KickTarget); immediate_exit
+            // is a plain byte KVM reads on entry.
+            unsafe { std::ptr::write_volatile(t.immediate_exit, 1) };
+            // SAFETY: the thread is alive while its target is set; the signal has a no-op
+            // handler installed by crate::signal::install.
+            unsafe { libc::pthread_kill(t.thread, crate::signal::kick_signal()) };
+        }
+    }
+}
+
+/// One vCPU and the VM it belongs to, moved onto its thread by [`run`].
+pub struct Vcpu {
+    /// Index (and APIC ID).
+    pub id: u8,
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) kicker: Arc<Kicker>,
+}
+
+/// The vCPU thread's body: runs until the VM has an outcome.
+pub fn run(mut vcpu: Vcpu) {
+    {
+        let run = vcpu.fd.get_kvm_run();
+        let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        *vcpu.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(KickTarget { thread, immediate_exit });
+    }
+    let ctx = vcpu.ctx.clone();
+    while ctx.control.gate() {
+        let step = match vcpu.fd.run() {
+            Ok(exit) => exits::handle(&ctx, vcpu.id, exit),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+            Err(e) => Step::Stop(ExitReason::Failed { vcpu: vcpu.id, errno: e.errno() }),
+        };
+        match step {
+            Step::Continue => {}
+            Step::Interrupted => vcpu.fd.set_kvm_immediate_exit(0),
+            Step::Halted => {
+                ctx.control.vcpu_halted();
+                break;
+            }
+            Step::InternalError => {
+                let reason = exits::internal_error(&ctx, &mut vcpu.fd);
+                if let Some(reason) = reason {
+                    ctx.control.finish(crash(&vcpu.fd, vcpu.id, reason));
+                }
+            }
+            Step::Crash(reason) => ctx.control.finish(crash(&vcpu.fd, vcpu.id, reason)),
+            Step::Stop(reason) => ctx.control.finish(reason),
+        }
+    }
+    *vcpu.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    ctx.control.vcpu_exited();
+}
+
+fn crash(fd: &VcpuFd, vcpu: u8, reason: CrashReason) -> ExitReason {
+    ExitReason::Crashed(Box::new(CrashInfo {
+        vcpu,
+        reason,
+        regs: fd.get_regs().ok(),
+        sregs: fd.get_sregs().ok(),
+    }))
+}
+
+/// Re-exported for exit handling.
+pub(crate) type Exit<'a> = VcpuExit<'a>;

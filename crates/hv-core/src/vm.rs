@@ -1,0 +1,863 @@
+//! Building, running and stopping a VM.
+//!
+//! The lifecycle is an explicit state machine ([`VmState`]): `Created` -> `Running` <->
+//! `Paused` -> `Stopped`. Every operation checks the current state in [`VmState::allows`];
+//! a wrong call is an [`Error::InvalidState`], never undefined behaviour. However a VM stops,
+//! [`Vm::wait`] returns an [`ExitReason`]: powered off, reset, halted, crashed (with the vCPU
+//! state), killed, or failed.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hv_mem::{GuestRam, MemoryConfig};
+use kvm_bindings::{
+    kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiConfig};
+use crate::boot::{self, EntryPoint};
+use crate::bus::{self, Bus, SharedDevice};
+use crate::devices::acpi_pm::{AcpiSleep, SLEEP_CONTROL_PORT, SLEEP_PORTS_LEN};
+use crate::devices::cmos::{Cmos, CMOS_BASE, CMOS_LEN};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::{IrqLine, RequestSink, VmRequest};
+use crate::kvm::{self, HostKind, Hypervisor};
+use crate::quirks::Quirks;
+use crate::vcpu::{self, Kicker, Vcpu};
+
+/// Errors building or operating a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM could not be opened.
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    /// The machine description is invalid.
+    #[error("invalid VM configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// Which setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] hv_mem::Error),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// The ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    /// A vCPU could not be configured.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    /// A device could not be placed on a bus.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Ioctl {
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A host resource (thread, eventfd) could not be created.
+    #[error("cannot create {what}: {source}")]
+    Host {
+        /// What was being created.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation is not allowed in the VM's current state.
+    #[error("cannot {op} a VM that is {state}")]
+    InvalidState {
+        /// The operation.
+        op: &'static str,
+        /// The state the VM was in.
+        state: VmState,
+    },
+}
+
+/// Result type of VM operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn ioctl(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl { what, source }
+}
+
+/// Where a VM is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, vCPUs not started.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked outside KVM_RUN.
+    Paused,
+    /// The VM has an outcome; vCPU threads are ending or ended.
+    Stopped,
+}
+
+/// The lifecycle operations checked against [`VmState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Start the vCPUs.
+    Start,
+    /// Park the vCPUs.
+    Pause,
+    /// Unpark them.
+    Resume,
+    /// Ask the guest to power off.
+    Shutdown,
+    /// Stop the VM at once.
+    Kill,
+}
+
+impl VmState {
+    /// The single table of allowed transitions.
+    pub fn allows(self, op: Op) -> bool {
+        use {Op::*, VmState::*};
+        matches!(
+            (self, op),
+            (Created, Start)
+                | (Running, Pause)
+                | (Paused, Resume)
+                | (Running | Paused, Shutdown)
+                | (Created | Running | Paused, Kill)
+        )
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopped => "stopped",
+        })
+    }
+}
+
+/// Why a guest crashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrashReason {
+    /// A triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// KVM could not emulate an instruction (bytes as KVM reported them, possibly empty).
+    EmulationFailure {
+        /// The instruction bytes.
+        insn: Vec<u8>,
+    },
+    /// Another KVM internal error.
+    InternalError {
+        /// KVM's suberror code.
+        suberror: u32,
+    },
+    /// VM entry failed.
+    FailEntry {
+        /// The hardware entry failure reason.
+        reason: u64,
+    },
+    /// The guest reported a panic (pvpanic or a crash system event).
+    GuestPanic,
+    /// An exit hv does not expect from a guest.
+    UnexpectedExit(String),
+}
+
+/// What a crash left behind.
+#[derive(Clone, Debug)]
+pub struct CrashInfo {
+    /// The vCPU that crashed.
+    pub vcpu: u8,
+    /// Why.
+    pub reason: CrashReason,
+    /// Its general registers, if they could be read.
+    pub regs: Option<kvm_regs>,
+    /// Its special registers, if they could be read.
+    pub sregs: Option<kvm_sregs>,
+}
+
+/// How a VM ended.
+#[derive(Clone, Debug)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    PoweredOff,
+    /// The guest reset the machine (i8042, ACPI reset); the embedder may boot it again.
+    Reset,
+    /// Every vCPU halted with no interrupt controller to wake it.
+    Halted,
+    /// The guest crashed.
+    Crashed(Box<CrashInfo>),
+    /// The VM was killed by its owner.
+    Killed,
+    /// KVM_RUN failed on the host side.
+    Failed {
+        /// The vCPU whose KVM_RUN failed.
+        vcpu: u8,
+        /// The errno.
+        errno: i32,
+    },
+}
+
+impl ExitReason {
+    /// True for a crash.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, ExitReason::Crashed(_))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::PoweredOff => write!(f, "powered off"),
+            ExitReason::Reset => write!(f, "reset"),
+            ExitReason::Halted => write!(f, "halted"),
+            ExitReason::Killed => write!(f, "killed"),
+            ExitReason::Failed { vcpu, errno } => write!(
+                f,
+                "KVM_RUN failed on vCPU {vcpu}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            ExitReason::Crashed(c) => {
+                write!(f, "crashed on vCPU {}: ", c.vcpu)?;
+                match &c.reason {
+                    CrashReason::TripleFault => write!(f, "triple fault")?,
+                    CrashReason::EmulationFailure { insn } => {
+                        write!(f, "instruction emulation failed, bytes {insn:02x?}")?
+                    }
+                    CrashReason::InternalError { suberror } => {
+                        write!(f, "KVM internal error {suberror}")?
+                    }
+                    CrashReason::FailEntry { reason } => {
+                        write!(f, "VM entry failed (reason {reason:#x})")?
+                    }
+                    CrashReason::GuestPanic => write!(f, "guest kernel panic")?,
+                    CrashReason::UnexpectedExit(e) => write!(f, "unexpected exit {e}")?,
+                }
+                if let Some(r) = &c.regs {
+                    write!(f, " at rip={:#x} rsp={:#x}", r.rip, r.rsp)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ControlState {
+    state: VmState,
+    outcome: Option<ExitReason>,
+    vcpus: usize,
+    alive: usize,
+    parked: usize,
+    halted: usize,
+}
+
+/// The VM's run state shared by its vCPU threads and its owner.
+#[derive(Debug)]
+pub(crate) struct Control {
+    inner: Mutex<ControlState>,
+    cond: Condvar,
+    kickers: Mutex<Vec<Arc<Kicker>>>,
+}
+
+impl Control {
+    fn new(vcpus: usize) -> Self {
+        Self {
+            inner: Mutex::new(ControlState {
+                state: VmState::Created,
+                outcome: None,
+                vcpus,
+                alive: 0,
+                parked: 0,
+                halted: 0,
+            }),
+            cond: Condvar::new(),
+            kickers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kick_all(&self) {
+        for k in self.kickers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            k.kick();
+        }
+    }
+
+    /// Called by a vCPU before each KVM_RUN: parks while paused; false once the VM has an
+    /// outcome.
+    pub(crate) fn gate(&self) -> bool {
+        let mut g = self.lock();
+        loop {
+            if g.outcome.is_some() {
+                return false;
+            }
+            if g.state != VmState::Paused {
+                return true;
+            }
+            g.parked += 1;
+            self.cond.notify_all();
+            while g.state == VmState::Paused && g.outcome.is_none() {
+                g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            g.parked -= 1;
+        }
+    }
+
+    /// Records the VM's outcome (the first one wins) and stops every vCPU.
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        {
+            let mut g = self.lock();
+            if g.outcome.is_none() {
+                g.outcome = Some(reason);
+            }
+            self.cond.notify_all();
+        }
+        self.kick_all();
+    }
+
+    pub(crate) fn vcpu_halted(&self) {
+        let all = {
+            let mut g = self.lock();
+            g.halted += 1;
+            g.halted == g.vcpus
+        };
+        if all {
+            self.finish(ExitReason::Halted);
+        }
+    }
+
+    pub(crate) fn vcpu_exited(&self) {
+        let mut g = self.lock();
+        g.alive -= 1;
+        if g.alive == 0 {
+            g.state = VmState::Stopped;
+        }
+        self.cond.notify_all();
+    }
+}
+
+/// What vCPU threads share: the buses, the run state, the host quirks.
+pub(crate) struct Context {
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) control: Control,
+    pub(crate) quirks: Quirks,
+}
+
+/// A device to place on a bus at build time.
+struct ExtraDevice {
+    mmio: bool,
+    base: u64,
+    len: u64,
+    device: SharedDevice,
+}
+
+/// Describes a VM; [`build`](VmBuilder::build) validates it and makes a [`Vm`].
+pub struct VmBuilder {
+    memory: MemoryConfig,
+    vcpus: usize,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    serial_out: Option<Box<dyn Write + Send>>,
+    irqchip: bool,
+    quirks: bool,
+    dirty_tracking: bool,
+    devices: Vec<ExtraDevice>,
+    dsdt_aml: Vec<Vec<u8>>,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VmBuilder {
+    /// A VM with 1 vCPU and 128 MiB, no kernel yet.
+    pub fn new() -> Self {
+        Self {
+            memory: MemoryConfig::new(128 << 20),
+            vcpus: 1,
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            serial_out: None,
+            irqchip: true,
+            quirks: true,
+            dirty_tracking: false,
+            devices: Vec::new(),
+            dsdt_aml: Vec::new(),
+        }
+    }
+
+    /// Guest RAM in MiB (anonymous backing).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory.size = mib << 20;
+        self
+    }
+
+    /// Full control of guest RAM: size, backing, THP, KSM.
+    pub fn memory(mut self, config: MemoryConfig) -> Self {
+        self.memory = config;
+        self
+    }
+
+    /// Number of vCPUs (may exceed the host's cores).
+    pub fn vcpus(mut self, n: usize) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// The kernel: a bzImage, an ELF vmlinux, or a PVH ELF.
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kernel = Some(path.into());
+        self
+    }
+
+    /// An initrd/initramfs.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self
+    }
+
+    /// The kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Where the serial console's output goes (default: discarded).
+    pub fn serial_output(mut self, out: impl Write + Send + 'static) -> Self {
+        self.serial_out = Some(Box::new(out));
+        self
+    }
+
+    /// Use KVM's in-kernel LAPIC/IOAPIC/PIC and PIT (default on). Without it, `hlt` exits to
+    /// the VMM and only one vCPU is useful.
+    pub fn irqchip(mut self, on: bool) -> Self {
+        self.irqchip = on;
+        self
+    }
+
+    /// Apply host quirks (default on; see [`crate::quirks`]).
+    pub fn host_quirks(mut self, on: bool) -> Self {
+        self.quirks = on;
+        self
+    }
+
+    /// Log guest writes to RAM for [`Vm::dirty_log`].
+    pub fn dirty_tracking(mut self, on: bool) -> Self {
+        self.dirty_tracking = on;
+        self
+    }
+
+    /// Places a device on the port I/O bus.
+    pub fn pio_device(mut self, base: u16, len: u16, device: SharedDevice) -> Self {
+        self.devices.push(ExtraDevice { mmio: false, base: base.into(), len: len.into(), device });
+        self
+    }
+
+    /// Places a device on the MMIO bus.
+    pub fn mmio_device(mut self, base: u64, len: u64, device: SharedDevice) -> Self {
+        self.devices.push(ExtraDevice { mmio: true, base, len, device });
+        self
+    }
+
+    /// Adds an AML definition block to the DSDT (to describe a device to the guest).
+    pub fn dsdt_aml(mut self, aml: Vec<u8>) -> Self {
+        self.dsdt_aml.push(aml);
+        self
+    }
+
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidConfig { field, reason: reason.into() }
+    }
+
+    /// Validates the description and builds the VM (kernel loaded, vCPUs created, not running).
+    pub fn build(self) -> Result<Vm> {
+        let kernel =
+            self.kernel.clone().ok_or_else(|| Self::invalid("kernel", "no kernel given"))?;
+        // Probe the kernel before touching KVM: a corrupt file is a typed error up front.
+        boot::probe_format(&kernel)?;
+        if let Some(initrd) = &self.initrd {
+            std::fs::metadata(initrd).map_err(|source| {
+                Error::Boot(boot::Error::InitrdFile { path: initrd.clone(), source })
+            })?;
+        }
+        if self.vcpus == 0 || self.vcpus > 254 {
+            return Err(Self::invalid("vcpus", format!("{} is not in 1..=254", self.vcpus)));
+        }
+        if !self.irqchip && self.vcpus > 1 {
+            return Err(Self::invalid("vcpus", "more than one vCPU needs the in-kernel irqchip"));
+        }
+        let hv = Hypervisor::open()?;
+        if self.vcpus > hv.max_vcpus() {
+            return Err(Self::invalid(
+                "vcpus",
+                format!("{} exceeds this host's KVM limit of {}", self.vcpus, hv.max_vcpus()),
+            ));
+        }
+        let quirks = if self.quirks { Quirks::for_host(hv.host()) } else { Quirks::none() };
+        let mut cmdline = self.cmdline.trim().to_owned();
+        let extra = quirks.cmdline_additions();
+        if !extra.is_empty() {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(extra);
+        }
+        if cmdline.len() >= boot::layout::CMDLINE_MAX {
+            return Err(Error::Boot(boot::Error::Cmdline("longer than 2047 bytes")));
+        }
+
+        let ram = GuestRam::new(&self.memory)?;
+        let vm_fd = hv.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        let flags = if self.dirty_tracking { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for (slot, (gpa, len, hva)) in ram.regions().into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags,
+                guest_phys_addr: gpa,
+                memory_size: len,
+                userspace_addr: hva,
+            };
+            // SAFETY: the region is a live mapping owned by `ram`, which the Vm keeps for as
+            // long as the VM fd (and so the memslot) exists.
+            unsafe { vm_fd.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        vm_fd.set_tss_address(0xfffb_d000).map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        if self.irqchip {
+            vm_fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        }
+
+        // Boot data.
+        let mem = ram.memory();
+        let loaded = boot::load_kernel(mem, &kernel)?;
+        let initrd = match &self.initrd {
+            Some(p) => {
+                let max = match loaded.entry {
+                    EntryPoint::Linux64 { header: Some(h), .. } if h.initrd_addr_max != 0 => {
+                        u64::from(h.initrd_addr_max)
+                    }
+                    _ => u64::from(u32::MAX),
+                };
+                Some(boot::load_initrd(mem, p, loaded.end, max)?)
+            }
+            None => None,
+        };
+        boot::write_cmdline(mem, &cmdline)?;
+        crate::boot::regs::write_tables(mem)?;
+        let rsdp = acpi::write_tables(
+            mem,
+            &AcpiConfig { vcpus: self.vcpus, dsdt_aml: self.dsdt_aml.clone() },
+        )?;
+        let boot_info = match loaded.entry {
+            EntryPoint::Pvh(_) => boot::params::write_pvh(mem, ram.layout(), initrd, Some(rsdp))?,
+            EntryPoint::Linux64 { header, .. } => boot::params::write_zero_page(
+                mem,
+                ram.layout(),
+                header,
+                cmdline.len(),
+                initrd,
+                Some(rsdp),
+            )?,
+        };
+
+        // Devices.
+        let ctx = Arc::new(Context {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            control: Control::new(self.vcpus),
+            quirks,
+        });
+        let weak = Arc::downgrade(&ctx);
+        let requests: RequestSink = Arc::new(move |req| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.control.finish(match req {
+                    VmRequest::PowerOff => ExitReason::PoweredOff,
+                    VmRequest::Reset => ExitReason::Reset,
+                });
+            }
+        });
+        let serial_irq = self.irq_line(&vm_fd, COM1_IRQ)?;
+        let out = self.serial_out.unwrap_or_else(|| Box::new(std::io::sink()));
+        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, out)));
+        ctx.pio.insert(COM1_BASE, 8, serial.clone())?;
+        ctx.pio.insert(
+            I8042_BASE,
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(requests.clone()))),
+        )?;
+        ctx.pio.insert(CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::new())))?;
+        ctx.pio.insert(
+            SLEEP_CONTROL_PORT,
+            SLEEP_PORTS_LEN,
+            Arc::new(Mutex::new(AcpiSleep::new(requests.clone()))),
+        )?;
+        for d in self.devices {
+            if d.mmio {
+                ctx.mmio.insert(d.base, d.len, d.device)?;
+            } else {
+                ctx.pio.insert(d.base, d.len, d.device)?;
+            }
+        }
+
+        // vCPUs.
+        let mut base_cpuid = hv
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(self.vcpus);
+        for id in 0..self.vcpus {
+            let fd = vm_fd.create_vcpu(id as u64).map_err(ioctl("KVM_CREATE_VCPU"))?;
+            let mut cpuid = base_cpuid.clone();
+            crate::cpuid::fixup(&mut cpuid, id as u8, self.vcpus as u8);
+            vcpu::configure(&fd, id as u8, &cpuid, self.irqchip)?;
+            if id == 0 {
+                vcpu::set_boot_state(&fd, &loaded.entry, boot_info)?;
+            }
+            vcpus.push(Vcpu {
+                id: id as u8,
+                fd,
+                ctx: ctx.clone(),
+                kicker: Arc::new(Kicker::default()),
+            });
+        }
+        crate::cpuid::fixup(&mut base_cpuid, 0, self.vcpus as u8);
+        *ctx.control.kickers.lock().unwrap_or_else(|e| e.into_inner()) =
+            vcpus.iter().map(|v| v.kicker.clone()).collect();
+
+        Ok(Vm {
+            host: hv.host(),
+            vm_fd: Arc::new(vm_fd),
+            ram,
+            ctx,
+            serial,
+            pending: vcpus,
+            threads: Vec::new(),
+            cmdline,
+            entry: loaded.entry,
+        })
+    }
+
+    fn irq_line(&self, vm_fd: &VmFd, gsi: u32) -> Result<IrqLine> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| Error::Host { what: "eventfd", source })?;
+        if self.irqchip {
+            vm_fd.register_irqfd(&evt, gsi).map_err(ioctl("KVM_IRQFD"))?;
+        }
+        Ok(IrqLine::new(evt))
+    }
+}
+
+/// A VM: its memory, devices and vCPUs.
+pub struct Vm {
+    host: HostKind,
+    vm_fd: Arc<VmFd>,
+    ram: GuestRam,
+    ctx: Arc<Context>,
+    serial: Arc<Mutex<SerialPort>>,
+    pending: Vec<Vcpu>,
+    threads: Vec<JoinHandle<()>>,
+    cmdline: String,
+    entry: EntryPoint,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("host", &self.host)
+            .field("state", &self.state())
+            .field("cmdline", &self.cmdline)
+            .finish()
+    }
+}
+
+impl Vm {
+    /// The current lifecycle state.
+    pub fn state(&self) -> VmState {
+        self.ctx.control.lock().state
+    }
+
+    /// The host kind the VM runs on.
+    pub fn host(&self) -> HostKind {
+        self.host
+    }
+
+    /// The command line the guest was given (with any quirk additions).
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// How the kernel is entered.
+    pub fn entry(&self) -> EntryPoint {
+        self.entry
+    }
+
+    /// The guest's RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The KVM VM fd (for devices that register ioeventfds and irqfds).
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Feeds bytes to the serial console's input; returns how many were queued.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes)
+    }
+
+    fn transition(&self, op: Op, opname: &'static str) -> Result<MutexGuard<'_, ControlState>> {
+        let g = self.ctx.control.lock();
+        if !g.state.allows(op) || (g.outcome.is_some() && op != Op::Kill) {
+            let state = if g.outcome.is_some() { VmState::Stopped } else { g.state };
+            return Err(Error::InvalidState { op: opname, state });
+        }
+        Ok(g)
+    }
+
+    /// Starts one host thread per vCPU.
+    pub fn start(&mut self) -> Result<()> {
+        {
+            let mut g = self.transition(Op::Start, "start")?;
+            g.state = VmState::Running;
+            g.alive = self.pending.len();
+        }
+        crate::signal::install();
+        for v in self.pending.drain(..) {
+            let name = format!("hv-vcpu{}", v.id);
+            match std::thread::Builder::new().name(name).spawn(move || vcpu::run(v)) {
+                Ok(t) => self.threads.push(t),
+                Err(source) => {
+                    // The vCPUs not started count as exited so waiting still ends.
+                    self.ctx.control.finish(ExitReason::Killed);
+                    let mut g = self.ctx.control.lock();
+                    g.alive = self.threads.len();
+                    if g.alive == 0 {
+                        g.state = VmState::Stopped;
+                    }
+                    return Err(Error::Host { what: "vCPU thread", source });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks every vCPU outside KVM_RUN; returns once none is running guest code.
+    pub fn pause(&self) -> Result<()> {
+        {
+            let mut g = self.transition(Op::Pause, "pause")?;
+            g.state = VmState::Paused;
+        }
+        self.ctx.control.kick_all();
+        let mut g = self.ctx.control.lock();
+        while g.parked < g.alive && g.outcome.is_none() {
+            g = self.ctx.control.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) -> Result<()> {
+        let mut g = self.transition(Op::Resume, "resume")?;
+        g.state = VmState::Running;
+        self.ctx.control.cond.notify_all();
+        Ok(())
+    }
+
+    /// Stops the VM at once; [`wait`](Vm::wait) then returns [`ExitReason::Killed`].
+    pub fn kill(&self) -> Result<()> {
+        let created = {
+            let g = self.transition(Op::Kill, "kill")?;
+            g.state == VmState::Created
+        };
+        self.ctx.control.finish(ExitReason::Killed);
+        if created {
+            self.ctx.control.lock().state = VmState::Stopped;
+        }
+        Ok(())
+    }
+
+    /// Waits for the VM to stop and returns why.
+    pub fn wait(&mut self) -> ExitReason {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.ctx.control.lock().outcome.clone().unwrap_or(ExitReason::Killed)
+    }
+
+    /// Waits at most `timeout` for the VM to stop.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut g = self.ctx.control.lock();
+            while g.state != VmState::Stopped {
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                g = self
+                    .ctx
+                    .control
+                    .cond
+                    .wait_timeout(g, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        Some(self.wait())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.ctx.control.finish(ExitReason::Killed);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_table_allows_only_sensible_transitions() {
+        use Op::*;
+        assert!(VmState::Created.allows(Start));
+        assert!(!VmState::Created.allows(Pause));
+        assert!(VmState::Running.allows(Pause));
+        assert!(!VmState::Running.allows(Start));
+        assert!(!VmState::Running.allows(Resume));
+        assert!(VmState::Paused.allows(Resume));
+        assert!(VmState::Paused.allows(Kill));
+        assert!(!VmState::Stopped.allows(Kill));
+        assert!(!VmState::Stopped.allows(Start));
+    }
+}

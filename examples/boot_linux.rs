@@ -1,0 +1,106 @@
+//! Boots a kernel and streams its serial console to stdout.
+//!
+//! ```text
+//! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
+//!     [--vcpus N] [--mem-mib M] [--timeout-secs S]
+//! ```
+//!
+//! Exits 0 when the guest powers off; otherwise prints the reason on stderr and exits 1
+//! (2 for bad arguments or a VM that cannot be built).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hv::core::{ExitReason, VmBuilder};
+
+struct Args {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    vcpus: usize,
+    mem_mib: u64,
+    timeout: Option<Duration>,
+}
+
+const USAGE: &str = "usage: boot_linux --kernel K [--initrd I] [--cmdline C] [--vcpus N] \
+                     [--mem-mib M] [--timeout-secs S]";
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut kernel = None;
+    let mut a = Args {
+        kernel: PathBuf::new(),
+        initrd: None,
+        cmdline: "console=ttyS0 reboot=k panic=-1".into(),
+        vcpus: 1,
+        mem_mib: 256,
+        timeout: None,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--kernel" => kernel = Some(PathBuf::from(value()?)),
+            "--initrd" => a.initrd = Some(PathBuf::from(value()?)),
+            "--cmdline" => a.cmdline = value()?,
+            "--vcpus" => a.vcpus = value()?.parse().map_err(|e| format!("--vcpus: {e}"))?,
+            "--mem-mib" => a.mem_mib = value()?.parse().map_err(|e| format!("--mem-mib: {e}"))?,
+            "--timeout-secs" => {
+                let s: u64 = value()?.parse().map_err(|e| format!("--timeout-secs: {e}"))?;
+                a.timeout = Some(Duration::from_secs(s));
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    a.kernel = kernel.ok_or_else(|| format!("--kernel is required\n{USAGE}"))?;
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("boot_linux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = VmBuilder::new()
+        .kernel(&args.kernel)
+        .cmdline(&args.cmdline)
+        .vcpus(args.vcpus)
+        .memory_mib(args.mem_mib)
+        .serial_output(std::io::stdout());
+    if let Some(initrd) = &args.initrd {
+        builder = builder.initrd(initrd);
+    }
+    let mut vm = match builder.build() {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("boot_linux: cannot build the VM: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!("boot_linux: host {:?}, cmdline: {}", vm.host(), vm.cmdline());
+    if let Err(e) = vm.start() {
+        eprintln!("boot_linux: cannot start the VM: {e}");
+        return ExitCode::from(2);
+    }
+    let reason = match args.timeout {
+        Some(t) => match vm.wait_timeout(t) {
+            Some(r) => r,
+            None => {
+                let _ = vm.kill();
+                eprintln!("boot_linux: timed out after {}s", t.as_secs());
+                vm.wait();
+                return ExitCode::FAILURE;
+            }
+        },
+        None => vm.wait(),
+    };
+    eprintln!("boot_linux: guest {reason}");
+    match reason {
+        ExitReason::PoweredOff => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
