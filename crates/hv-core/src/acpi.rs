@@ -1,7 +1,12 @@
-//! ACPI tables for a hardware-reduced x86 platform, on the `acpi_tables` crate: RSDP, XSDT,
-//! FADT (with the sleep registers that power the VM off), MADT (one local APIC per vCPU and
-//! the IOAPIC, so a stock kernel brings every CPU up), and a DSDT describing the serial port,
-//! `_S5`, and any devices the VM adds (virtio-mmio devices as `LNRO0005`).
+//! ACPI tables on the `acpi_tables` crate: RSDP, XSDT, FADT (the PM1a event/control blocks
+//! that power the VM off and carry the power button, and the PM timer), MADT (one local APIC
+//! per vCPU, the IOAPIC, and the SCI's interrupt override, so a stock kernel brings every CPU
+//! up), and a DSDT describing the serial port, `_S5`, and any devices the VM adds
+//! (virtio-mmio devices as `LNRO0005`).
+//!
+//! The FADT is a full one, not hardware-reduced: a hardware-reduced FADT makes Linux drop the
+//! PIT and the 8259, leaving it no timer until it knows the TSC frequency, which a guest on a
+//! PVM host cannot learn (its CPUID is the host's, with no TSC leaf).
 //!
 //! The tables sit in the BIOS area at 0xe0000, where Linux also finds the RSDP by scanning.
 
@@ -17,8 +22,9 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use hv_mem::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
+use zerocopy::{Immutable, IntoBytes};
 
-use crate::devices::acpi_pm::{S5_SLP_TYP, SLEEP_CONTROL_PORT};
+use crate::devices::acpi_pm::{PM1A_CNT, PM1A_EVT, PM_TMR, S5_SLP_TYP, SCI_IRQ};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 
 const OEM_ID: [u8; 6] = *b"HVVMM ";
@@ -58,6 +64,30 @@ pub struct AcpiConfig {
     pub dsdt_aml: Vec<Vec<u8>>,
 }
 
+/// MADT Interrupt Source Override (type 2), which `acpi_tables` does not provide.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, IntoBytes, Immutable)]
+struct InterruptSourceOverride {
+    kind: u8,
+    length: u8,
+    bus: u8,
+    source: u8,
+    gsi: u32,
+    flags: u16,
+}
+
+impl InterruptSourceOverride {
+    fn new(source: u8, gsi: u32, flags: u16) -> Self {
+        Self { kind: 2, length: 10, bus: 0, source, gsi: gsi.to_le(), flags: flags.to_le() }
+    }
+}
+
+impl Aml for InterruptSourceOverride {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(self.as_bytes());
+    }
+}
+
 fn bytes(t: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
     t.to_aml_bytes(&mut v);
@@ -83,6 +113,19 @@ fn dsdt_body(extra: &[Vec<u8>]) -> Vec<u8> {
         body.extend_from_slice(blob);
     }
     body
+}
+
+/// The DSDT entry for virtio-mmio device `index`: `\_SB.VRxx`, `_HID "LNRO0005"`, its window
+/// and interrupt, as Linux's virtio_mmio ACPI driver expects.
+pub fn virtio_mmio_aml(index: usize, base: u64, len: u64, irq: u32) -> Vec<u8> {
+    let name = format!("_SB_.VR{index:02X}");
+    let mem = aml::Memory32Fixed::new(true, base as u32, len as u32);
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &int]);
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &(index as u64));
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    bytes(&aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]))
 }
 
 /// Writes all tables into guest memory; returns the RSDP address.
@@ -111,6 +154,8 @@ pub fn write_tables(mem: &GuestMemory, config: &AcpiConfig) -> Result<u64, Error
     }
     // The IOAPIC gets an ID no CPU uses.
     madt.add_structure(IoApic::new(config.vcpus as u8, hv_mem::layout::IOAPIC_START as u32, 0));
+    // The SCI: ISA IRQ 9, level-triggered, active high (what KVM's irqfd delivers).
+    madt.add_structure(InterruptSourceOverride::new(SCI_IRQ as u8, SCI_IRQ, 0x0d));
     let madt = bytes(&madt);
 
     // Lay out: RSDP, XSDT, FADT, MADT, DSDT.
@@ -124,15 +169,24 @@ pub fn write_tables(mem: &GuestMemory, config: &AcpiConfig) -> Result<u64, Error
         return Err(Error::TooLarge { need: end - RSDP_ADDR, have: TABLES_END - RSDP_ADDR });
     }
 
+    // A fixed power button (PWR_BUTTON clear), no sleep button, 32-bit PM timer.
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
-        .flag(Flags::HwReducedAcpi)
-        .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
+        .flag(Flags::TmrValExt)
+        .flag(Flags::Wbinvd)
         .dsdt_64(dsdt_addr);
-    fadt.sleep_control_reg =
-        GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, SLEEP_CONTROL_PORT);
-    fadt.sleep_status_reg =
-        GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, SLEEP_CONTROL_PORT + 1);
+    fadt.sci_int = (SCI_IRQ as u16).into();
+    fadt.pm1a_evt_blk = (PM1A_EVT as u32).into();
+    fadt.pm1a_cnt_blk = (PM1A_CNT as u32).into();
+    fadt.pm_tmr_blk = (PM_TMR as u32).into();
+    fadt.pm1_evt_len = 4;
+    fadt.pm1_cnt_len = 2;
+    fadt.pm_tmr_len = 4;
+    fadt.x_pm1a_evt_blk = GAS::new(AddressSpace::SystemIo, 32, 0, AccessSize::WordAccess, PM1A_EVT);
+    fadt.x_pm1a_cnt_blk = GAS::new(AddressSpace::SystemIo, 16, 0, AccessSize::WordAccess, PM1A_CNT);
+    fadt.x_pm_tmr_blk = GAS::new(AddressSpace::SystemIo, 32, 0, AccessSize::DwordAccess, PM_TMR);
+    // IA-PC boot architecture: legacy devices and an 8042 are present.
+    fadt.iapc_boot_arch = 0x3u16.into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"HVVMM\0\0\0").into();
     let fadt = bytes(&fadt.finalize());
 
@@ -184,13 +238,15 @@ mod tests {
             found.push((s, t, len));
         }
         let madt = found.iter().find(|f| &f.0 == b"APIC").unwrap();
-        // 44-byte header, 4 local APICs of 8 bytes, one IOAPIC of 12.
-        assert_eq!(madt.2, 44 + 4 * 8 + 12);
+        // 44-byte header, 4 local APICs of 8 bytes, one IOAPIC of 12, one override of 10.
+        assert_eq!(madt.2, 44 + 4 * 8 + 12 + 10);
         let fadt = found.iter().find(|f| &f.0 == b"FACP").unwrap();
         let flags: u32 = mem.read_obj(GuestAddress(fadt.1 + 112)).unwrap();
-        assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
-        let sleep: u64 = mem.read_obj(GuestAddress(fadt.1 + 244 + 4)).unwrap();
-        assert_eq!(sleep, SLEEP_CONTROL_PORT);
+        assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
+        let pm1a_cnt: u32 = mem.read_obj(GuestAddress(fadt.1 + 64)).unwrap();
+        assert_eq!(u64::from(pm1a_cnt), PM1A_CNT);
+        let sci: u16 = mem.read_obj(GuestAddress(fadt.1 + 46)).unwrap();
+        assert_eq!(u32::from(sci), SCI_IRQ);
         let dsdt: u64 = mem.read_obj(GuestAddress(fadt.1 + 140)).unwrap();
         let dlen: u32 = mem.read_obj(GuestAddress(dsdt + 4)).unwrap();
         assert!(checksum_ok(mem, dsdt, dlen as usize));

@@ -34,6 +34,7 @@ pub mod quirks;
 pub mod rate_limiter;
 mod signal;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use kvm::{HostKind, Hypervisor};

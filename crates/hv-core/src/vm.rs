@@ -18,13 +18,13 @@ use kvm_bindings::{
     kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, EntryPoint};
 use crate::bus::{self, Bus, SharedDevice};
-use crate::devices::acpi_pm::{AcpiSleep, SLEEP_CONTROL_PORT, SLEEP_PORTS_LEN};
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
@@ -32,6 +32,8 @@ use crate::devices::{IrqLine, RequestSink, VmRequest};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::quirks::Quirks;
 use crate::vcpu::{self, Kicker, Vcpu};
+use crate::virtio::mmio::{QUEUE_NOTIFY, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::virtio::{MmioTransport, VirtioDevice};
 
 /// Errors building or operating a VM.
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +371,14 @@ struct ExtraDevice {
     device: SharedDevice,
 }
 
+/// Interrupt lines given to virtio-mmio devices, in order (free ISA lines, then IOAPIC-only).
+const VIRTIO_IRQS: [u32; 16] = [5, 6, 7, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// Window base and interrupt of the `i`th virtio-mmio device.
+fn virtio_slot(i: usize) -> (u64, u32) {
+    (VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE, VIRTIO_IRQS[i])
+}
+
 /// Describes a VM; [`build`](VmBuilder::build) validates it and makes a [`Vm`].
 pub struct VmBuilder {
     memory: MemoryConfig,
@@ -382,6 +392,8 @@ pub struct VmBuilder {
     dirty_tracking: bool,
     devices: Vec<ExtraDevice>,
     dsdt_aml: Vec<Vec<u8>>,
+    virtio: Vec<Box<dyn VirtioDevice>>,
+    virtio_cmdline: bool,
 }
 
 impl Default for VmBuilder {
@@ -405,6 +417,8 @@ impl VmBuilder {
             dirty_tracking: false,
             devices: Vec::new(),
             dsdt_aml: Vec::new(),
+            virtio: Vec::new(),
+            virtio_cmdline: true,
         }
     }
 
@@ -487,12 +501,26 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio device on its own virtio-mmio window and interrupt line; it is described
+    /// in the DSDT and (unless turned off) on the command line.
+    pub fn virtio_device(mut self, device: Box<dyn VirtioDevice>) -> Self {
+        self.virtio.push(device);
+        self
+    }
+
+    /// Whether to announce virtio-mmio devices with `virtio_mmio.device=` on the command line
+    /// (default on; needed by kernels without ACPI virtio-mmio discovery).
+    pub fn virtio_mmio_cmdline(mut self, on: bool) -> Self {
+        self.virtio_cmdline = on;
+        self
+    }
+
     fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
         Error::InvalidConfig { field, reason: reason.into() }
     }
 
     /// Validates the description and builds the VM (kernel loaded, vCPUs created, not running).
-    pub fn build(self) -> Result<Vm> {
+    pub fn build(mut self) -> Result<Vm> {
         let kernel =
             self.kernel.clone().ok_or_else(|| Self::invalid("kernel", "no kernel given"))?;
         // Probe the kernel before touching KVM: a corrupt file is a typed error up front.
@@ -504,6 +532,15 @@ impl VmBuilder {
         }
         if self.vcpus == 0 || self.vcpus > 254 {
             return Err(Self::invalid("vcpus", format!("{} is not in 1..=254", self.vcpus)));
+        }
+        if self.virtio.len() > VIRTIO_IRQS.len() {
+            return Err(Self::invalid(
+                "virtio devices",
+                format!("{} devices, at most {} fit", self.virtio.len(), VIRTIO_IRQS.len()),
+            ));
+        }
+        if !self.virtio.is_empty() && !self.irqchip {
+            return Err(Self::invalid("virtio devices", "virtio needs the in-kernel irqchip"));
         }
         if !self.irqchip && self.vcpus > 1 {
             return Err(Self::invalid("vcpus", "more than one vCPU needs the in-kernel irqchip"));
@@ -523,6 +560,15 @@ impl VmBuilder {
                 cmdline.push(' ');
             }
             cmdline.push_str(extra);
+        }
+        if self.virtio_cmdline {
+            for i in 0..self.virtio.len() {
+                let (base, irq) = virtio_slot(i);
+                if !cmdline.is_empty() {
+                    cmdline.push(' ');
+                }
+                cmdline.push_str(&format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+            }
         }
         if cmdline.len() >= boot::layout::CMDLINE_MAX {
             return Err(Error::Boot(boot::Error::Cmdline("longer than 2047 bytes")));
@@ -551,6 +597,27 @@ impl VmBuilder {
             vm_fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
 
+        // virtio devices: a window, an interrupt and an ioeventfd per queue each.
+        let mut transports = Vec::new();
+        let mut dsdt_aml = self.dsdt_aml.clone();
+        for (i, dev) in std::mem::take(&mut self.virtio).into_iter().enumerate() {
+            let (base, irq) = virtio_slot(i);
+            let irq_line = self.irq_line(&vm_fd, irq)?;
+            let mut notify = Vec::new();
+            for q in 0..dev.queue_max_sizes().len() {
+                let evt = EventFd::new(libc::EFD_NONBLOCK)
+                    .map_err(|source| Error::Host { what: "eventfd", source })?;
+                vm_fd
+                    .register_ioevent(&evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
+                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+                notify.push(evt);
+            }
+            let t = MmioTransport::new(dev, ram.memory().clone(), irq_line, notify)
+                .map_err(|source| Error::Host { what: "virtio transport", source })?;
+            dsdt_aml.push(acpi::virtio_mmio_aml(i, base, VIRTIO_MMIO_SIZE, irq));
+            transports.push((base, Arc::new(Mutex::new(t))));
+        }
+
         // Boot data.
         let mem = ram.memory();
         let loaded = boot::load_kernel(mem, &kernel)?;
@@ -568,10 +635,7 @@ impl VmBuilder {
         };
         boot::write_cmdline(mem, &cmdline)?;
         crate::boot::regs::write_tables(mem)?;
-        let rsdp = acpi::write_tables(
-            mem,
-            &AcpiConfig { vcpus: self.vcpus, dsdt_aml: self.dsdt_aml.clone() },
-        )?;
+        let rsdp = acpi::write_tables(mem, &AcpiConfig { vcpus: self.vcpus, dsdt_aml })?;
         let boot_info = match loaded.entry {
             EntryPoint::Pvh(_) => boot::params::write_pvh(mem, ram.layout(), initrd, Some(rsdp))?,
             EntryPoint::Linux64 { header, .. } => boot::params::write_zero_page(
@@ -601,6 +665,7 @@ impl VmBuilder {
             }
         });
         let serial_irq = self.irq_line(&vm_fd, COM1_IRQ)?;
+        let sci = self.irq_line(&vm_fd, SCI_IRQ)?;
         let out = self.serial_out.unwrap_or_else(|| Box::new(std::io::sink()));
         let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, out)));
         ctx.pio.insert(COM1_BASE, 8, serial.clone())?;
@@ -610,11 +675,11 @@ impl VmBuilder {
             Arc::new(Mutex::new(I8042::new(requests.clone()))),
         )?;
         ctx.pio.insert(CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::new())))?;
-        ctx.pio.insert(
-            SLEEP_CONTROL_PORT,
-            SLEEP_PORTS_LEN,
-            Arc::new(Mutex::new(AcpiSleep::new(requests.clone()))),
-        )?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(requests.clone(), sci)));
+        ctx.pio.insert(PM_BASE, PM_LEN, pm.clone())?;
+        for (base, t) in transports {
+            ctx.mmio.insert(base, VIRTIO_MMIO_SIZE, t)?;
+        }
         for d in self.devices {
             if d.mmio {
                 ctx.mmio.insert(d.base, d.len, d.device)?;
@@ -654,6 +719,7 @@ impl VmBuilder {
             ram,
             ctx,
             serial,
+            pm,
             pending: vcpus,
             threads: Vec::new(),
             cmdline,
@@ -678,6 +744,7 @@ pub struct Vm {
     ram: GuestRam,
     ctx: Arc<Context>,
     serial: Arc<Mutex<SerialPort>>,
+    pm: Arc<Mutex<AcpiPm>>,
     pending: Vec<Vcpu>,
     threads: Vec<JoinHandle<()>>,
     cmdline: String,
@@ -786,6 +853,15 @@ impl Vm {
         g.state = VmState::Running;
         self.ctx.control.cond.notify_all();
         Ok(())
+    }
+
+    /// Asks the guest to shut down gracefully by pressing the ACPI power button. The guest
+    /// decides what to do (Linux's ACPI button driver reports it to user space, whose init
+    /// powers off); [`wait`](Vm::wait) reports the outcome. Returns whether the guest had
+    /// enabled the power-button event, i.e. whether it can hear the request at all.
+    pub fn shutdown(&self) -> Result<bool> {
+        drop(self.transition(Op::Shutdown, "shut down")?);
+        Ok(self.pm.lock().unwrap_or_else(|e| e.into_inner()).press_power_button())
     }
 
     /// Stops the VM at once; [`wait`](Vm::wait) then returns [`ExitReason::Killed`].

@@ -8,9 +8,13 @@
 //!   inject #BP, exactly what the CPU would have done.
 //! - `fwait` and `ldmxcsr`: skip them (no x87 exception is pending in an emulated kernel, and
 //!   the kernel only loads the default MXCSR).
-//! - `xrstor`, `clac`, `lock cmpxchg16b`, SSE4/AES moves in kernel FPU sections: cannot be
+//! - `xrstor`, `clac`, `lock cmpxchg16b`, `popcnt`, SSE4/AES moves in kernel FPU sections
+//!   and other extensions the emulator lacks (`rdrand`, `movbe`, BMI, `rdfsbase`): cannot be
 //!   completed here, so the guest is told not to use them on its command line (`noxsave`,
 //!   `clearcpuid=...`), since `KVM_SET_CPUID2` has no effect on PVM.
+//!
+//! The emulated kernel is ~2000x slower than native, so the soft-lockup and RCU stall
+//! detectors are silenced too: their warnings would be noise, not faults.
 //!
 //! Any other failure ends the VM as crashed with the bytes in the outcome.
 
@@ -21,8 +25,9 @@ use super::Emulated;
 
 /// What a Linux guest's command line gets on PVM: hide what the emulator cannot run, and keep
 /// the soft-lockup detector quiet while the emulated kernel is slow.
-pub const CMDLINE: &str =
-    "noxsave clearcpuid=smap,cx16,pclmulqdq,aes,sse4_1,sse4_2,ssse3,avx,avx2 nosoftlockup";
+pub const CMDLINE: &str = "noxsave \
+    clearcpuid=smap,cx16,pclmulqdq,aes,sse4_1,sse4_2,ssse3,avx,avx2,popcnt,rdrand,rdseed,movbe,\
+    bmi1,bmi2,fsgsbase nosoftlockup rcupdate.rcu_cpu_stall_suppress=1";
 
 const BP_VECTOR: u8 = 3;
 

@@ -1,0 +1,123 @@
+//! The virtio transport and the [`VirtioDevice`] trait devices implement.
+//!
+//! hv uses virtio-mmio (version 2, `VIRTIO_F_VERSION_1` only). Why mmio rather than pci:
+//! a device is one 4 KiB register window and one interrupt line, with no PCI host bridge,
+//! config space, BARs or MSI-X tables to emulate; each register access the guest makes is a
+//! single MMIO exit, and queue notifications never exit to user space at all (ioeventfd).
+//! A stock kernel finds the devices through the ACPI DSDT (`LNRO0005`), and minimal kernels
+//! or test guests through `virtio_mmio.device=SIZE@ADDR:IRQ` on the command line.
+//!
+//! Data path: the guest's write to `QueueNotify` is matched by KVM against an ioeventfd and
+//! wakes the device's own worker thread ([`worker`]); the device completes requests in guest
+//! memory and raises its interrupt through an irqfd ([`Interrupt`]). The vCPU thread does no
+//! device work.
+
+pub mod mmio;
+pub mod worker;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use hv_mem::GuestMemory;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::IrqLine;
+
+pub use mmio::MmioTransport;
+
+/// Interrupt status bit: a used buffer was added.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
+/// Interrupt status bit: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x2;
+
+/// A device's way to interrupt the guest.
+#[derive(Clone, Debug)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irq: IrqLine,
+}
+
+impl Interrupt {
+    pub(crate) fn new(status: Arc<AtomicU32>, irq: IrqLine) -> Self {
+        Self { status, irq }
+    }
+
+    /// Tells the guest buffers were used.
+    pub fn signal_used_queue(&self) {
+        self.status.fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        let _ = self.irq.eventfd().write(1);
+    }
+
+    /// Tells the guest the device configuration changed.
+    pub fn signal_config_change(&self) {
+        self.status.fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+        let _ = self.irq.eventfd().write(1);
+    }
+
+    /// An interrupt connected to nothing (for tests of devices without a VM).
+    pub fn disconnected() -> std::io::Result<Self> {
+        Ok(Self::new(Arc::new(AtomicU32::new(0)), IrqLine::disconnected()?))
+    }
+
+    /// The pending interrupt status bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+}
+
+/// A queue the driver set up, handed to the device at activation.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// The queue's index.
+    pub index: u16,
+    /// The queue (addresses validated against guest memory).
+    pub queue: Queue,
+    /// Signalled when the driver notifies this queue.
+    pub notify: EventFd,
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+#[derive(Debug)]
+pub struct Activation {
+    /// Guest memory, for the device's worker.
+    pub mem: GuestMemory,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+    /// The queues the driver made ready.
+    pub queues: Vec<ActiveQueue>,
+    /// How to interrupt the guest.
+    pub interrupt: Interrupt,
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up a queue the device needs.
+    #[error("queue {0} is required but was not set up")]
+    MissingQueue(u16),
+    /// The device's worker could not start.
+    #[error("cannot start the device worker: {0}")]
+    Worker(#[source] std::io::Error),
+    /// Another device-specific reason.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (1 = net, 2 = block, ...).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Feature bits the device offers (`VIRTIO_F_VERSION_1` is added by the transport).
+    fn features(&self) -> u64;
+    /// Reads the device configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space (most devices ignore writes).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device: it owns the queues from now on.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops using the queues and returns to the initial state (the driver reset it).
+    fn reset(&mut self) {}
+}

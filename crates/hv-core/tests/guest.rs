@@ -1,0 +1,242 @@
+//! The VMM against the test guest: real KVM, real vCPU exits, reading what the guest prints.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hv_core::bus::BusDevice;
+use hv_core::console::Capture;
+use hv_core::{CrashReason, Error, ExitReason, VmBuilder, VmState};
+use hv_test_support::{have_kvm, require, test_guest};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn guest(test: &str) -> (VmBuilder, Capture) {
+    let console = Capture::new();
+    let b = VmBuilder::new()
+        .kernel(test_guest())
+        .memory_mib(64)
+        .cmdline(test.to_string())
+        .serial_output(console.clone());
+    (b, console)
+}
+
+fn run(b: VmBuilder) -> ExitReason {
+    let mut vm = b.build().expect("build");
+    vm.start().expect("start");
+    let r = vm.wait_timeout(TIMEOUT).expect("guest did not stop in time");
+    assert_eq!(vm.state(), VmState::Stopped);
+    r
+}
+
+#[test]
+fn boots_prints_and_powers_off() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=poweroff");
+    let r = run(b.memory_mib(96));
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    let text = out.text();
+    assert!(text.starts_with("hvtest: boot\n"), "{text}");
+    assert!(text.contains("hvtest: cmdline=test=poweroff"), "{text}");
+    // 96 MiB less the legacy BIOS hole, as the guest sums our e820 map.
+    assert!(text.contains("hvtest: mem=95 MiB"), "{text}");
+    assert!(text.contains("hvtest: cpus=1\n"), "{text}");
+    assert!(text.contains("hvtest: done"), "{text}");
+}
+
+/// A test device: remembers writes, answers reads with a fixed value and the last write.
+#[derive(Default)]
+struct Probe {
+    writes: Vec<(u64, Vec<u8>)>,
+    reads: usize,
+}
+
+impl BusDevice for Probe {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.reads += 1;
+        let v: u32 = if offset == 0 { 0x600d_cafe } else { 0xfeed_0000 | offset as u32 };
+        let bytes = v.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.writes.push((offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn port_io_reaches_a_device_on_the_pio_bus() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let probe = Arc::new(Mutex::new(Probe::default()));
+    let (b, out) = guest("test=pio");
+    let r = run(b.pio_device(0x6e0, 4, probe.clone()));
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    let p = probe.lock().unwrap();
+    assert_eq!(p.writes, vec![(0, 0x1234_5678u32.to_le_bytes().to_vec())]);
+    assert_eq!(p.reads, 1);
+    assert!(out.text().contains("hvtest: pio read 0x600dcafe"), "{}", out.text());
+}
+
+#[test]
+fn mmio_reaches_a_device_on_the_mmio_bus() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let probe = Arc::new(Mutex::new(Probe::default()));
+    let (b, out) = guest("test=mmio");
+    let r = run(b.mmio_device(0xd000_0000, 0x1000, probe.clone()));
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    let p = probe.lock().unwrap();
+    assert_eq!(p.writes, vec![(0, 0xcafe_f00du32.to_le_bytes().to_vec())]);
+    assert!(out.text().contains("hvtest: mmio read 0xfeed0004"), "{}", out.text());
+}
+
+#[test]
+fn unclaimed_io_reads_as_all_ones() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=mmio");
+    let r = run(b);
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    assert!(out.text().contains("hvtest: mmio read 0xffffffff"), "{}", out.text());
+}
+
+#[test]
+fn hlt_without_irqchip_ends_the_vm_as_halted() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=hlt");
+    let r = run(b.irqchip(false));
+    assert!(matches!(r, ExitReason::Halted), "{r}");
+    assert!(out.text().contains("hvtest: halting"), "{}", out.text());
+}
+
+#[test]
+fn triple_fault_is_a_crash_with_vcpu_state() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=triple");
+    let r = run(b);
+    let ExitReason::Crashed(info) = &r else { panic!("expected a crash, got {r}") };
+    assert_eq!(info.reason, CrashReason::TripleFault);
+    assert_eq!(info.vcpu, 0);
+    let regs = info.regs.expect("registers");
+    assert!(regs.rip >= 0x10_0000, "rip {:#x} should be in the guest image", regs.rip);
+    assert!(out.text().contains("hvtest: triple-faulting"));
+    assert!(r.to_string().contains("triple fault"), "{r}");
+}
+
+#[test]
+fn guest_page_fault_is_handled_by_the_guest() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=pagefault");
+    let r = run(b);
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    assert!(out.text().contains("hvtest: page fault at 0x1000000000"), "{}", out.text());
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_as_reset() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=reset");
+    let r = run(b);
+    assert!(matches!(r, ExitReason::Reset), "{r}");
+    assert!(out.text().contains("hvtest: resetting"));
+}
+
+#[test]
+fn four_vcpus_on_a_two_core_host_all_report_in() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=smp");
+    let r = run(b.vcpus(4));
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}\n{}", out.text());
+    let text = out.text();
+    assert!(text.contains("hvtest: cpus=4"), "{text}");
+    for id in 1..4 {
+        assert!(text.contains(&format!("hvtest: cpu {id} up")), "{text}");
+    }
+    assert!(text.contains("hvtest: smp ok 4"), "{text}");
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=ticks count=400");
+    let mut vm = b.build().unwrap();
+    assert!(matches!(vm.pause(), Err(Error::InvalidState { state: VmState::Created, .. })));
+    vm.start().unwrap();
+    assert!(out.wait_for("hvtest: tick 2\n", TIMEOUT), "{}", out.text());
+    vm.pause().unwrap();
+    assert_eq!(vm.state(), VmState::Paused);
+    let frozen = out.len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(out.len(), frozen, "the guest printed while paused");
+    assert!(matches!(vm.pause(), Err(Error::InvalidState { state: VmState::Paused, .. })));
+    vm.resume().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    let r = vm.wait_timeout(TIMEOUT).expect("guest finishes");
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    assert!(out.text().contains("hvtest: tick 399\n"));
+    assert!(out.len() > frozen);
+}
+
+#[test]
+fn kill_stops_a_running_guest() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=ticks count=1000000");
+    let mut vm = b.vcpus(2).build().unwrap();
+    vm.start().unwrap();
+    assert!(out.wait_for("hvtest: tick 1\n", TIMEOUT));
+    vm.kill().unwrap();
+    let r = vm.wait_timeout(Duration::from_secs(10)).expect("kill is prompt");
+    assert!(matches!(r, ExitReason::Killed), "{r}");
+    assert!(matches!(vm.start(), Err(Error::InvalidState { .. })));
+}
+
+#[test]
+fn one_vm_crashing_leaves_another_running() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (good, good_out) = guest("test=ticks count=50");
+    let (bad, bad_out) = guest("test=triple");
+    let mut good = good.vcpus(2).build().unwrap();
+    let mut bad = bad.build().unwrap();
+    good.start().unwrap();
+    bad.start().unwrap();
+    let r = bad.wait_timeout(TIMEOUT).unwrap();
+    assert!(r.is_crash(), "{r}");
+    assert!(bad_out.text().contains("triple-faulting"));
+    let r = good.wait_timeout(TIMEOUT).unwrap();
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    assert!(good_out.text().contains("hvtest: tick 49\n"));
+}
+
+#[test]
+fn a_corrupt_kernel_is_a_typed_error_before_any_vm_runs() {
+    let dir = std::env::temp_dir().join(format!("hv-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("vmlinux");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let e = VmBuilder::new().kernel(&junk).build().unwrap_err();
+    assert!(matches!(e, Error::Boot(hv_core::boot::Error::UnknownFormat { .. })), "{e}");
+    // A truncated ELF: right magic, nothing else.
+    std::fs::write(&junk, b"\x7fELF\x02\x01\x01\x00").unwrap();
+    if have_kvm() {
+        let e = VmBuilder::new().kernel(&junk).build().unwrap_err();
+        assert!(matches!(e, Error::Boot(hv_core::boot::Error::Load { .. })), "{e}");
+    }
+    let e = VmBuilder::new().kernel(dir.join("missing")).build().unwrap_err();
+    assert!(matches!(e, Error::Boot(hv_core::boot::Error::KernelFile { .. })), "{e}");
+    let e = VmBuilder::new().kernel(&junk).vcpus(0).build().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { .. } | Error::Boot(_)), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let e = VmBuilder::new().kernel(test_guest()).vcpus(0).build().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { field: "vcpus", .. }), "{e}");
+    let e = VmBuilder::new().kernel(test_guest()).vcpus(2).irqchip(false).build().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { field: "vcpus", .. }), "{e}");
+    let e = VmBuilder::new().kernel(test_guest()).memory_mib(1).build().unwrap_err();
+    assert!(matches!(e, Error::Memory(_)), "{e}");
+    let e = VmBuilder::new().kernel(test_guest()).cmdline("x".repeat(3000)).build().unwrap_err();
+    assert!(matches!(e, Error::Boot(hv_core::boot::Error::Cmdline(_))), "{e}");
+    let e = VmBuilder::new().build().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { field: "kernel", .. }), "{e}");
+}
