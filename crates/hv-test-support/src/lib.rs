@@ -20,6 +20,8 @@
 
 use std::path::PathBuf;
 
+pub mod netns;
+
 mod guest;
 
 pub use guest::{hvtest_lines, test_guest, HVTEST_PREFIX};
