@@ -217,13 +217,39 @@ fn udhcpc_gets_leases_from_our_server_on_a_bridge() {
 }
 
 #[test]
-fn a_missing_interface_is_a_clear_error() {
+fn one_server_per_interface_and_clear_socket_errors() {
     hv_test_support::require!(hv_test_support::is_root(), "network namespaces need root");
     let dir = tempfile::tempdir().unwrap();
-    let ns = NetNs::new("hvdhcp");
-    let mut c = config(&dir.path().join("net.leases"));
-    c.interface = "hvnope0".into();
-    let err = ns.run(move || DhcpServer::new(c)).unwrap_err();
+    let host = NetNs::new("hvdhcp-s");
+    for (br, cidr) in [("hvbr0", "10.77.0.1/24"), ("hvbr1", "10.78.0.1/24")] {
+        host.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
+        host.exec_ok(&["ip", "addr", "add", cidr, "dev", br]);
+        host.exec_ok(&["ip", "link", "set", br, "up"]);
+    }
+    let first = start(&host, config(&dir.path().join("a.leases")));
+
+    // Another network's server runs beside it...
+    let mut other = config(&dir.path().join("b.leases"));
+    other.interface = "hvbr1".into();
+    other.server_ip = Ipv4Addr::new(10, 78, 0, 1);
+    other.router = Some(other.server_ip);
+    other.range = Ipv4Addr::new(10, 78, 0, 100)..=Ipv4Addr::new(10, 78, 0, 120);
+    other.reservations.clear();
+    let second = start(&host, other);
+
+    // ...but a second server on the same bridge is refused, naming the interface.
+    let dup = config(&dir.path().join("c.leases"));
+    let err = host.run(move || DhcpServer::new(dup)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("hvbr0") && text.contains("bind"), "{text}");
+
+    // So is a bridge that does not exist.
+    let mut missing = config(&dir.path().join("d.leases"));
+    missing.interface = "hvnope0".into();
+    let err = host.run(move || DhcpServer::new(missing)).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("hvnope0") && text.contains("SO_BINDTODEVICE"), "{text}");
+
+    first.stop().unwrap();
+    second.stop().unwrap();
 }
