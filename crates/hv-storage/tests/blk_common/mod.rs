@@ -58,12 +58,15 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Writes raw descriptors at table indices starting at the next free one (no NEXT flags
-    /// added; `next` fields are relative to that start); makes `head` (relative) available.
+    /// added; `next` fields below the queue size are relative to that start); makes `head`
+    /// (relative) available.
     pub fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)], head: u16) {
         let base = self.next_desc;
         for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
             let idx = (base + i as u16) % QUEUE_SIZE;
-            let d = SplitDescriptor::new(addr, len, flags, next.wrapping_add(base) % QUEUE_SIZE);
+            // `next` values at or past the queue size are kept as they are (broken links).
+            let next = if next >= QUEUE_SIZE { next } else { (next + base) % QUEUE_SIZE };
+            let d = SplitDescriptor::new(addr, len, flags, next);
             self.mock.desc_table().store(idx, RawDescriptor::from(d)).expect("store desc");
         }
         self.next_desc = (base + descs.len() as u16) % QUEUE_SIZE;
@@ -112,6 +115,12 @@ impl<'a> TestQueue<'a> {
     pub fn set_avail_flags(&self, flags: u16) {
         // The avail ring starts with its flags.
         self.mem.write_obj(flags.to_le(), self.mock.avail_addr()).expect("avail flags");
+    }
+
+    /// Sets `used_event` (EVENT_IDX), the field after the avail ring's entries.
+    pub fn set_used_event(&self, v: u16) {
+        let addr = self.mock.avail_addr().0 + 4 + 2 * u64::from(QUEUE_SIZE);
+        self.mem.write_obj(v.to_le(), GuestAddress(addr)).expect("used_event");
     }
 
     /// Writes a request header and returns its address.
