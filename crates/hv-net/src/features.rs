@@ -28,6 +28,9 @@ pub enum Feature {
     VhostNet,
     /// The `nft` binary for nftables.
     Nftables,
+    /// Connection tracking in nftables' bridge family (`nf_conntrack_bridge`), for stateful
+    /// security groups; without it port security mirrors rules for replies.
+    BridgeConntrack,
 }
 
 impl std::fmt::Display for Feature {
@@ -38,6 +41,7 @@ impl std::fmt::Display for Feature {
             Feature::BridgeVlanFiltering => "bridge VLAN filtering",
             Feature::VhostNet => "vhost-net",
             Feature::Nftables => "nftables (the nft binary)",
+            Feature::BridgeConntrack => "bridge-family connection tracking",
         })
     }
 }
@@ -130,20 +134,32 @@ fn probe_links() -> (Result<(), Unsupported>, Result<(), Unsupported>) {
 /// the process may make one (root), so the host's own networking is never touched; otherwise
 /// in the caller's namespace with a scratch bridge that is deleted at once.
 pub fn host_features() -> HostFeatures {
-    let (vlan, filtering) = std::thread::spawn(|| {
+    let nft = Nft::locate();
+    let nft_for_probe = nft.as_ref().ok().cloned();
+    let probed = std::thread::spawn(move || {
         // SAFETY: unshare(CLONE_NEWNET) only changes this scratch thread's network namespace;
         // failure is reported through the return value and leaves the thread as it was.
         let _ = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        probe_links()
+        let (vlan, filtering) = probe_links();
+        let ct = match nft_for_probe {
+            Some(n) if n.bridge_conntrack() => Ok(()),
+            Some(_) => {
+                missing(Feature::BridgeConntrack, "a `ct state` rule in a bridge table is refused")
+            }
+            None => missing(Feature::BridgeConntrack, "no nft binary to probe with"),
+        };
+        (vlan, filtering, ct)
     })
-    .join()
-    .unwrap_or_else(|_| {
+    .join();
+    let (vlan, filtering, ct) = probed.unwrap_or_else(|_| {
+        let p = "probe panicked";
         (
-            missing(Feature::VlanDevices, "probe panicked"),
-            missing(Feature::BridgeVlanFiltering, "probe panicked"),
+            missing(Feature::VlanDevices, p),
+            missing(Feature::BridgeVlanFiltering, p),
+            missing(Feature::BridgeConntrack, p),
         )
     });
-    let nft = match Nft::locate() {
+    let nft = match nft {
         Ok(_) => Ok(()),
         Err(e) => missing(Feature::Nftables, e.to_string()),
     };
@@ -154,6 +170,7 @@ pub fn host_features() -> HostFeatures {
             (Feature::BridgeVlanFiltering, filtering),
             (Feature::VhostNet, device(Feature::VhostNet, "/dev/vhost-net")),
             (Feature::Nftables, nft),
+            (Feature::BridgeConntrack, ct),
         ],
     }
 }

@@ -6,15 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use hv_net::netlink::{Netlink, NetlinkError, VxlanConfig};
 use hv_test_support::netns::NetNs;
 
+mod common;
+
 fn names(nl: &mut Netlink) -> Vec<String> {
     nl.links().unwrap().into_iter().map(|l| l.name).collect()
-}
-
-macro_rules! need_root {
-    () => {
-        hv_test_support::require!(hv_test_support::is_root(), "network namespaces need root");
-        hv_test_support::require!(hv_test_support::netns::have_netns_tools(), "iproute2 and ping");
-    };
 }
 
 #[test]

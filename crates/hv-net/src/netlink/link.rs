@@ -225,8 +225,15 @@ impl Netlink {
             InfoKind::Bridge,
             Some(InfoData::Bridge(vec![InfoBridge::VlanFiltering(on)])),
         ));
-        match self.request(RouteNetlinkMessage::SetLink(m), 0)? {
-            Ok(_) => Ok(()),
+        // Link-kind options change through RTM_NEWLINK on the existing index (RTM_SETLINK
+        // ignores IFLA_LINKINFO), as iproute2's `ip link set ... type bridge` does.
+        match self.request(RouteNetlinkMessage::NewLink(m), 0)? {
+            Ok(_) if self.bridge_vlan_filtering(bridge)? == Some(on) => Ok(()),
+            Ok(_) => Err(NetlinkError::Unsupported {
+                what: "bridge VLAN filtering",
+                object: bridge.to_string(),
+                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            }),
             Err(e) if is_unsupported(&e) => Err(NetlinkError::Unsupported {
                 what: "bridge VLAN filtering",
                 object: bridge.to_string(),
@@ -234,6 +241,34 @@ impl Netlink {
             }),
             Err(e) => Err(fail("set VLAN filtering on", bridge, e)),
         }
+    }
+
+    /// The bridge's VLAN filtering setting as the kernel reports it (`None` if not reported).
+    pub fn bridge_vlan_filtering(&mut self, bridge: &str) -> Result<Option<bool>> {
+        check_ifname(bridge)?;
+        let msgs = match self.request(RouteNetlinkMessage::GetLink(named(bridge)), 0)? {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                return Err(NetlinkError::LinkNotFound(bridge.to_string()))
+            }
+            Err(e) => return Err(fail("look up link", bridge, e)),
+        };
+        for m in &msgs {
+            let RouteNetlinkMessage::NewLink(l) = m else { continue };
+            for attr in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = attr else { continue };
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Bridge(opts)) = info {
+                        for o in opts {
+                            if let InfoBridge::VlanFiltering(v) = o {
+                                return Ok(Some(*v));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn set_link(
