@@ -8,8 +8,7 @@ use std::process::Command;
 use hv_mem::{GuestMemory, GuestRam, MemoryConfig};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Guest RAM size for tests.
@@ -28,10 +27,15 @@ pub fn ram() -> GuestRam {
     GuestRam::new(&MemoryConfig::new(RAM_SIZE)).expect("guest RAM")
 }
 
-/// A split queue at guest address 0 that tests fill descriptor by descriptor.
+/// A split queue the tests fill by hand: descriptor table at `base`, avail ring at
+/// `base + 0x1000`, used ring at `base + 0x2000`. (virtio-queue's `MockSplitQueue` places the
+/// used ring 64 bytes after the avail ring start for a 64-entry queue, so more than ~30 avail
+/// entries overwrite used entries: it is not used here.)
 pub struct TestQueue<'a> {
     pub mem: &'a GuestMemory,
-    mock: MockSplitQueue<'a, GuestMemory>,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
     next_desc: u16,
     avail: u16,
     next_addr: u64,
@@ -45,9 +49,29 @@ impl<'a> TestQueue<'a> {
 
     /// A queue at `base`, allocating buffers from `data_base` upwards.
     pub fn at(mem: &'a GuestMemory, base: GuestAddress, data_base: u64) -> Self {
-        let mock = MockSplitQueue::create(mem, base, QUEUE_SIZE);
-        let queue: Queue = mock.create_queue().expect("queue");
-        Self { mem, mock, next_desc: 0, avail: 0, next_addr: data_base, queue }
+        let (desc_table, avail_ring, used_ring) = (base.0, base.0 + 0x1000, base.0 + 0x2000);
+        mem.write_slice(&[0u8; 0x3000], base).expect("clear queue memory");
+        let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
+        queue.set_size(QUEUE_SIZE);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(desc_table);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(avail_ring);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(used_ring);
+        queue.set_used_ring_address(lo, hi);
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem), "test queue layout");
+        Self {
+            mem,
+            desc_table,
+            avail_ring,
+            used_ring,
+            next_desc: 0,
+            avail: 0,
+            next_addr: data_base,
+            queue,
+        }
     }
 
     /// Allocates `len` bytes of guest memory for a buffer (512-aligned).
@@ -66,8 +90,9 @@ impl<'a> TestQueue<'a> {
             let idx = (base + i as u16) % QUEUE_SIZE;
             // `next` values at or past the queue size are kept as they are (broken links).
             let next = if next >= QUEUE_SIZE { next } else { (next + base) % QUEUE_SIZE };
-            let d = SplitDescriptor::new(addr, len, flags, next);
-            self.mock.desc_table().store(idx, RawDescriptor::from(d)).expect("store desc");
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            let at = GuestAddress(self.desc_table + 16 * u64::from(idx));
+            self.mem.write_obj(d, at).expect("store desc");
         }
         self.next_desc = (base + descs.len() as u16) % QUEUE_SIZE;
         self.push_avail((base + head) % QUEUE_SIZE);
@@ -75,10 +100,11 @@ impl<'a> TestQueue<'a> {
 
     /// Makes a table index available without touching the table.
     pub fn push_avail(&mut self, head: u16) {
-        let slot = self.avail % QUEUE_SIZE;
-        self.mock.avail().ring().ref_at(slot as usize).expect("avail slot").store(head.to_le());
+        let slot = u64::from(self.avail % QUEUE_SIZE);
+        let at = GuestAddress(self.avail_ring + 4 + 2 * slot);
+        self.mem.write_obj(head.to_le(), at).expect("avail slot");
         self.avail = self.avail.wrapping_add(1);
-        self.mock.avail().idx().store(self.avail.to_le());
+        self.mem.write_obj(self.avail.to_le(), GuestAddress(self.avail_ring + 2)).expect("idx");
     }
 
     /// Adds a well-linked chain of `(addr, len, flags)`; returns its head index.
@@ -102,24 +128,25 @@ impl<'a> TestQueue<'a> {
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        u16::from_le(self.mock.used().idx().load())
+        u16::from_le(self.mem.read_obj(GuestAddress(self.used_ring + 2)).expect("used idx"))
     }
 
     /// Used element `i`: (descriptor head, length).
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let e = self.mock.used().ring().ref_at((i % QUEUE_SIZE) as usize).expect("used").load();
-        (e.id(), e.len())
+        let at = self.used_ring + 4 + 8 * u64::from(i % QUEUE_SIZE);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
+        (u32::from_le(id), u32::from_le(len))
     }
 
     /// Sets the avail ring flags (e.g. VRING_AVAIL_F_NO_INTERRUPT).
     pub fn set_avail_flags(&self, flags: u16) {
-        // The avail ring starts with its flags.
-        self.mem.write_obj(flags.to_le(), self.mock.avail_addr()).expect("avail flags");
+        self.mem.write_obj(flags.to_le(), GuestAddress(self.avail_ring)).expect("avail flags");
     }
 
     /// Sets `used_event` (EVENT_IDX), the field after the avail ring's entries.
     pub fn set_used_event(&self, v: u16) {
-        let addr = self.mock.avail_addr().0 + 4 + 2 * u64::from(QUEUE_SIZE);
+        let addr = self.avail_ring + 4 + 2 * u64::from(QUEUE_SIZE);
         self.mem.write_obj(v.to_le(), GuestAddress(addr)).expect("used_event");
     }
 
