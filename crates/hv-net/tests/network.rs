@@ -212,3 +212,76 @@ fn in_process_dhcp_serves_an_active_network() {
         mgr.destroy("d2").unwrap();
     });
 }
+
+fn have_udhcpc() -> bool {
+    let ok = std::process::Command::new("busybox")
+        .arg("udhcpc")
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).contains("udhcpc"))
+        .unwrap_or(false);
+    hv_test_support::check(ok, "busybox with udhcpc (apt-get install busybox)")
+}
+
+#[test]
+fn nat_network_hands_out_reserved_and_dynamic_leases() {
+    need_root!();
+    if !have_nft() || !have_udhcpc() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = NetNs::new("hvt-dg");
+    NetNs::new("hvt-dh").run(|| {
+        let mut nl = Netlink::new().unwrap();
+        let mgr = NetworkManager::open(dir.path()).unwrap();
+        let reserved: hv_net::MacAddr = "52:54:00:00:00:42".parse().unwrap();
+        let def = NetworkDef::builder("d3", NetworkMode::Nat)
+            .ip("10.53.0.1/24".parse().unwrap())
+            .dhcp_range("10.53.0.100".parse().unwrap(), "10.53.0.120".parse().unwrap())
+            .dhcp_host_named(reserved, "10.53.0.42".parse().unwrap(), Some("web".into()))
+            .build()
+            .unwrap();
+        mgr.define(def).unwrap();
+        mgr.start("d3").unwrap();
+        let dhcp = mgr.serve_dhcp("d3").unwrap();
+        for (port, dev, mac) in
+            [("hvd0", "eth0", "52:54:00:00:00:42"), ("hvd1", "eth1", "52:54:00:00:00:43")]
+        {
+            let peer = format!("{port}p");
+            nl.create_veth(port, &peer).unwrap();
+            nl.set_master(port, "hvd3").unwrap();
+            nl.set_up(port).unwrap();
+            nl.move_to_netns(&peer, &guest.open()).unwrap();
+            guest.exec_ok(&["ip", "link", "set", &peer, "name", dev, "address", mac, "up"]);
+            let out = guest.exec_ok(&[
+                "timeout",
+                "20",
+                "busybox",
+                "udhcpc",
+                "-i",
+                dev,
+                "-n",
+                "-q",
+                "-t",
+                "5",
+                "-s",
+                "/bin/true",
+            ]);
+            drop(out);
+        }
+        dhcp.stop().unwrap();
+        let leases = mgr.dhcp_leases("d3").unwrap();
+        let ip_of = |mac: &str| {
+            let mac: hv_net::MacAddr = mac.parse().unwrap();
+            leases.iter().find(|l| l.mac == mac).map(|l| l.ip.to_string())
+        };
+        assert_eq!(ip_of("52:54:00:00:00:42").as_deref(), Some("10.53.0.42"), "{leases:?}");
+        assert_eq!(ip_of("52:54:00:00:00:43").as_deref(), Some("10.53.0.100"), "{leases:?}");
+        mgr.destroy("d3").unwrap();
+        mgr.undefine("d3").unwrap();
+        assert!(std::fs::read_dir(mgr.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().starts_with('.')));
+    });
+}

@@ -204,6 +204,12 @@ impl NetworkBuilder {
         self
     }
 
+    /// A static reservation that also hands out a host name.
+    pub fn dhcp_host_named(mut self, mac: MacAddr, ip: Ipv4Addr, name: Option<String>) -> Self {
+        self.def.dhcp_hosts.push(DhcpHost { mac, ip, name });
+        self
+    }
+
     /// Checks everything and returns the definition.
     pub fn build(self) -> Result<NetworkDef> {
         if self.def.mode == NetworkMode::Bridge && !self.bridge_set {

@@ -61,6 +61,12 @@ impl NetworkManager {
         self.dir.join(format!("{name}.leases"))
     }
 
+    /// Where a DHCP server process of the network may write its diagnostics (removed with the
+    /// network's definition).
+    pub fn dhcp_log_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.dhcp.log"))
+    }
+
     /// The definition of `name`.
     pub fn get(&self, name: &str) -> Result<NetworkDef> {
         check_name(name)?;
@@ -95,13 +101,14 @@ impl NetworkManager {
         store::write_json(&self.def_path(&def.name), &def)
     }
 
-    /// Forgets an inactive network's definition and its lease file.
+    /// Forgets an inactive network's definition, its lease file and its DHCP log.
     pub fn undefine(&self, name: &str) -> Result<()> {
         let _lock = DirLock::take(&self.dir)?;
         self.get(name)?;
         self.runtime(name)?.state.after(name, NetworkAction::Undefine)?;
         store::remove(&self.runtime_path(name))?;
         store::remove(&self.lease_file(name))?;
+        store::remove(&self.dhcp_log_file(name))?;
         store::remove(&self.def_path(name))
     }
 

@@ -88,11 +88,11 @@ impl NetworkState {
         match (self, action) {
             (s, A::Define) => Ok(Some(s)),
             (S::Defined, A::Start) => Ok(Some(S::Active)),
-            (S::Active, A::Start) => Err(refuse("it is already active")),
+            (S::Active, A::Start) => Err(refuse("it cannot be started again")),
             (S::Active, A::Destroy) => Ok(Some(S::Defined)),
-            (S::Defined, A::Destroy) => Err(refuse("it is not active")),
+            (S::Defined, A::Destroy) => Err(refuse("only an active network can be destroyed")),
             (S::Defined, A::Undefine) => Ok(None),
-            (S::Active, A::Undefine) => Err(refuse("it is active; destroy it first")),
+            (S::Active, A::Undefine) => Err(refuse("destroy it before undefining it")),
         }
     }
 }
@@ -145,7 +145,7 @@ pub enum NetworkError {
     #[error("network {0} is not defined")]
     NotFound(String),
     /// The action is not allowed in the network's current state.
-    #[error("network {name} is {state}: cannot do that because {why}")]
+    #[error("network {name} is {state}: {why}")]
     InvalidState {
         /// The network.
         name: String,
@@ -253,6 +253,6 @@ mod tests {
         assert!(S::Active.after("n", A::Start).is_err());
         assert!(S::Defined.after("n", A::Destroy).is_err());
         let e = S::Active.after("n", A::Undefine).unwrap_err();
-        assert!(e.to_string().contains("destroy it first"), "{e}");
+        assert_eq!(e.to_string(), "network n is active: destroy it before undefining it");
     }
 }
