@@ -17,6 +17,8 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 /// qcow2 header extension: external data file name.
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// qcow2 header extension: feature name table (48-byte entries).
+const EXT_FEATURE_NAMES: u32 = 0x6803_F857;
 /// Incompatible feature bits we know: dirty, corrupt, external data file, compression type,
 /// extended L2 entries.
 const KNOWN_INCOMPATIBLE: u64 = 0b1_1111;
@@ -265,6 +267,10 @@ fn parse_qcow2_header(
                 backing_format = Some(s.to_string());
             }
             EXT_DATA_FILE => return Err(bad("external data files are not supported")),
+            // imago indexes each 48-byte entry without checking its length.
+            EXT_FEATURE_NAMES if len % 48 != 0 => {
+                return Err(bad("feature name table is not a whole number of entries"))
+            }
             _ => {}
         }
         pos = end.next_multiple_of(8);

@@ -120,10 +120,19 @@ pub struct Qcow2Io {
 
 impl Qcow2Io {
     /// Opens the qcow2 image at `path` and its backing chain (read-only backing files).
+    ///
+    /// Callers probe the file first ([`super::format::probe_path`]), which rejects the header
+    /// shapes imago is known to panic on; a panic while parsing is still turned into an error
+    /// here rather than taking the process down.
     pub fn open(path: &Path, writable: bool) -> io::Result<Qcow2Io> {
-        let q = Qcow2::<ImagoFile>::builder_path(path)
-            .write(writable)
-            .open(PermissiveImplicitOpenGate::default())?;
+        let open = || {
+            Qcow2::<ImagoFile>::builder_path(path)
+                .write(writable)
+                .open(PermissiveImplicitOpenGate::default())
+        };
+        let q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "the qcow2 metadata could not be parsed")
+        })??;
         Ok(Qcow2Io { image: FormatAccess::new(q) })
     }
 
