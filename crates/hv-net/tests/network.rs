@@ -6,7 +6,9 @@
 use std::net::IpAddr;
 
 use hv_net::netlink::Netlink;
-use hv_net::network::{NetworkDef, NetworkError, NetworkManager, NetworkMode, NetworkState};
+use hv_net::network::{
+    Created, NetworkDef, NetworkError, NetworkManager, NetworkMode, NetworkState, Runtime,
+};
 use hv_net::nft::{Family, Nft};
 use hv_test_support::netns::NetNs;
 
@@ -283,5 +285,50 @@ fn nat_network_hands_out_reserved_and_dynamic_leases() {
             .unwrap()
             .filter_map(|e| e.ok())
             .all(|e| e.file_name().to_string_lossy().starts_with('.')));
+    });
+}
+
+#[test]
+fn leftovers_of_a_crashed_start_are_cleaned_up() {
+    need_root!();
+    if !have_nft() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    NetNs::new("hvt-crash").run(|| {
+        let mut nl = Netlink::new().unwrap();
+        let nft = Nft::locate().unwrap();
+        let mgr = NetworkManager::open(dir.path()).unwrap();
+        let def = nat_def("c1", "10.54.0.1/24");
+        mgr.define(def.clone()).unwrap();
+        // What a start that died after making the bridge and the table leaves behind: the
+        // objects, and its intent record with the network still inactive.
+        let leave_debris = |nl: &mut Netlink| {
+            nl.create_bridge("hvc1").unwrap();
+            hv_net::nft::network::apply_nat(&nft, "c1", "hvc1", def.ip.unwrap()).unwrap();
+            let intent = Runtime {
+                state: NetworkState::Defined,
+                created: Created {
+                    bridge: Some("hvc1".into()),
+                    address: def.ip,
+                    nft_table: Some("hv_c1".into()),
+                    enabled_forwarding: false,
+                },
+                dhcp: None,
+            };
+            let path = mgr.dir().join("c1.state.json");
+            std::fs::write(path, serde_json::to_vec(&intent).unwrap()).unwrap();
+        };
+        leave_debris(&mut nl);
+        assert_eq!(mgr.info("c1").unwrap().state, NetworkState::Defined);
+        mgr.start("c1").unwrap();
+        mgr.destroy("c1").unwrap();
+        assert!(nl.link("hvc1").unwrap().is_none());
+        assert!(nft.tables().unwrap().is_empty());
+
+        leave_debris(&mut nl);
+        mgr.undefine("c1").unwrap();
+        assert!(nl.link("hvc1").unwrap().is_none(), "undefine clears a crashed start's bridge");
+        assert!(nft.tables().unwrap().is_empty(), "and its table");
     });
 }

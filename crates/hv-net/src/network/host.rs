@@ -40,6 +40,20 @@ fn nft_err(name: &str) -> impl FnOnce(nft::NftError) -> NetworkError + '_ {
     move |source| NetworkError::Nft { name: name.to_string(), source }
 }
 
+/// Everything [`bring_up`] would create for `def`: the intent recorded before starting, so
+/// a start that crashes half-way can be cleaned up (removing what is absent is a no-op).
+pub(crate) fn plan(def: &NetworkDef) -> Created {
+    match (def.mode, def.ip) {
+        (NetworkMode::Bridge, _) | (_, None) => Created::default(),
+        (mode, Some(ip)) => Created {
+            bridge: Some(def.bridge.clone()),
+            address: Some(ip),
+            nft_table: Some(nft::network::table_name(&def.name)),
+            enabled_forwarding: mode == NetworkMode::Nat && !forwarding().unwrap_or(true),
+        },
+    }
+}
+
 /// Creates the network's objects, recording each in `created`. On error the caller rolls back
 /// with [`tear_down`].
 pub(crate) fn bring_up(def: &NetworkDef, created: &mut Created) -> Result<()> {

@@ -83,7 +83,10 @@ impl NetworkManager {
     }
 
     fn save_runtime(&self, name: &str, rt: &Runtime) -> Result<()> {
-        if rt.state == NetworkState::Defined && rt.dhcp.is_none() {
+        if rt.state == NetworkState::Defined
+            && rt.dhcp.is_none()
+            && rt.created == Created::default()
+        {
             store::remove(&self.runtime_path(name))
         } else {
             store::write_json(&self.runtime_path(name), rt)
@@ -105,7 +108,12 @@ impl NetworkManager {
     pub fn undefine(&self, name: &str) -> Result<()> {
         let _lock = DirLock::take(&self.dir)?;
         self.get(name)?;
-        self.runtime(name)?.state.after(name, NetworkAction::Undefine)?;
+        let rt = self.runtime(name)?;
+        rt.state.after(name, NetworkAction::Undefine)?;
+        if rt.created != Created::default() {
+            // Leftovers of a start that crashed half-way.
+            host::tear_down(name, &rt.created, self.other_nat_active(name)?)?;
+        }
         store::remove(&self.runtime_path(name))?;
         store::remove(&self.lease_file(name))?;
         store::remove(&self.dhcp_log_file(name))?;
@@ -118,15 +126,24 @@ impl NetworkManager {
     pub fn start(&self, name: &str) -> Result<NetworkInfo> {
         let _lock = DirLock::take(&self.dir)?;
         let def = self.get(name)?;
-        let mut rt = self.runtime(name)?;
+        let rt = self.runtime(name)?;
         let next = rt.state.after(name, NetworkAction::Start)?.unwrap_or(NetworkState::Active);
+        let keep = self.other_nat_active(name)?;
+        // A start that crashed half-way left its intent record: clear what it may have made.
+        if rt.created != Created::default() {
+            host::tear_down(name, &rt.created, keep)?;
+        }
+        // Record the intent first, so a crash during bring-up leaves a record to clean up from.
+        let intent =
+            Runtime { state: NetworkState::Defined, created: host::plan(&def), dhcp: None };
+        self.save_runtime(name, &intent)?;
         let mut created = Created::default();
         if let Err(e) = host::bring_up(&def, &mut created) {
-            let keep = self.other_nat_active(name)?;
             let _ = host::tear_down(name, &created, keep);
+            self.save_runtime(name, &Runtime { created: Created::default(), ..intent })?;
             return Err(e);
         }
-        rt = Runtime { state: next, created, dhcp: None };
+        let rt = Runtime { state: next, created, dhcp: None };
         self.save_runtime(name, &rt)?;
         Ok(NetworkInfo { def, state: rt.state, created: rt.created, dhcp: None })
     }

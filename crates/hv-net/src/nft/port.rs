@@ -4,7 +4,8 @@
 //! - **Anti-spoofing**: a frame from the port must carry the port's MAC as its source; an ARP
 //!   frame must name the port's MAC and one of its IPs as sender; an IPv4 packet must come from
 //!   one of its IPs (a DHCP request from `0.0.0.0` is let through so the guest can get its
-//!   address). Any other ethertype from the port (IPv6 included) is dropped.
+//!   address). A guest may not answer as a DHCP server (UDP source port 67). Any other
+//!   ethertype from the port (IPv6 included) is dropped.
 //! - **Security groups**: rules by direction, protocol, port range and remote CIDR, Neutron's
 //!   shape. What no rule allows is dropped, in both directions. Replies to allowed traffic
 //!   pass: statefully (`ct state established,related`) when the kernel tracks connections in
@@ -233,6 +234,7 @@ impl PortSecurity {
     ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
     ether type ip ip saddr != {ips} drop
     ether type ip udp sport 68 udp dport 67 accept
+    ether type ip udp sport 67 drop
     ether type ip jump sg_egress
     drop
   }}
