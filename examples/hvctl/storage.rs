@@ -369,7 +369,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             let current = pool.volume_info(vol).map_err(e)?.capacity;
             let (negative, text) = match text.strip_prefix('-') {
                 Some(t) => (true, t),
-                None => (false, text),
+                None => (false, text.strip_prefix('+').unwrap_or(text)),
             };
             let n = size_arg(text)?;
             let capacity = match (a.has("--delta"), negative) {
