@@ -61,6 +61,9 @@ fn volumes_span_pvs_and_segments_translate_to_pv_bytes() {
     let ro = lp.open_lv("big", false).unwrap();
     assert!(ro.write_at(&[0], 0).is_err());
     assert!(read_all(&pool, "big") == data);
+    // The block layer's extent-list disk takes the same map.
+    let disk = hv_storage::block::SegmentDisk::new(dev.block_segments(), true).unwrap();
+    assert_eq!(hv_storage::block::BlockBackend::size(&disk), next);
 
     assert_eq!(pool.info().unwrap().available, 3 * MIB);
     assert!(matches!(pool.create_volume(&lv("c", 4 * MIB)), Err(PoolError::NoSpace { .. })));

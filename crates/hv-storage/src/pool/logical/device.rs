@@ -40,6 +40,20 @@ impl LvDevice {
         self.segments.iter().map(|(s, _)| s)
     }
 
+    /// The segments as the block layer takes them (open PV files, byte offsets), for a
+    /// guest disk over this volume: `block::SegmentDisk::new(dev.block_segments(), ro)`.
+    pub fn block_segments(&self) -> Vec<crate::block::Segment> {
+        self.segments
+            .iter()
+            .map(|(s, f)| crate::block::Segment {
+                disk_offset: s.lv_offset,
+                len: s.len,
+                file: Arc::clone(f),
+                file_offset: s.pv_offset,
+            })
+            .collect()
+    }
+
     /// Calls `f(file, pv_offset, buf_range)` for each piece of `[offset, offset+len)`.
     fn each(
         &self,
