@@ -196,7 +196,7 @@ fn dhcp_process_is_stopped_by_destroy() {
 }
 
 #[test]
-fn in_process_dhcp_serves_an_active_network() {
+fn ports_join_and_in_process_dhcp_serves_an_active_network() {
     need_root!();
     if !have_nft() {
         return;
@@ -206,12 +206,24 @@ fn in_process_dhcp_serves_an_active_network() {
         let mgr = NetworkManager::open(dir.path()).unwrap();
         mgr.define(nat_def("d2", "10.52.0.1/24")).unwrap();
         assert!(mgr.serve_dhcp("d2").is_err(), "not active yet");
+        assert!(mgr.attach_port("d2", "hvtapd2").is_err(), "not active yet");
         mgr.start("d2").unwrap();
+        // A guest's TAP joins the network's bridge, and leaves it.
+        let tap = hv_net::tap::Tap::open("hvtapd2").unwrap();
+        let mut nl = Netlink::new().unwrap();
+        mgr.attach_port("d2", tap.name()).unwrap();
+        let bridge = nl.require_link("hvd2").unwrap().index;
+        assert_eq!(nl.require_link("hvtapd2").unwrap().master, Some(bridge));
+        mgr.detach_port("d2", tap.name()).unwrap();
+        assert_eq!(nl.require_link("hvtapd2").unwrap().master, None);
+        mgr.attach_port("d2", tap.name()).unwrap();
         let handle = mgr.serve_dhcp("d2").unwrap();
         assert_eq!(handle.interface(), "hvd2");
         handle.stop().unwrap();
         assert!(mgr.dhcp_leases("d2").unwrap().is_empty());
         mgr.destroy("d2").unwrap();
+        drop(tap);
+        assert!(nl.link("hvtapd2").unwrap().is_none());
     });
 }
 

@@ -11,6 +11,7 @@ use super::{
     Result, Runtime,
 };
 use crate::dhcp::{self, DhcpConfig, DhcpHandle, DhcpServer, Lease};
+use crate::netlink::Netlink;
 
 /// How long destroy waits for a DHCP server process to exit after SIGTERM.
 const DHCP_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -203,6 +204,39 @@ impl NetworkManager {
     /// Every defined network, by name.
     pub fn list(&self) -> Result<Vec<NetworkInfo>> {
         self.names()?.iter().map(|n| self.info(n)).collect()
+    }
+
+    /// Plugs the interface `port` (a guest's TAP, say) into the active network's bridge and
+    /// brings it up.
+    pub fn attach_port(&self, name: &str, port: &str) -> Result<()> {
+        let info = self.info(name)?;
+        if info.state != NetworkState::Active {
+            return Err(NetworkError::InvalidState {
+                name: name.to_string(),
+                state: info.state,
+                why: "ports join only an active network",
+            });
+        }
+        let nl_err = |source| NetworkError::Netlink { name: name.to_string(), source };
+        let mut nl = Netlink::new().map_err(nl_err)?;
+        nl.set_master(port, &info.def.bridge).map_err(nl_err)?;
+        nl.set_up(port).map_err(nl_err)
+    }
+
+    /// Unplugs `port` from the network's bridge; a port that is gone or elsewhere is left be.
+    pub fn detach_port(&self, name: &str, port: &str) -> Result<()> {
+        let def = self.get(name)?;
+        let nl_err = |source| NetworkError::Netlink { name: name.to_string(), source };
+        let mut nl = Netlink::new().map_err(nl_err)?;
+        let (Some(link), Some(bridge)) =
+            (nl.link(port).map_err(nl_err)?, nl.link(&def.bridge).map_err(nl_err)?)
+        else {
+            return Ok(());
+        };
+        if link.master == Some(bridge.index) {
+            nl.set_nomaster(port).map_err(nl_err)?;
+        }
+        Ok(())
     }
 
     /// The DHCP configuration of `name` (with its lease file in the state directory).
