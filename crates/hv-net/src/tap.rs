@@ -76,12 +76,20 @@ struct IfReq {
 pub struct TapBuilder {
     name: String,
     queues: usize,
+    multi_queue: Option<bool>,
     vnet_hdr: bool,
     persistent: Option<bool>,
 }
 
 impl TapBuilder {
-    /// Number of queues (files); more than one sets `IFF_MULTI_QUEUE`. Default 1.
+    /// Sets or clears `IFF_MULTI_QUEUE` regardless of the queue count (default: set when more
+    /// than one queue), e.g. to open a single queue of a multiqueue TAP.
+    pub fn multi_queue(mut self, on: bool) -> Self {
+        self.multi_queue = Some(on);
+        self
+    }
+
+    /// Number of queues (files); more than one implies `IFF_MULTI_QUEUE`. Default 1.
     pub fn queues(mut self, n: usize) -> Self {
         self.queues = n;
         self
@@ -111,7 +119,7 @@ impl TapBuilder {
         if self.vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
         }
-        if self.queues > 1 {
+        if self.multi_queue.unwrap_or(self.queues > 1) {
             flags |= libc::IFF_MULTI_QUEUE;
         }
         let mut files = Vec::with_capacity(self.queues);
@@ -166,7 +174,13 @@ pub struct Tap {
 impl Tap {
     /// Options for the TAP called `name` (vnet header on, one queue).
     pub fn builder(name: &str) -> TapBuilder {
-        TapBuilder { name: name.to_string(), queues: 1, vnet_hdr: true, persistent: None }
+        TapBuilder {
+            name: name.to_string(),
+            queues: 1,
+            multi_queue: None,
+            vnet_hdr: true,
+            persistent: None,
+        }
     }
 
     /// Attaches to or creates a single-queue TAP with the vnet header.

@@ -56,6 +56,13 @@ fn tap_multiqueue() {
         assert!(tap.queue_fd(3).is_some());
         tap.set_offload(true, true, false, false).unwrap();
         assert!(nl.link("hvtapq").unwrap().is_some());
+        // One more queue of the same multiqueue TAP, opened on its own.
+        let extra = Tap::builder("hvtapq").multi_queue(true).open().unwrap();
+        assert!(!extra.created());
+        // A single-queue open of a multiqueue TAP is refused by the kernel, with the name.
+        let err = Tap::open("hvtapq").unwrap_err();
+        assert!(err.to_string().contains("hvtapq"), "{err}");
+        drop(extra);
         drop(tap);
         assert!(nl.link("hvtapq").unwrap().is_none());
         assert!(matches!(
