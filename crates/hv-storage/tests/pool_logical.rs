@@ -250,3 +250,56 @@ fn a_pv_that_missed_a_commit_is_brought_up_to_date() {
     damage(&pv0, 4096 + 510 * 1024 + 20);
     assert!(pool.start().is_err());
 }
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &std::path::Path) -> Option<Loop> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        out.status.success().then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn block_devices_serve_as_physical_volumes() {
+    hv_test_support::require!(hv_test_support::is_root(), "loop devices need root");
+    let env = Env::new();
+    let backing = env.pv_files("loop", &[24, 24]);
+    let loops: Vec<Loop> = backing.iter().filter_map(|f| Loop::attach(f)).collect();
+    hv_test_support::require!(loops.len() == 2, "losetup could not attach loop devices");
+    let devs: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();
+    env.mgr
+        .define(PoolDef::logical("vgloop", devs.clone()).extent_size(1 << 20).build().unwrap())
+        .unwrap();
+    let mut pool = env.mgr.open("vgloop").unwrap();
+    pool.build(BuildFlags::default()).unwrap();
+    pool.start().unwrap();
+    assert_eq!(pool.info().unwrap().capacity, 46 * MIB);
+    pool.create_volume(&lv("a", 30 * MIB)).unwrap();
+    let data = pattern(30 << 20, 8);
+    pool.upload_volume("a", &mut &data[..], 0, &mut |_, _| {}).unwrap();
+    assert!(read_all(&pool, "a") == data);
+    let segs = pool.as_logical().unwrap().lv_segments("a").unwrap();
+    assert!(segs.iter().all(|s| devs.contains(&s.pv_path.to_str().unwrap())));
+    pool.stop().unwrap();
+    drop(pool);
+    // The data lives on the devices' backing files, at the translated offsets.
+    for s in &segs {
+        let i = devs.iter().position(|d| *d == s.pv_path.to_str().unwrap()).unwrap();
+        let f = fs::File::open(&backing[i]).unwrap();
+        let mut buf = vec![0u8; s.len as usize];
+        f.read_exact_at(&mut buf, s.pv_offset).unwrap();
+        assert!(buf[..] == data[s.lv_offset as usize..(s.lv_offset + s.len) as usize]);
+    }
+}

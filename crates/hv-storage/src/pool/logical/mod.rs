@@ -332,12 +332,26 @@ impl LogicalPool {
         failpoint::point("logical.create.sync_data");
         dev.flush().map_err(data_err)?;
         let info = self.info_of(&lv);
+        self.update(|meta| {
+            meta.lvs.push(lv);
+            meta.lvs.sort_by(|a, b| a.name.cmp(&b.name));
+        })?;
+        Ok(info)
+    }
+
+    /// Commits a change to the metadata. If writing fails part-way, the PVs may disagree until
+    /// the next load, so the pool turns inaccessible until a refresh reloads (and repairs) it.
+    fn update(&mut self, change: impl FnOnce(&mut VgMetadata)) -> Result<()> {
+        let pool = self.def.name.clone();
         let vg = self.vg_mut()?;
         let mut meta = vg.meta.clone();
-        meta.lvs.push(lv);
-        meta.lvs.sort_by(|a, b| a.name.cmp(&b.name));
-        commit(vg, meta).map_err(meta_err(&pool))?;
-        Ok(info)
+        change(&mut meta);
+        let r = commit(vg, meta);
+        if let Err(MetadataError::Io { .. }) = r {
+            self.vg = None;
+            self.life.set(PoolState::Inaccessible);
+        }
+        r.map_err(meta_err(&pool))
     }
 }
 

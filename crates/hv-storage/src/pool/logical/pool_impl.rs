@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::label::{hex, Label, DATA_START, LABEL_SIZE, SLOT_SIZE};
 use super::metadata::{PvMeta, VgMetadata};
-use super::{alloc, commit, meta_err, pv_io, write_slots, LogicalPool, LvDevice, Pv};
+use super::{alloc, meta_err, pv_io, write_slots, LogicalPool, LvDevice, Pv};
 use crate::pool::def::{random_bytes, PoolDef};
 use crate::pool::error::{PoolError, Result};
 use crate::pool::failpoint;
@@ -156,11 +156,11 @@ impl LogicalPool {
             failpoint::point("logical.resize.sync_data");
             dev.flush().map_err(data_err)?;
         }
-        let vg = self.vg_mut()?;
-        let mut meta = vg.meta.clone();
-        let slot = meta.lvs.iter_mut().find(|l| l.name == name).expect("found above");
-        *slot = lv;
-        commit(vg, meta).map_err(meta_err(&pool))
+        self.update(|meta| {
+            if let Some(slot) = meta.lvs.iter_mut().find(|l| l.name == lv.name) {
+                *slot = lv;
+            }
+        })
     }
 }
 
@@ -262,13 +262,8 @@ impl Pool for LogicalPool {
     }
 
     fn delete_volume(&mut self, name: &str) -> Result<()> {
-        let pool = self.def.name.clone();
-        let vg = self.vg()?;
-        self.lv(vg, name)?;
-        let vg = self.vg_mut()?;
-        let mut meta = vg.meta.clone();
-        meta.lvs.retain(|l| l.name != name);
-        commit(vg, meta).map_err(meta_err(&pool))
+        self.lv(self.vg()?, name)?;
+        self.update(|meta| meta.lvs.retain(|l| l.name != name))
     }
 
     fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
