@@ -1,13 +1,340 @@
-//! hvctl verbs for this domain.
+//! hvctl verbs for networks, with virsh's names (`net-*`). Definitions come from flags rather
+//! than virsh's XML. `net-start` runs the network's DHCP server as a detached process of its
+//! own (`hvctl --state-dir D net-dhcp-serve NAME`, a hidden verb), the way libvirt runs one
+//! dnsmasq per network; `net-destroy` stops it.
 
-use std::path::Path;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hv::net::network::{NetworkDef, NetworkInfo, NetworkManager, NetworkMode, NetworkState};
+use hv::net::{Ipv4Cidr, MacAddr};
 
 use crate::VerbResult;
 
-/// `(verb, one-line help)` for each verb this module handles.
-pub const VERBS: &[(&str, &str)] = &[];
+/// `(verb, one-line help)` for each verb this module handles (`net-dhcp-serve` is hidden).
+pub const VERBS: &[(&str, &str)] = &[
+    (
+        "net-define",
+        "NAME --mode nat|isolated|bridge [--bridge BR] [--ip CIDR] [--dhcp-range FIRST,LAST] [--dhcp-host MAC,IP[,NAME]]...",
+    ),
+    ("net-start", "NETWORK: create its bridge, address, firewall; start its DHCP server"),
+    ("net-destroy", "NETWORK: stop DHCP, remove what net-start made"),
+    ("net-undefine", "NETWORK: forget an inactive network"),
+    ("net-list", "[--all] [--inactive]: list networks"),
+    ("net-info", "NETWORK: mode, state, bridge, addresses"),
+    ("net-dhcp-leases", "NETWORK [--mac MAC]: the DHCP server's leases"),
+];
 
-/// Runs `verb` if this module handles it; `None` when the verb is not ours.
-pub fn run(_state_dir: &Path, _verb: &str, _args: &[String]) -> Option<VerbResult> {
-    None
+/// How long `net-start` waits for the DHCP process to bind its socket.
+const DHCP_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parsed command line: positionals, `--flag value` options (repeatable) and switches.
+struct Args {
+    pos: Vec<String>,
+    opts: Vec<(String, String)>,
+    switches: Vec<String>,
+}
+
+/// Options that take a value; every other `--x` is a switch.
+const VALUED: &[&str] = &["--mode", "--bridge", "--ip", "--dhcp-range", "--dhcp-host", "--mac"];
+
+impl Args {
+    fn parse(args: &[String], switches_ok: &[&str]) -> Result<Args, String> {
+        let mut a = Args { pos: vec![], opts: vec![], switches: vec![] };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if let Some((k, v)) = arg.split_once('=').filter(|(k, _)| VALUED.contains(k)) {
+                a.opts.push((k.to_string(), v.to_string()));
+            } else if VALUED.contains(&arg.as_str()) {
+                let v = it.next().ok_or_else(|| format!("option '{arg}' needs a value"))?;
+                a.opts.push((arg.clone(), v.clone()));
+            } else if arg.starts_with("--") {
+                if !switches_ok.contains(&arg.as_str()) {
+                    return Err(format!("unknown option '{arg}'"));
+                }
+                a.switches.push(arg.clone());
+            } else {
+                a.pos.push(arg.clone());
+            }
+        }
+        Ok(a)
+    }
+
+    fn opt(&self, name: &str) -> Option<&str> {
+        self.opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.opts.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    fn has(&self, switch: &str) -> bool {
+        self.switches.iter().any(|s| s == switch)
+    }
+
+    /// The single positional network name; `allowed` are the options this verb takes.
+    fn name(&self, allowed: &[&str]) -> Result<&str, String> {
+        if let Some((k, _)) = self.opts.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            return Err(format!("option '{k}' does not apply here"));
+        }
+        match self.pos.as_slice() {
+            [n] => Ok(n),
+            [] => Err("missing network name".into()),
+            [_, extra, ..] => Err(format!("unexpected argument '{extra}'")),
+        }
+    }
+}
+
+/// Runs `verb` if it is a network verb; `None` when it is not ours.
+pub fn run(state_dir: &Path, verb: &str, args: &[String]) -> Option<VerbResult> {
+    if !verb.starts_with("net-") {
+        return None;
+    }
+    Some(run_verb(state_dir, verb, args))
+}
+
+fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
+    let switches: &[&str] = match verb {
+        "net-list" => &["--all", "--inactive"],
+        _ => &[],
+    };
+    let a = Args::parse(args, switches)?;
+    let mgr = NetworkManager::open(state_dir).map_err(|e| e.to_string())?;
+    match verb {
+        "net-define" => {
+            let name = a.name(&["--mode", "--bridge", "--ip", "--dhcp-range", "--dhcp-host"])?;
+            let def = definition(name, &a)?;
+            mgr.define(def).map_err(|e| e.to_string())?;
+            println!("Network {name} defined");
+        }
+        "net-start" => {
+            let name = a.name(&[])?;
+            let info = mgr.start(name).map_err(|e| e.to_string())?;
+            if let Err(e) = start_dhcp_process(state_dir, &mgr, &info) {
+                let _ = mgr.destroy(name);
+                return Err(e);
+            }
+            println!("Network {name} started");
+        }
+        "net-destroy" => {
+            let name = a.name(&[])?;
+            mgr.destroy(name).map_err(|e| e.to_string())?;
+            println!("Network {name} destroyed");
+        }
+        "net-undefine" => {
+            let name = a.name(&[])?;
+            mgr.undefine(name).map_err(|e| e.to_string())?;
+            println!("Network {name} has been undefined");
+        }
+        "net-list" => {
+            if !a.pos.is_empty() {
+                return Err(format!("unexpected argument '{}'", a.pos[0]));
+            }
+            let (all, inactive) = (a.has("--all"), a.has("--inactive"));
+            let rows: Vec<Vec<String>> = mgr
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|n| match n.state {
+                    NetworkState::Active => all || !inactive,
+                    NetworkState::Defined => all || inactive,
+                })
+                .map(|n| vec![n.def.name.clone(), n.state.to_string(), "no".into(), "yes".into()])
+                .collect();
+            print_table(&["Name", "State", "Autostart", "Persistent"], &rows);
+        }
+        "net-info" => {
+            let name = a.name(&[])?;
+            print_info(&mgr.info(name).map_err(|e| e.to_string())?);
+        }
+        "net-dhcp-leases" => {
+            let name = a.name(&["--mac"])?;
+            let mac: Option<MacAddr> = match a.opt("--mac") {
+                Some(m) => Some(m.parse().map_err(|e| format!("--mac: {e}"))?),
+                None => None,
+            };
+            let prefix = mgr.get(name).map_err(|e| e.to_string())?.ip.map_or(32, |c| c.prefix);
+            let now = SystemTime::now();
+            let rows: Vec<Vec<String>> = mgr
+                .dhcp_leases(name)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|l| l.is_active(now) && mac.is_none_or(|m| m == l.mac))
+                .map(|l| {
+                    vec![
+                        utc(l.expires),
+                        l.mac.to_string(),
+                        "ipv4".into(),
+                        format!("{}/{prefix}", l.ip),
+                        l.hostname.clone().unwrap_or_else(|| "-".into()),
+                        "-".into(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "Expiry Time",
+                    "MAC address",
+                    "Protocol",
+                    "IP address",
+                    "Hostname",
+                    "Client ID or DUID",
+                ],
+                &rows,
+            );
+        }
+        "net-dhcp-serve" => {
+            let name = a.name(&[])?;
+            mgr.run_dhcp_daemon(name).map_err(|e| e.to_string())?;
+        }
+        _ => return Err(format!("unknown verb '{verb}' (see 'hvctl help')")),
+    }
+    Ok(())
+}
+
+fn definition(name: &str, a: &Args) -> Result<NetworkDef, String> {
+    let mode: NetworkMode =
+        a.opt("--mode").ok_or("net-define needs --mode nat|isolated|bridge")?.parse()?;
+    let mut b = NetworkDef::builder(name, mode);
+    if let Some(br) = a.opt("--bridge") {
+        b = b.bridge(br);
+    }
+    if let Some(ip) = a.opt("--ip") {
+        let cidr: Ipv4Cidr = ip.parse().map_err(|e| format!("--ip: {e}"))?;
+        b = b.ip(cidr);
+    }
+    if let Some(range) = a.opt("--dhcp-range") {
+        let (first, last) = range.split_once(',').ok_or("--dhcp-range wants FIRST,LAST")?;
+        b = b.dhcp_range(ip4(first, "--dhcp-range")?, ip4(last, "--dhcp-range")?);
+    }
+    for h in a.all("--dhcp-host") {
+        let mut parts = h.splitn(3, ',');
+        let (Some(mac), Some(ip)) = (parts.next(), parts.next()) else {
+            return Err(format!("--dhcp-host wants MAC,IP[,NAME], not '{h}'"));
+        };
+        let mac: MacAddr = mac.parse().map_err(|e| format!("--dhcp-host: {e}"))?;
+        b = b.dhcp_host_named(mac, ip4(ip, "--dhcp-host")?, parts.next().map(str::to_string));
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+fn ip4(text: &str, flag: &str) -> Result<Ipv4Addr, String> {
+    text.trim().parse().map_err(|_| format!("{flag}: '{text}' is not an IPv4 address"))
+}
+
+/// Starts `hvctl net-dhcp-serve NAME` detached (own process group, stdio to a log file) and
+/// waits until it has bound its socket and recorded itself.
+fn start_dhcp_process(state_dir: &Path, mgr: &NetworkManager, info: &NetworkInfo) -> VerbResult {
+    let def = &info.def;
+    if def.mode == NetworkMode::Bridge || def.dhcp_range.is_none() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find hvctl itself: {e}"))?;
+    let state_dir: PathBuf = std::path::absolute(state_dir).map_err(|e| e.to_string())?;
+    let log_path = mgr.dhcp_log_file(&def.name);
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut child = Command::new(exe)
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(["net-dhcp-serve", &def.name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("network {}: cannot start its DHCP server: {e}", def.name))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + DHCP_READY_TIMEOUT;
+    loop {
+        if mgr
+            .wait_dhcp_process(&def.name, pid, Duration::from_millis(50))
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let why =
+                log.lines().last().unwrap_or("no output").trim_start_matches("hvctl: error: ");
+            return Err(format!("network {}: DHCP server exited ({status}): {why}", def.name));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            return Err(format!("network {}: DHCP server did not come up", def.name));
+        }
+    }
+}
+
+fn print_info(n: &NetworkInfo) {
+    let d = &n.def;
+    let row = |k: &str, v: String| println!("{:<15} {v}", format!("{k}:"));
+    row("Name", d.name.clone());
+    row("Mode", d.mode.to_string());
+    row("Active", if n.state == NetworkState::Active { "yes" } else { "no" }.into());
+    row("Persistent", "yes".into());
+    row("Autostart", "no".into());
+    row("Bridge", d.bridge.clone());
+    if let Some(ip) = d.ip {
+        row("IP", ip.to_string());
+    }
+    if let Some(r) = d.dhcp_range {
+        row("DHCP range", format!("{} - {}", r.first, r.last));
+    }
+    for h in &d.dhcp_hosts {
+        let name = h.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        row("DHCP host", format!("{} -> {}{name}", h.mac, h.ip));
+    }
+    if let Some(t) = &n.created.nft_table {
+        row("Firewall", format!("nftables table inet {t}"));
+    }
+    if let Some(p) = n.dhcp {
+        row("DHCP server", format!("pid {}", p.pid));
+    }
+    println!();
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC (virsh prints local time; UTC needs no time-zone database).
+fn utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Prints a table the way virsh does: a leading space, columns padded, a dashed rule.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!(" {}", s.join("   ").trim_end());
+    };
+    line(headers.to_vec());
+    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 3 * (widths.len() - 1) + 2));
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    println!();
 }

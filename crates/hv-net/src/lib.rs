@@ -1,6 +1,24 @@
 //! hv-net: TAP devices, Linux bridges, NAT and isolated networks, VXLAN, port filtering and
 //! the virtio-net device.
 //!
-//! Skeleton: the host-side objects and the device land with issue #5.
+//! Host side:
+//! - [`netlink`]: a synchronous rtnetlink client for links (bridge, veth, VXLAN, VLAN),
+//!   addresses and routes.
+//! - [`tap`]: TAP devices through `/dev/net/tun` with the virtio-net header and offloads.
+//! - [`nft`]: nftables through the `nft` binary: NAT/isolation tables per network and port
+//!   security (anti-spoofing, security groups) per guest port in the bridge family.
+//! - [`network`]: libvirt-style networks (`nat`, `isolated`, `bridge`) persisted in a state
+//!   directory, with a [`network::NetworkManager`] to define, start, destroy and list them.
+//! - [`features`]: what this host's kernel can do (VLAN devices, bridge VLAN filtering, vhost-net).
+//!
+//! Every object hv makes carries an `hv` prefix so it can be found and removed.
 
 pub mod dhcp;
+pub mod features;
+pub mod netlink;
+pub mod network;
+pub mod nft;
+pub mod tap;
+pub mod types;
+
+pub use types::{Ipv4Cidr, MacAddr};

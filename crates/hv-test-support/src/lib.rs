@@ -6,10 +6,26 @@
 //! ```no_run
 //! # fn t() {
 //! hv_test_support::require!(hv_test_support::have_kvm(), "/dev/kvm is not usable");
+//! let Some(kernel) = hv_test_support::mini_kernel() else {
+//!     hv_test_support::require!(false, hv_test_support::KIT_MISSING);
+//!     return;
+//! };
+//! # let _ = kernel;
 //! # }
 //! ```
+//!
+//! The test guest ([`test_guest`]) is built from source on first use; the guest kit (Linux
+//! kernels and an initramfs) is made by `guests/kit.sh`, which tests never run themselves
+//! (it takes minutes and installs packages).
 
 use std::path::PathBuf;
+
+pub mod netns;
+
+mod guest;
+
+pub use guest::{hvtest_lines, test_guest, HVTEST_PREFIX};
+
 
 /// True when running under CI (`CI=true`): missing prerequisites are failures there.
 pub fn in_ci() -> bool {
@@ -72,4 +88,30 @@ pub fn kit_dir() -> PathBuf {
 pub fn kit_file(name: &str) -> Option<PathBuf> {
     let p = kit_dir().join(name);
     p.is_file().then_some(p)
+}
+
+/// What to say when a kit file is missing (for [`require!`]).
+pub const KIT_MISSING: &str = "guest kit missing: run guests/kit.sh";
+
+/// Debian's stock cloud kernel (`vmlinuz-debian`, a bzImage), if the kit has it.
+pub fn stock_kernel() -> Option<PathBuf> {
+    kit_file("vmlinuz-debian")
+}
+
+/// The minimal kernel built from `linux-source-6.1` (`vmlinux-mini`, an ELF with a PVH
+/// entry, everything built in), if the kit has it.
+pub fn mini_kernel() -> Option<PathBuf> {
+    kit_file("vmlinux-mini")
+}
+
+/// The uncompressed busybox initramfs (`initramfs.cpio`), if the kit has it.
+pub fn initramfs() -> Option<PathBuf> {
+    kit_file("initramfs.cpio")
+}
+
+/// The stock kernel's virtio modules (`debian-modules/<version>/kernel/...`), if the kit has
+/// them.
+pub fn debian_modules() -> Option<PathBuf> {
+    let p = kit_dir().join("debian-modules");
+    p.is_dir().then_some(p)
 }

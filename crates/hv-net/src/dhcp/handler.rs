@@ -54,6 +54,8 @@ pub enum DropReason {
     Unexpected,
     /// Addressed to another server (its server identifier is not ours).
     OtherServer,
+    /// A DECLINE of an address neither offered nor leased to the client.
+    NotYours,
 }
 
 /// Counters of what the server did, for logs and tests.
@@ -79,6 +81,8 @@ pub struct DhcpStats {
     pub persist_errors: u64,
     /// Replies the socket failed to send.
     pub send_errors: u64,
+    /// Why the last dropped packet was dropped.
+    pub last_drop: Option<DropReason>,
 }
 
 /// Parses a received datagram into a DHCP message.
@@ -286,8 +290,9 @@ impl DhcpCore {
         reply
     }
 
-    fn drop_packet(&mut self, _reason: DropReason) -> Option<Message> {
+    fn drop_packet(&mut self, reason: DropReason) -> Option<Message> {
         self.stats.dropped += 1;
+        self.stats.last_drop = Some(reason);
         None
     }
 
@@ -347,10 +352,13 @@ impl DhcpCore {
             return Err(DropReason::OtherServer);
         }
         let ip = requested_ip(req).ok_or(DropReason::Unexpected)?;
-        if self.pool.decline(mac, ip, now) {
-            self.dirty = true;
+        match self.pool.decline(mac, ip, now) {
+            None => return Err(DropReason::NotYours),
+            Some(lease_ended) => {
+                self.dirty |= lease_ended;
+                self.stats.declines += 1;
+            }
         }
-        self.stats.declines += 1;
         Ok(None)
     }
 

@@ -205,15 +205,16 @@ impl Pool {
 
     /// Records that `mac` found `ip` in use: its lease on it ends and the address is quarantined
     /// for [`DECLINE_QUARANTINE`]. Only an address offered or leased to `mac` can be declined
-    /// (a guest must not take others' addresses out of the pool). True when a lease ended.
-    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> bool {
+    /// (a guest must not take others' addresses out of the pool): `None` when it was neither,
+    /// else whether a lease ended.
+    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> Option<bool> {
         let offered = self.offers.get(&mac).is_some_and(|(o, _)| *o == ip);
         let leased = self.leases.get(&mac).is_some_and(|l| l.ip == ip);
         if !offered && !leased {
-            return false;
+            return None;
         }
         self.forget_offer(mac);
         self.declined.insert(ip, now + DECLINE_QUARANTINE);
-        self.release(mac, ip)
+        Some(self.release(mac, ip))
     }
 }

@@ -41,8 +41,10 @@ pub struct DhcpServer {
 
 impl DhcpServer {
     /// Validates `config`, reloads the lease file, and binds UDP port 67 on `config.interface`
-    /// (`SO_BINDTODEVICE`, `SO_BROADCAST`, `SO_REUSEADDR`, so one server per bridge can run side
-    /// by side). Needs `CAP_NET_RAW` and `CAP_NET_BIND_SERVICE` (root).
+    /// with `SO_BINDTODEVICE` (set before binding, so servers on different bridges run side by
+    /// side while a second server on the same bridge, or any server when another program holds
+    /// port 67 on all interfaces, fails with "Address in use") and `SO_BROADCAST`. Needs
+    /// `CAP_NET_RAW` and `CAP_NET_BIND_SERVICE` (root).
     pub fn new(config: DhcpConfig) -> Result<Self, DhcpError> {
         let interface = config.interface.clone();
         let core = DhcpCore::new(config, SystemTime::now())?;
@@ -208,7 +210,6 @@ fn open_socket(interface: &str) -> Result<UdpSocket, DhcpError> {
     };
     let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| err("socket", e))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| err("set SO_REUSEADDR", e))?;
     setsockopt(&fd, sockopt::Broadcast, &true).map_err(|e| err("set SO_BROADCAST", e))?;
     setsockopt(&fd, sockopt::BindToDevice, &interface.into())
         .map_err(|e| err("set SO_BINDTODEVICE", e))?;

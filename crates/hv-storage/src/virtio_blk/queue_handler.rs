@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use hv_core::rate_limiter::RateLimiter;
 use hv_mem::GuestMemory;
+use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::request::{Request, RequestLimits};
 use super::{BlockConfig, SERIAL_LEN};
@@ -132,6 +133,12 @@ impl BlockQueueHandler {
             }
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
+                if head >= queue.size() {
+                    // Not a descriptor of this queue: nothing can be returned for it.
+                    self.stats.dropped_chains += 1;
+                    self.last_error = Some(format!("avail ring names descriptor {head}"));
+                    continue;
+                }
                 let used_len = match Request::parse(chain, mem, &self.limits) {
                     Ok(req) => {
                         if let Some(rl) = self.rate_limiter.as_mut() {
@@ -166,7 +173,21 @@ impl BlockQueueHandler {
                 break;
             }
         }
-        Ok(used_any && queue.needs_notification(mem)?)
+        if !used_any {
+            return Ok(false);
+        }
+        if !event_idx && self.driver_suppresses_interrupts(queue, mem) {
+            return Ok(false);
+        }
+        Ok(queue.needs_notification(mem)?)
+    }
+
+    /// Without EVENT_IDX the driver suppresses interrupts with VRING_AVAIL_F_NO_INTERRUPT in
+    /// the avail ring's flags (virtio-queue leaves that check to the device).
+    fn driver_suppresses_interrupts(&self, queue: &Queue, mem: &GuestMemory) -> bool {
+        mem.read_obj::<u16>(GuestAddress(queue.avail_ring()))
+            .map(|flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0)
+            .unwrap_or(false)
     }
 
     /// Performs a parsed request, writes its status byte, updates the counters; returns the

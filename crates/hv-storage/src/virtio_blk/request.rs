@@ -375,6 +375,8 @@ impl Request {
             }
             RequestType::Flush => false,
         };
+        // A flush carries no data; buffers a driver adds anyway are ignored, not checked.
+        let data_descs = if request_type == RequestType::Flush { &[][..] } else { data_descs };
         let mut data = Vec::with_capacity(data_descs.len());
         let mut total: u64 = 0;
         for (i, d) in data_descs.iter().enumerate() {
@@ -409,11 +411,8 @@ impl Request {
                     return Err(RequestError::NoData);
                 }
             }
-            RequestType::Flush => {
-                // The sector field is reserved; data buffers, if any, are ignored.
-                req.data.clear();
-                total = 0;
-            }
+            RequestType::Flush => {} // The sector field is reserved.
+
             RequestType::Discard | RequestType::WriteZeroes => {
                 req.segments = parse_segments(mem, &req.data, total, request_type, limits)?;
                 req.data.clear();

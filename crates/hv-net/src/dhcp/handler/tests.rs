@@ -306,10 +306,13 @@ fn decline_quarantines_only_the_clients_own_address() {
     let mut d = msg(MessageType::Decline, mac(2));
     d.opts_mut().insert(DhcpOption::RequestedIpAddress(LAST));
     assert!(core.handle(&d, t0()).is_none());
+    assert_eq!(core.stats().last_drop, Some(DropReason::NotYours));
+    assert_eq!(core.stats().declines, 0);
     assert_eq!(core.handle(&discover(mac(3), Some(LAST)), t0()).unwrap().yiaddr(), LAST);
     let mut d = msg(MessageType::Decline, mac(1));
     d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     assert!(core.handle(&d, t0()).is_none());
+    assert_eq!(core.stats().declines, 1);
     assert!(core.leases().is_empty());
     // The declined address is skipped for a while, then comes back.
     let next = core.handle(&discover(mac(1), None), t0()).unwrap().yiaddr();
@@ -430,8 +433,21 @@ fn malformed_requests_are_dropped() {
         msg(MessageType::Request, mac(1)),
         msg(MessageType::Inform, mac(1)),
     ];
-    for (i, m) in cases.iter().enumerate() {
+    let reasons = [
+        DropReason::NotBootRequest,
+        DropReason::NoMessageType,
+        DropReason::BadHardwareLength,
+        DropReason::Relayed,
+        DropReason::NotEthernet,
+        DropReason::BadMac,
+        DropReason::BadMac,
+        DropReason::Unexpected,
+        DropReason::Unexpected,
+        DropReason::Unexpected,
+    ];
+    for (i, (m, reason)) in cases.iter().zip(reasons).enumerate() {
         assert!(core.handle(m, t0()).is_none(), "case {i}");
+        assert_eq!(core.stats().last_drop, Some(reason), "case {i}");
     }
     assert_eq!(core.stats().dropped, cases.len() as u64);
     // Raw bytes: too short, no cookie, hlen past chaddr's 16 bytes.

@@ -1,0 +1,297 @@
+//! Block backends against real files: bytes move between files and guest memory, discard and
+//! write-zeroes zero what they should, qcow2 images stay valid for qemu-img.
+
+mod blk_common;
+
+use std::fs::File;
+use std::sync::Arc;
+
+use blk_common::*;
+use hv_storage::block::raw_uring::uring_available;
+use hv_storage::block::{
+    open_disk, probe_path, BlockBackend, BlockError, DiskOptions, Engine, GuestSlice, ImageFormat,
+    RawSyncDisk, Segment, SegmentDisk,
+};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+const MIB: usize = 1 << 20;
+
+fn slices<'a>(mem: &'a hv_mem::GuestMemory, parts: &[(u64, usize)]) -> Vec<GuestSlice<'a>> {
+    parts.iter().map(|&(a, l)| mem.get_slice(GuestAddress(a), l).expect("slice")).collect()
+}
+
+/// Reads 3 uneven slices at an offset, writes them elsewhere, and checks the file.
+fn roundtrip(disk: &mut dyn BlockBackend, path: &std::path::Path, seed: u8) {
+    let ram = ram();
+    let mem = ram.memory();
+    let parts = [(0x20_0000u64, 1024usize), (0x30_0100, 3072), (0x40_0000, 4096)];
+    let bufs = slices(mem, &parts);
+    disk.read_vectored(8192, &bufs).expect("read");
+    let file = pattern(MIB, seed);
+    let mut off = 8192;
+    for &(a, l) in &parts {
+        let mut got = vec![0u8; l];
+        mem.read_slice(&mut got, GuestAddress(a)).unwrap();
+        assert_eq!(got, file[off..off + l], "guest bytes at {a:#x}");
+        off += l;
+    }
+    // Reading into guest RAM logs the pages as dirty (device DMA).
+    let (region, rel) = mem.to_region_addr(GuestAddress(0x30_0100)).unwrap();
+    assert!(region.bitmap().dirty_at(rel.0 as usize));
+
+    let data = pattern(8192, seed.wrapping_add(7));
+    mem.write_slice(&data[..1024], GuestAddress(0x20_0000)).unwrap();
+    mem.write_slice(&data[1024..4096], GuestAddress(0x30_0100)).unwrap();
+    mem.write_slice(&data[4096..], GuestAddress(0x40_0000)).unwrap();
+    disk.write_vectored(512 * 1000, &bufs).expect("write");
+    disk.flush().expect("flush");
+    let on_disk = std::fs::read(path).unwrap();
+    assert_eq!(on_disk[512 * 1000..512 * 1000 + 8192], data[..]);
+    assert_eq!(on_disk[..8192], file[..8192], "bytes before the write are untouched");
+}
+
+#[test]
+fn raw_sync_moves_bytes_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 3);
+    let mut disk = open_disk(&path, DiskOptions::default()).unwrap();
+    assert_eq!(disk.size(), MIB as u64);
+    assert!(!disk.read_only());
+    roundtrip(disk.as_mut(), &path, 3);
+}
+
+#[test]
+fn raw_uring_moves_bytes_both_ways() {
+    hv_test_support::require!(uring_available().is_ok(), "io_uring is not available");
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 5);
+    let opts = DiskOptions { engine: Engine::Uring, ..Default::default() };
+    let mut disk = open_disk(&path, opts).unwrap();
+    roundtrip(disk.as_mut(), &path, 5);
+    let mut clone = disk.try_clone().unwrap();
+    roundtrip(clone.as_mut(), &path, 5);
+}
+
+#[test]
+fn raw_direct_handles_aligned_and_unaligned_requests() {
+    // O_DIRECT needs a file system that supports it: the temp dir is on the root file system.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 9);
+    let Ok(mut disk) = RawSyncDisk::open(&path, false, true) else {
+        eprintln!("SKIPPED: O_DIRECT not supported on {}", dir.path().display());
+        return;
+    };
+    assert!(disk.is_direct());
+    assert_eq!(disk.block_size(), 4096);
+    // Aligned: straight into guest memory. Unaligned (512-byte offset, odd address): bounced.
+    roundtrip(&mut disk, &path, 9);
+    if uring_available().is_ok() {
+        let opts = DiskOptions { direct: true, engine: Engine::Uring, ..Default::default() };
+        let mut disk = open_disk(&path, opts).unwrap();
+        let ram = ram();
+        let mem = ram.memory();
+        let bufs = slices(mem, &[(0x20_0000, 8192)]);
+        disk.read_vectored(4096, &bufs).unwrap();
+        let mut got = vec![0u8; 8192];
+        mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(got, std::fs::read(&path).unwrap()[4096..4096 + 8192]);
+    }
+}
+
+#[test]
+fn raw_direct_refuses_unaligned_size() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = raw_file(dir.path(), "odd.raw", 4096 + 512, 1);
+    match RawSyncDisk::open(&path, false, true) {
+        Err(BlockError::UnalignedSize { size: 4608, align: 4096 }) => {}
+        Err(BlockError::Open { .. }) => eprintln!("SKIPPED: O_DIRECT not supported"),
+        other => panic!("expected UnalignedSize, got {other:?}"),
+    }
+}
+
+fn zero_ops(disk: &mut dyn BlockBackend, read_back: impl Fn() -> Vec<u8>) {
+    disk.write_zeroes(4096, 8192, false).unwrap();
+    disk.write_zeroes(65536, 4096 * 3, true).unwrap();
+    disk.discard(131072, 65536).unwrap();
+    disk.flush().unwrap();
+    let got = read_back();
+    assert!(got[4096..4096 + 8192].iter().all(|&b| b == 0), "write-zeroes");
+    assert!(got[65536..65536 + 12288].iter().all(|&b| b == 0), "write-zeroes with unmap");
+    assert_ne!(got[4095], 0, "byte before the zeroed range is kept");
+    assert_eq!(got[4096 + 8192..4096 + 8192 + 16], pattern(MIB, 4)[12288..12288 + 16]);
+}
+
+#[test]
+fn raw_write_zeroes_and_discard() {
+    for dir in [tempfile::tempdir().unwrap(), tempfile::tempdir_in("/dev/shm").unwrap()] {
+        let path = raw_file(dir.path(), "disk.raw", MIB, 4);
+        let mut disk = open_disk(&path, DiskOptions::default()).unwrap();
+        zero_ops(disk.as_mut(), || std::fs::read(&path).unwrap());
+        // Hole punching on a regular file reads back zeroes after a discard.
+        assert!(std::fs::read(&path).unwrap()[131072..196608].iter().all(|&b| b == 0));
+    }
+}
+
+#[test]
+fn read_only_and_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 2);
+    let mut disk = open_disk(&path, DiskOptions { read_only: true, ..Default::default() }).unwrap();
+    assert!(disk.read_only());
+    let ram = ram();
+    let bufs = slices(ram.memory(), &[(0x20_0000, 512)]);
+    assert!(matches!(disk.write_vectored(0, &bufs), Err(BlockError::ReadOnly { .. })));
+    assert!(matches!(disk.discard(0, 512), Err(BlockError::ReadOnly { .. })));
+    assert!(matches!(disk.write_zeroes(0, 512, false), Err(BlockError::ReadOnly { .. })));
+    assert!(matches!(
+        disk.read_vectored(MIB as u64 - 256, &bufs),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(disk.read_vectored(u64::MAX - 10, &bufs), Err(BlockError::OutOfRange { .. })));
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(MIB, 2));
+}
+
+#[test]
+fn format_is_probed_from_contents_not_name() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = raw_file(dir.path(), "looks-like.qcow2", 4096, 0);
+    assert_eq!(probe_path(&fake).unwrap(), ImageFormat::Raw);
+    let real = dir.path().join("disk.img");
+    qemu_img(&["create", "-q", "-f", "qcow2", real.to_str().unwrap(), "1M"]);
+    assert_eq!(probe_path(&real).unwrap(), ImageFormat::Qcow2);
+    let disk = open_disk(&real, DiskOptions::default()).unwrap();
+    assert_eq!(disk.size(), MIB as u64);
+    assert!(format!("{disk:?}").contains("Qcow2Disk"));
+    let empty = dir.path().join("empty");
+    File::create(&empty).unwrap();
+    assert_eq!(probe_path(&empty).unwrap(), ImageFormat::Raw);
+    assert!(matches!(probe_path(&dir.path().join("missing")), Err(BlockError::Open { .. })));
+}
+
+#[test]
+fn qcow2_overlay_reads_base_writes_on_top_and_passes_qemu_img_check() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let (overlay, base) = qcow2_over_raw(dir.path(), MIB, 4);
+    {
+        let mut disk = open_disk(&overlay, DiskOptions::default()).unwrap();
+        assert_eq!(disk.size(), MIB as u64);
+        // Read: the base's bytes show through.
+        let ram = ram();
+        let mem = ram.memory();
+        let parts = [(0x20_0000u64, 1536usize), (0x30_0000, 2560)];
+        let bufs = slices(mem, &parts);
+        disk.read_vectored(4096 * 10, &bufs).unwrap();
+        let mut got = vec![0u8; 4096];
+        mem.read_slice(&mut got[..1536], GuestAddress(0x20_0000)).unwrap();
+        mem.read_slice(&mut got[1536..], GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(got, pattern(MIB, 4)[40960..40960 + 4096]);
+        // Write across a cluster boundary (64 KiB clusters).
+        let data = pattern(4096, 99);
+        mem.write_slice(&data[..1536], GuestAddress(0x20_0000)).unwrap();
+        mem.write_slice(&data[1536..], GuestAddress(0x30_0000)).unwrap();
+        disk.write_vectored(4 * 65536 - 2048, &bufs).unwrap();
+        zero_ops(disk.as_mut(), || qemu_img_contents(&overlay, dir.path()));
+        disk.flush().unwrap();
+    }
+    qemu_img_check(&overlay);
+    let contents = qemu_img_contents(&overlay, dir.path());
+    assert_eq!(contents[4 * 65536 - 2048..4 * 65536 + 2048], pattern(4096, 99)[..]);
+    assert_eq!(std::fs::read(&base).unwrap(), pattern(MIB, 4), "the base stays untouched");
+}
+
+#[test]
+fn qcow2_read_only_and_backing_chain_of_qcow2() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let (mid, _base) = qcow2_over_raw(dir.path(), MIB, 8);
+    let top = dir.path().join("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        mid.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]);
+    let mut disk = open_disk(&top, DiskOptions { read_only: true, ..Default::default() }).unwrap();
+    let ram = ram();
+    let mem = ram.memory();
+    let bufs = slices(mem, &[(0x20_0000, 4096)]);
+    disk.read_vectored(MIB as u64 - 4096, &bufs).unwrap();
+    let mut got = vec![0u8; 4096];
+    mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(got, pattern(MIB, 8)[MIB - 4096..]);
+    assert!(matches!(disk.write_vectored(0, &bufs), Err(BlockError::ReadOnly { .. })));
+    assert!(matches!(disk.read_vectored(MIB as u64, &bufs), Err(BlockError::OutOfRange { .. })));
+}
+
+#[test]
+fn segments_split_requests_over_extents() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = raw_file(dir.path(), "pv-a", 2 * MIB, 1);
+    let b = raw_file(dir.path(), "pv-b", 2 * MIB, 2);
+    let open = |p: &std::path::Path| {
+        Arc::new(std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap())
+    };
+    let (fa, fb) = (open(&a), open(&b));
+    let segs = vec![
+        Segment { disk_offset: 0, len: MIB as u64, file: fa.clone(), file_offset: MIB as u64 / 2 },
+        Segment { disk_offset: MIB as u64, len: MIB as u64 / 2, file: fb.clone(), file_offset: 0 },
+        Segment { disk_offset: 3 * MIB as u64 / 2, len: 4096, file: fa.clone(), file_offset: 0 },
+    ];
+    let mut disk = SegmentDisk::new(segs, false).unwrap();
+    assert_eq!(disk.size(), 3 * MIB as u64 / 2 + 4096);
+    let ram = ram();
+    let mem = ram.memory();
+    // A read across the first boundary, in two slices that do not line up with it.
+    let parts = [(0x20_0000u64, 3000usize), (0x30_0000, 5192)];
+    let bufs = slices(mem, &parts);
+    let off = MIB as u64 - 4096;
+    disk.read_vectored(off, &bufs).unwrap();
+    let mut got = vec![0u8; 8192];
+    mem.read_slice(&mut got[..3000], GuestAddress(0x20_0000)).unwrap();
+    mem.read_slice(&mut got[3000..], GuestAddress(0x30_0000)).unwrap();
+    let (pa, pb) = (pattern(2 * MIB, 1), pattern(2 * MIB, 2));
+    assert_eq!(got[..4096], pa[MIB + MIB / 2 - 4096..MIB + MIB / 2]);
+    assert_eq!(got[4096..], pb[..4096]);
+    // A write across the second boundary lands in both files.
+    let data = pattern(8192, 50);
+    mem.write_slice(&data[..3000], GuestAddress(0x20_0000)).unwrap();
+    mem.write_slice(&data[3000..], GuestAddress(0x30_0000)).unwrap();
+    let bufs = slices(mem, &[(0x20_0000, 3000), (0x30_0000, 1096)]);
+    disk.write_vectored(3 * MIB as u64 / 2 - 2048, &bufs).unwrap();
+    disk.flush().unwrap();
+    assert_eq!(std::fs::read(&b).unwrap()[MIB / 2 - 2048..MIB / 2], data[..2048]);
+    assert_eq!(std::fs::read(&a).unwrap()[..2048], data[2048..4096]);
+    // Zeroing across extents.
+    disk.write_zeroes(MIB as u64 - 512, 1024, false).unwrap();
+    assert!(std::fs::read(&a).unwrap()[MIB + MIB / 2 - 512..MIB + MIB / 2].iter().all(|&x| x == 0));
+    assert!(std::fs::read(&b).unwrap()[..512].iter().all(|&x| x == 0));
+    assert!(matches!(
+        disk.read_vectored(disk.size() - 512, &bufs),
+        Err(BlockError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn segment_lists_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Arc::new(File::open(raw_file(dir.path(), "pv", 4096, 0)).unwrap());
+    let seg = |disk_offset, len| Segment { disk_offset, len, file: f.clone(), file_offset: 0 };
+    let err = |segs| SegmentDisk::new(segs, true).unwrap_err();
+    assert!(matches!(err(vec![seg(0, 0)]), BlockError::InvalidSegments { index: 0, .. }));
+    assert!(matches!(err(vec![seg(512, 512)]), BlockError::InvalidSegments { index: 0, .. }));
+    assert!(matches!(
+        err(vec![seg(0, 512), seg(1024, 512)]),
+        BlockError::InvalidSegments { index: 1, .. }
+    ));
+    let overflow = Segment { disk_offset: 0, len: 512, file: f.clone(), file_offset: u64::MAX };
+    assert!(matches!(err(vec![overflow]), BlockError::InvalidSegments { index: 0, .. }));
+    assert_eq!(SegmentDisk::new(vec![], true).unwrap().size(), 0);
+}

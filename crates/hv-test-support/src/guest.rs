@@ -1,0 +1,161 @@
+//! The test guest (`guests/test-guest`): building it once per test process, and reading what it
+//! says.
+//!
+//! The guest is a PVH ELF; every line it prints on COM1 starts with `hvtest: ` (the protocol is
+//! in `guests/README.md`). A VMM test boots [`test_guest()`] with a command line such as
+//! `test=pio` and checks the lines:
+//!
+//! ```no_run
+//! let elf = hv_test_support::test_guest();
+//! # let serial_output = String::new();
+//! // ... boot `elf` with the command line "test=pio", collect its serial output ...
+//! let lines = hv_test_support::hvtest_lines(&serial_output);
+//! assert!(lines.contains(&"pio read 0x12345678"));
+//! assert_eq!(lines.last(), Some(&"done"));
+//! ```
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::workspace_root;
+
+/// The prefix of every line the test guest prints.
+pub const HVTEST_PREFIX: &str = "hvtest: ";
+
+/// The target the guest is built for (set in its `.cargo/config.toml`).
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the test guest (release) once per process and returns the path of its ELF.
+///
+/// Runs `cargo build --release` in `guests/test-guest`, so that its own `.cargo/config.toml`
+/// (freestanding link flags) applies, into `<workspace>/target/test-guest`. Variables an outer
+/// cargo or nextest sets (`RUSTFLAGS`, `CARGO_*`, jobserver flags...) are removed so they cannot
+/// override the guest's flags. Parallel test processes are serialised by cargo's own lock on
+/// the target directory; after the first build, the others find it fresh.
+///
+/// # Panics
+/// When the build fails, with cargo's output.
+pub fn test_guest() -> PathBuf {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(build_test_guest).clone()
+}
+
+/// Whether an environment variable of the calling process must not reach the guest's build.
+fn leaks_into_build(key: &OsStr) -> bool {
+    let Some(key) = key.to_str() else { return false };
+    const KEEP: &[&str] =
+        &["CARGO_HOME", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTR", "CARGO_TERM_"];
+    const DROP: &[&str] = &[
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ];
+    if key.starts_with("CARGO") || key.starts_with("__CARGO") {
+        // CARGO, CARGO_TARGET_DIR, CARGO_BUILD_*, CARGO_ENCODED_RUSTFLAGS, CARGO_MAKEFLAGS,
+        // CARGO_PROFILE_*, CARGO_TARGET_<triple>_*, CARGO_PRIMARY_PACKAGE, CARGO_PKG_*...
+        return !KEEP.iter().any(|k| key.starts_with(k));
+    }
+    DROP.contains(&key)
+}
+
+fn build_test_guest() -> PathBuf {
+    let root = workspace_root();
+    let source = root.join("guests/test-guest");
+    let target_dir = root.join("target/test-guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&source).args(["build", "--release", "--target-dir"]).arg(&target_dir);
+    for (key, _) in std::env::vars_os() {
+        if leaks_into_build(&key) {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", source.display()));
+    if !out.status.success() {
+        panic!(
+            "building the test guest in {} failed ({}):\n{}{}",
+            source.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let elf = target_dir.join(GUEST_TARGET).join("release/test-guest");
+    assert!(elf.is_file(), "cargo built the test guest but {} is missing", elf.display());
+    elf
+}
+
+/// The test guest's lines in a serial transcript, without the `hvtest: ` prefix (other output,
+/// such as a VMM's or firmware's, is skipped; `\r` is ignored).
+pub fn hvtest_lines(serial: &str) -> Vec<&str> {
+    serial
+        .lines()
+        .filter_map(|line| line.trim_end_matches('\r').strip_prefix(HVTEST_PREFIX))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_filtered_and_stripped() {
+        let out = "noise\nhvtest: boot\r\nhvtest: cpus=2\nmore\nhvtest: done\n";
+        assert_eq!(hvtest_lines(out), ["boot", "cpus=2", "done"]);
+    }
+
+    #[test]
+    fn outer_cargo_variables_are_dropped() {
+        for key in
+            ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"]
+        {
+            assert!(leaks_into_build(OsStr::new(key)), "{key}");
+        }
+        for key in ["CARGO_HOME", "PATH", "HOME", "RUSTUP_TOOLCHAIN", "CARGO_NET_OFFLINE"] {
+            assert!(!leaks_into_build(OsStr::new(key)), "{key}");
+        }
+    }
+
+    /// The guest must build from a test process (where cargo has set RUSTFLAGS-like variables)
+    /// and be a PVH ELF; where QEMU and KVM are at hand, it must also run and power off.
+    #[test]
+    fn test_guest_builds_and_runs_under_qemu() {
+        let elf = test_guest();
+        let bytes = std::fs::read(&elf).expect("read the test guest");
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        // The PVH note: namesz 4, descsz 8, type 18, "Xen\0".
+        let note =
+            [4u32.to_le_bytes(), 8u32.to_le_bytes(), 18u32.to_le_bytes(), *b"Xen\0"].concat();
+        assert!(bytes.windows(note.len()).any(|w| w == note), "no PVH note in {}", elf.display());
+        assert_eq!(test_guest(), elf, "built once per process");
+
+        let qemu = "qemu-system-x86_64";
+        let have_qemu = Command::new(qemu).arg("--version").output().is_ok();
+        if !(have_qemu && crate::have_kvm()) {
+            eprintln!("SKIPPED: the QEMU run needs {qemu} and /dev/kvm");
+            return;
+        }
+        let out = Command::new("timeout")
+            .args(["60", qemu, "-M", "microvm,acpi=on", "-accel", "kvm", "-m", "64", "-smp", "2"])
+            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel"])
+            .arg(&elf)
+            .args(["-append", "test=smp"])
+            .output()
+            .expect("run qemu");
+        let serial = String::from_utf8_lossy(&out.stdout);
+        let lines = hvtest_lines(&serial);
+        assert_eq!(lines.first(), Some(&"boot"), "{serial}");
+        assert!(lines.contains(&"cmdline=test=smp"), "{serial}");
+        assert!(lines.contains(&"cpus=2"), "{serial}");
+        assert!(lines.contains(&"smp ok 2"), "{serial}");
+        assert_eq!(lines.last(), Some(&"done"), "{serial}");
+        assert!(out.status.success(), "qemu did not power off: {}\n{serial}", out.status);
+    }
+}
