@@ -27,6 +27,10 @@ pub use request::{
     DataDescriptor, DiscardWriteZeroesSegment, ParseFailure, Request, RequestError, RequestLimits,
     RequestType,
 };
+/// Re-export of `virtio-bindings`, so embedders use the constants this device uses.
+pub use virtio_bindings;
+/// Re-export of `virtio-queue`, so embedders hand the handler the same `Queue` type.
+pub use virtio_queue;
 
 /// Bytes per virtio-blk sector: request sectors are always in 512-byte units (virtio spec
 /// 5.2.6), whatever the disk's block size.
