@@ -295,3 +295,29 @@ fn segment_lists_are_validated() {
     assert!(matches!(err(vec![overflow]), BlockError::InvalidSegments { index: 0, .. }));
     assert_eq!(SegmentDisk::new(vec![], true).unwrap().size(), 0);
 }
+
+#[test]
+fn qcow2_direct_reads_and_writes_unaligned_guest_buffers() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (overlay, _base) = qcow2_over_raw(dir.path(), MIB, 6);
+    let opts = DiskOptions { direct: true, ..Default::default() };
+    let Ok(mut disk) = open_disk(&overlay, opts) else {
+        eprintln!("SKIPPED: O_DIRECT not supported on {}", dir.path().display());
+        return;
+    };
+    let ram = ram();
+    let mem = ram.memory();
+    let bufs = slices(mem, &[(0x20_0100, 1024), (0x30_0000, 512)]);
+    disk.read_vectored(512 * 3, &bufs).unwrap();
+    let mut got = vec![0u8; 1024];
+    mem.read_slice(&mut got, GuestAddress(0x20_0100)).unwrap();
+    assert_eq!(got, pattern(MIB, 6)[1536..2560]);
+    mem.write_slice(&pattern(1536, 42)[..1024], GuestAddress(0x20_0100)).unwrap();
+    mem.write_slice(&pattern(1536, 42)[1024..], GuestAddress(0x30_0000)).unwrap();
+    disk.write_vectored(512 * 7, &bufs).unwrap();
+    disk.flush().unwrap();
+    drop(disk);
+    qemu_img_check(&overlay);
+    assert_eq!(qemu_img_contents(&overlay, dir.path())[3584..3584 + 1536], pattern(1536, 42)[..]);
+}

@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::Bitmap;
+use vm_memory::volatile_memory::PtrGuardMut;
 
 use super::{check_range, slices_len, BlockError, GuestSlice, Result};
 
@@ -274,12 +275,16 @@ fn logical_block_size(file: &File) -> io::Result<u64> {
     Ok(u64::try_from(size).unwrap_or(512).max(512))
 }
 
-/// Builds iovecs over guest slices. The slices borrow guest memory that stays mapped while
-/// they live, so the pointers stay valid for the duration of the caller's borrow.
-pub(crate) fn iovecs(bufs: &[GuestSlice<'_>]) -> Vec<libc::iovec> {
-    bufs.iter()
-        .map(|s| libc::iovec { iov_base: s.ptr_guard_mut().as_ptr().cast(), iov_len: s.len() })
-        .collect()
+/// Builds iovecs over guest slices, with the guards that keep the pointers valid (with plain
+/// mmap-backed memory the guards are just the pointers; with Xen grant mappings they hold the
+/// mapping). Keep the guards alive until the I/O has completed.
+pub(crate) fn iovecs(bufs: &[GuestSlice<'_>]) -> (Vec<libc::iovec>, Vec<PtrGuardMut>) {
+    let guards: Vec<PtrGuardMut> = bufs.iter().map(|s| s.ptr_guard_mut()).collect();
+    let iovs = guards
+        .iter()
+        .map(|g| libc::iovec { iov_base: g.as_ptr().cast(), iov_len: g.len() })
+        .collect();
+    (iovs, guards)
 }
 
 /// Marks guest slices dirty after the host wrote into them through raw pointers.
@@ -310,7 +315,7 @@ pub(crate) fn advance_iovecs(iovs: &mut [libc::iovec], mut idx: usize, mut n: us
 }
 
 fn rw_all(file: &File, mut offset: u64, bufs: &[GuestSlice<'_>], write: bool) -> io::Result<()> {
-    let mut iovs = iovecs(bufs);
+    let (mut iovs, _guards) = iovecs(bufs);
     let mut idx = advance_iovecs(&mut iovs, 0, 0);
     while idx < iovs.len() {
         let cnt = (iovs.len() - idx).min(IOV_MAX);

@@ -93,7 +93,7 @@ impl RawUringDisk {
     }
 
     fn rw(&mut self, mut offset: u64, bufs: &[GuestSlice<'_>], write: bool) -> io::Result<()> {
-        let mut iovs = iovecs(bufs);
+        let (mut iovs, _guards) = iovecs(bufs);
         let mut idx = advance_iovecs(&mut iovs, 0, 0);
         let fd = types::Fd(self.raw.file.as_raw_fd());
         while idx < iovs.len() {
