@@ -321,3 +321,36 @@ fn qcow2_direct_reads_and_writes_unaligned_guest_buffers() {
     qemu_img_check(&overlay);
     assert_eq!(qemu_img_contents(&overlay, dir.path())[3584..3584 + 1536], pattern(1536, 42)[..]);
 }
+
+#[test]
+fn qcow2_images_from_qemu_img_convert_are_read_compressed_or_not() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_file(dir.path(), "src.raw", 2 * MIB, 33);
+    // Half the image zeroes, so the converted image has unallocated clusters too.
+    std::fs::OpenOptions::new().write(true).open(&raw).unwrap().set_len(MIB as u64).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&raw).unwrap().set_len(2 * MIB as u64).unwrap();
+    let ram = ram();
+    let mem = ram.memory();
+    for (name, extra) in [("plain.qcow2", None), ("compressed.qcow2", Some("-c"))] {
+        let out = dir.path().join(name);
+        let mut args = vec!["convert", "-q", "-O", "qcow2"];
+        args.extend(extra);
+        args.extend([raw.to_str().unwrap(), out.to_str().unwrap()]);
+        qemu_img(&args);
+        let mut disk = open_disk(&out, DiskOptions::default()).unwrap();
+        assert_eq!(disk.size(), 2 * MIB as u64);
+        let bufs = slices(mem, &[(0x20_0000, 2 * MIB)]);
+        disk.read_vectored(0, &bufs).unwrap();
+        let mut got = vec![0u8; 2 * MIB];
+        mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+        let mut want = pattern(2 * MIB, 33);
+        want[MIB..].fill(0);
+        assert!(got == want, "{name} reads back what qemu-img converted");
+        // Writing over a compressed cluster works and keeps the image valid.
+        disk.write_vectored(4096, &slices(mem, &[(0x20_0000, 4096)])).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        qemu_img_check(&out);
+    }
+}

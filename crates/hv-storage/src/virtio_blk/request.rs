@@ -488,14 +488,19 @@ impl Request {
                 written = pos as u32;
                 Ok(())
             }
-            RequestType::Discard => self.segments.iter().try_for_each(|s| {
-                let (off, len) = segment_bytes(s);
-                backend.discard(off, len)
-            }),
-            RequestType::WriteZeroes => self.segments.iter().try_for_each(|s| {
-                let (off, len) = segment_bytes(s);
-                backend.write_zeroes(off, len, s.unmap())
-            }),
+            // Empty segments are valid and do nothing.
+            RequestType::Discard => {
+                self.segments.iter().filter(|s| s.num_sectors > 0).try_for_each(|s| {
+                    let (off, len) = segment_bytes(s);
+                    backend.discard(off, len)
+                })
+            }
+            RequestType::WriteZeroes => {
+                self.segments.iter().filter(|s| s.num_sectors > 0).try_for_each(|s| {
+                    let (off, len) = segment_bytes(s);
+                    backend.write_zeroes(off, len, s.unmap())
+                })
+            }
             RequestType::Unsupported(_) => Ok(()),
         };
         match result {
