@@ -164,7 +164,7 @@ fn several_queues_share_one_disk() {
     let (overlay, _) = qcow2_over_raw(dir.path(), MIB, 15);
     for path in [raw, overlay] {
         let disk = open_disk(&path, DiskOptions::default()).unwrap();
-        let mut hs = handlers_for_queues(disk, &config().with_queues(2)).unwrap();
+        let mut hs = handlers_for_queues(disk, &config().with_queues(2), None).unwrap();
         assert_eq!(hs.len(), 2);
         let ram = ram();
         let mem = ram.memory();
@@ -440,4 +440,27 @@ fn backend_errors_become_ioerr() {
     assert_eq!(q.used(0).1, 1);
     assert_eq!(h.stats().io_errors, 1);
     assert!(h.last_error().unwrap().contains("read"));
+}
+
+#[test]
+fn queues_of_one_device_share_its_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 22);
+    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    // Three operations per hour for the whole device.
+    let rl = RateLimiter::new(None, Some(BucketConfig::new(3, Duration::from_secs(3600)))).unwrap();
+    let mut hs = handlers_for_queues(disk, &config().with_queues(2), Some(rl)).unwrap();
+    let ram = ram();
+    let mem = ram.memory();
+    let mut q0 = TestQueue::at(mem, vm_memory::GuestAddress(0), 0x10_0000);
+    let mut q1 = TestQueue::at(mem, vm_memory::GuestAddress(0x8000), 0x80_0000);
+    for i in 0..2 {
+        q0.rw(VIRTIO_BLK_T_IN, i, &[512], W);
+        q1.rw(VIRTIO_BLK_T_IN, i, &[512], W);
+    }
+    hs[0].process_queue(&mut q0.queue, mem).unwrap();
+    hs[1].process_queue(&mut q1.queue, mem).unwrap();
+    assert_eq!((q0.used_idx(), q1.used_idx()), (2, 1));
+    assert!(hs[0].throttled_for().is_none());
+    assert!(hs[1].throttled_for().is_some());
 }

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use hv_core::rate_limiter::RateLimiter;
 use hv_mem::GuestMemory;
 use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
@@ -56,7 +58,8 @@ pub struct BlockQueueHandler {
     backend: Box<dyn BlockBackend>,
     limits: RequestLimits,
     serial: [u8; SERIAL_LEN],
-    rate_limiter: Option<RateLimiter>,
+    /// Shared by all queues of a device, so the limit is per device.
+    rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
     /// Data bytes of the request left on the queue by the rate limiter.
     throttled_bytes: Option<u64>,
     stats: QueueStats,
@@ -78,10 +81,19 @@ impl BlockQueueHandler {
         }
     }
 
-    /// Throttles this queue with `limiter`.
-    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+    /// Throttles this queue with `limiter` (its own limit).
+    pub fn with_rate_limiter(self, limiter: RateLimiter) -> Self {
+        self.with_shared_rate_limiter(Arc::new(Mutex::new(limiter)))
+    }
+
+    /// Throttles this queue with a limiter shared with other queues (a per-device limit).
+    pub fn with_shared_rate_limiter(mut self, limiter: Arc<Mutex<RateLimiter>>) -> Self {
         self.rate_limiter = Some(limiter);
         self
+    }
+
+    fn limiter(&self) -> Option<MutexGuard<'_, RateLimiter>> {
+        self.rate_limiter.as_ref().map(|rl| rl.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The request limits in force.
@@ -113,7 +125,7 @@ impl BlockQueueHandler {
     /// [`process_queue`](Self::process_queue) again. `None` when nothing is held back.
     pub fn throttled_for(&self) -> Option<Duration> {
         let bytes = self.throttled_bytes?;
-        Some(self.rate_limiter.as_ref().map_or(Duration::ZERO, |rl| rl.retry_after(bytes)))
+        Some(self.limiter().map_or(Duration::ZERO, |rl| rl.retry_after(bytes)))
     }
 
     /// Completes every available request of `queue` (until the rate limiter says wait).
@@ -141,13 +153,15 @@ impl BlockQueueHandler {
                 }
                 let used_len = match Request::parse(chain, mem, &self.limits) {
                     Ok(req) => {
-                        if let Some(rl) = self.rate_limiter.as_mut() {
-                            if !rl.consume_request(req.data_bytes()) {
-                                queue.go_to_previous_position();
-                                self.throttled_bytes = Some(req.data_bytes());
-                                self.stats.throttled += 1;
-                                break 'outer;
-                            }
+                        let admitted = self
+                            .limiter()
+                            .is_none_or(|mut rl| rl.consume_request(req.data_bytes()));
+                        if !admitted {
+                            // Left on the ring: retried after throttled_for().
+                            queue.go_to_previous_position();
+                            self.throttled_bytes = Some(req.data_bytes());
+                            self.stats.throttled += 1;
+                            break 'outer;
                         }
                         self.perform(&req, mem)
                     }
@@ -216,16 +230,26 @@ impl BlockQueueHandler {
 }
 
 /// One handler per queue for a device with `config` over `backend`: the first queue gets
-/// `backend` itself, the others clones of it.
+/// `backend` itself, the others clones of it; all share `rate_limiter` when one is given.
 pub fn handlers_for_queues(
     backend: Box<dyn BlockBackend>,
     config: &BlockConfig,
+    rate_limiter: Option<RateLimiter>,
 ) -> crate::block::Result<Vec<BlockQueueHandler>> {
     let mut backends = Vec::with_capacity(usize::from(config.num_queues));
     for _ in 1..config.num_queues.max(1) {
         backends.push(backend.try_clone()?);
     }
-    let mut handlers = vec![BlockQueueHandler::new(backend, config)];
-    handlers.extend(backends.into_iter().map(|b| BlockQueueHandler::new(b, config)));
-    Ok(handlers)
+    backends.insert(0, backend);
+    let shared = rate_limiter.map(|rl| Arc::new(Mutex::new(rl)));
+    Ok(backends
+        .into_iter()
+        .map(|b| {
+            let h = BlockQueueHandler::new(b, config);
+            match &shared {
+                Some(rl) => h.with_shared_rate_limiter(Arc::clone(rl)),
+                None => h,
+            }
+        })
+        .collect())
 }
