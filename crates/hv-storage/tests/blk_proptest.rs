@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use virtio_queue::desc::split::Descriptor;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 const DISK: usize = 256 << 10;
@@ -97,6 +98,7 @@ proptest! {
         heads in proptest::collection::vec(prop_oneof![9 => 0..QUEUE_SIZE, 1 => any::<u16>()], 0..48),
         headers in proptest::collection::vec((0..DATA_SPAN / 16, header()), 0..64),
         segs in proptest::collection::vec((0..DATA_SPAN / 16, any::<u64>(), any::<u32>(), 0u32..4), 0..32),
+        event_idx in any::<bool>(),
     ) {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let mut h = handler(dir.path());
@@ -120,6 +122,7 @@ proptest! {
         let mut q = TestQueue::new(mem);
         // Makes table entry 0 available; the random heads follow.
         q.add_raw(&table, 0);
+        q.queue.set_event_idx(event_idx);
         let first = 0u16;
         for &hd in &heads {
             q.push_avail(hd);

@@ -11,7 +11,7 @@ use hv_core::rate_limiter::{BucketConfig, RateLimiter};
 use hv_storage::block::{open_disk, DiskOptions};
 use hv_storage::virtio_blk::queue_handler::handlers_for_queues;
 use hv_storage::virtio_blk::{
-    config_space, device_features, BlockConfig, BlockQueueHandler, SERIAL_LEN,
+    config_space, device_features, BlockConfig, BlockQueueHandler, QueueHandlerError, SERIAL_LEN,
 };
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -463,4 +463,22 @@ fn queues_of_one_device_share_its_rate_limit() {
     assert_eq!((q0.used_idx(), q1.used_idx()), (2, 1));
     assert!(hs[0].throttled_for().is_none());
     assert!(hs[1].throttled_for().is_some());
+}
+
+#[test]
+fn a_runaway_avail_index_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 23);
+    let mut h = handler(&path, false);
+    let ram = ram();
+    let mem = ram.memory();
+    for event_idx in [false, true] {
+        let mut q = TestQueue::new(mem);
+        q.queue.set_event_idx(event_idx);
+        q.rw(VIRTIO_BLK_T_IN, 0, &[512], W);
+        // The driver claims 1000 entries in a 64-entry ring.
+        q.write_guest(0x1002, &1000u16.to_le_bytes());
+        let err = h.process_queue(&mut q.queue, mem).unwrap_err();
+        assert!(matches!(err, QueueHandlerError::AvailIndex { avail_idx: 1000, .. }), "{err}");
+    }
 }

@@ -8,6 +8,7 @@
 //!
 //! [`process_queue`]: BlockQueueHandler::process_queue
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +30,15 @@ pub enum QueueHandlerError {
     /// The used ring or the notification fields could not be accessed.
     #[error("virtqueue access failed: {0}")]
     Queue(#[from] virtio_queue::Error),
+    /// The driver's avail index is more than a queue size ahead of the device: the driver is
+    /// broken or hostile, and the queue cannot be processed until the device is reset.
+    #[error("avail index {avail_idx} is more than a queue ahead of next_avail {next_avail}")]
+    AvailIndex {
+        /// The driver's avail index.
+        avail_idx: u16,
+        /// Where the device is.
+        next_avail: u16,
+    },
 }
 
 /// Counters of one queue.
@@ -182,6 +192,15 @@ impl BlockQueueHandler {
                 };
                 queue.add_used(mem, head, used_len)?;
                 used_any = true;
+            }
+            // pop_descriptor_chain() also ends when the driver's avail index is more than a
+            // ring ahead of us; enable_notification() would then report work forever.
+            let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
+            if avail.wrapping_sub(queue.next_avail()) > queue.size() {
+                return Err(QueueHandlerError::AvailIndex {
+                    avail_idx: avail,
+                    next_avail: queue.next_avail(),
+                });
             }
             if !event_idx || !queue.enable_notification(mem)? {
                 break;
