@@ -354,3 +354,37 @@ fn qcow2_images_from_qemu_img_convert_are_read_compressed_or_not() {
         qemu_img_check(&out);
     }
 }
+
+#[test]
+fn a_pinned_raw_format_ignores_a_guest_written_qcow2_header() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    // A "raw" disk whose guest wrote a qcow2 header naming a host file as backing file.
+    let secret = raw_file(dir.path(), "host-secret", 65536, 77);
+    let disk = dir.path().join("guest.raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        secret.to_str().unwrap(),
+        "-F",
+        "raw",
+        disk.to_str().unwrap(),
+        "64K",
+    ]);
+    let raw = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
+    let opened = open_disk(&disk, raw).unwrap();
+    assert_eq!(opened.size(), std::fs::metadata(&disk).unwrap().len(), "opened as raw bytes");
+    let qcow2 = DiskOptions { format: Some(ImageFormat::Qcow2), ..Default::default() };
+    let fake = raw_file(dir.path(), "fake.qcow2", 4096, 0);
+    assert!(matches!(
+        open_disk(&fake, qcow2),
+        Err(BlockError::FormatMismatch {
+            expected: ImageFormat::Qcow2,
+            probed: ImageFormat::Raw,
+            ..
+        })
+    ));
+}

@@ -121,6 +121,16 @@ pub enum BlockError {
         /// Required alignment in bytes.
         align: u64,
     },
+    /// The image does not have the format the caller pinned.
+    #[error("{path} was expected to be {expected:?} but looks like {probed:?}")]
+    FormatMismatch {
+        /// The image path.
+        path: PathBuf,
+        /// The format asked for.
+        expected: ImageFormat,
+        /// The format found.
+        probed: ImageFormat,
+    },
     /// A segment list is not a valid logical volume map.
     #[error("invalid segment list: segment {index}: {reason}")]
     InvalidSegments {
@@ -162,6 +172,13 @@ pub struct DiskOptions {
     pub direct: bool,
     /// The I/O engine for raw disks (qcow2 always goes through imago's synchronous engine).
     pub engine: Engine,
+    /// The format the caller knows the image has (e.g. recorded by the pool when the volume
+    /// was created). `None` probes it from the file's first bytes.
+    ///
+    /// Probing is only safe for images whose first sector no guest could write: a guest on a
+    /// raw disk can write a qcow2 header naming any host file as its backing file, and a
+    /// later probing open would then show that file to the guest. Pin `Raw` for raw volumes.
+    pub format: Option<ImageFormat>,
 }
 
 /// A guest disk: bytes at offsets, moved directly between the disk and guest RAM.
@@ -239,11 +256,22 @@ pub fn probe_path(path: &Path) -> Result<ImageFormat> {
     probe_format(&file).map_err(|source| BlockError::Probe { path: path.to_path_buf(), source })
 }
 
-/// Opens a guest disk: probes its format from its contents and opens it with the engine
-/// `options` asks for.
+/// Opens a guest disk: probes its format from its contents (checked against
+/// [`DiskOptions::format`] when the caller pins one) and opens it with the engine `options`
+/// asks for.
 pub fn open_disk(path: impl AsRef<Path>, options: DiskOptions) -> Result<Box<dyn BlockBackend>> {
     let path = path.as_ref();
-    Ok(match probe_path(path)? {
+    let probed = probe_path(path)?;
+    let format = match options.format {
+        None => probed,
+        // A raw image may legitimately start with anything, the qcow2 magic included.
+        Some(ImageFormat::Raw) => ImageFormat::Raw,
+        Some(expected) if expected == probed => expected,
+        Some(expected) => {
+            return Err(BlockError::FormatMismatch { path: path.to_path_buf(), expected, probed })
+        }
+    };
+    Ok(match format {
         ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, options.read_only, options.direct)?),
         ImageFormat::Raw => match options.engine {
             Engine::Sync => Box::new(RawSyncDisk::open(path, options.read_only, options.direct)?),
