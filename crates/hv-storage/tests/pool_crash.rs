@@ -189,7 +189,7 @@ fn pool_definitions_are_atomic_at_every_write_point() {
 const CHILD_ENV: &str = "HV_POOL_CRASH_CHILD";
 
 /// The child: loops over volume operations on the pool named in the environment, printing
-/// `begin OP NAME [SIZE]` before and `done OP NAME [SIZE]` after each one. Only runs as the
+/// `@@ begin OP NAME [SIZE]` before and `@@ done OP NAME [SIZE]` after each one. Only runs as the
 /// child of `kill_9_in_the_middle_of_metadata_updates`.
 #[test]
 #[ignore = "runs only as the child of kill_9_in_the_middle_of_metadata_updates"]
@@ -209,21 +209,21 @@ fn crash_child_worker() {
     for i in 0u64.. {
         let name = format!("r{round}v{i}");
         let size = (1 + i % 3) * MIB;
-        println!("begin create {name} {size}");
+        println!("@@ begin create {name} {size}");
         let format = if qcow2 && i % 2 == 0 { VolFormat::Qcow2 } else { VolFormat::Raw };
         let spec = VolumeSpec::builder(&name).format(format).capacity(size).build().unwrap();
         pool.create_volume(&spec).unwrap();
         let data = pattern(64 << 10, i);
         pool.upload_volume(&name, &mut &data[..], 0, &mut |_, _| {}).unwrap();
-        println!("done create {name} {size}");
-        println!("begin resize {name} {}", size + MIB);
+        println!("@@ done create {name} {size}");
+        println!("@@ begin resize {name} {}", size + MIB);
         pool.resize_volume(&name, size + MIB, ResizeFlags::default()).unwrap();
-        println!("done resize {name} {}", size + MIB);
+        println!("@@ done resize {name} {}", size + MIB);
         if i % 3 == 2 {
             let victim = format!("r{round}v{}", i - 1);
-            println!("begin delete {victim}");
+            println!("@@ begin delete {victim}");
             pool.delete_volume(&victim).unwrap();
-            println!("done delete {victim}");
+            println!("@@ done delete {victim}");
         }
     }
 }
@@ -263,8 +263,9 @@ fn run_and_kill(state: &str, pool: &str, round: u32, delay: Duration) -> Vec<Str
     child.wait().unwrap();
     reader.join().unwrap();
     lines.extend(rx.try_iter());
-    lines.retain(|l| l.starts_with("begin ") || l.starts_with("done "));
-    lines
+    // The harness prints "test crash_child_worker ... " without a newline before the child's
+    // first line: take what follows the marker.
+    lines.iter().filter_map(|l| l.split_once("@@ ").map(|(_, rest)| rest.to_string())).collect()
 }
 
 fn kill_rounds(env: &Env, pool_name: &str) {

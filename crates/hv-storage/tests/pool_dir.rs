@@ -233,3 +233,35 @@ fn refresh_of_a_vanished_directory_marks_the_pool_inaccessible() {
     p.refresh().unwrap();
     assert_eq!(p.state(), PoolState::Running);
 }
+
+#[test]
+fn backing_files_outside_the_pool_are_never_opened() {
+    let env = Env::new();
+    let mut p = env.dir_pool("p");
+    // A secret outside the pool, and a qcow2 header (as a guest could write into its raw
+    // disk) naming it as backing file.
+    let secret = env.path("secret");
+    fs::write(&secret, b"root:password-hash").unwrap();
+    let other = env.path("elsewhere");
+    fs::create_dir(&other).unwrap();
+    let img = other.join("crafted");
+    fs::File::create(&img).unwrap();
+    hv_storage::pool::image::create_qcow2(&img, 1 << 20, Some((secret.to_str().unwrap(), "raw")))
+        .unwrap();
+    fs::copy(&img, env.path("p").join("crafted")).unwrap();
+    // A symlink in the pool pointing out is not followed either.
+    std::os::unix::fs::symlink(&secret, env.path("p").join("link")).unwrap();
+    let info = p.volume_info("crafted").unwrap();
+    assert_eq!(info.backing.as_deref(), secret.to_str());
+    let err = p.open_volume("crafted", false).err().expect("refused");
+    assert!(err.to_string().contains("outside the pool directory"), "{err}");
+    let mut sink = vec![];
+    assert!(p.download_volume("crafted", &mut sink, &mut |_, _| {}).is_err());
+    assert!(sink.is_empty());
+    assert!(matches!(p.volume_info("link"), Err(PoolError::VolumeNotFound { .. })));
+    // Inside the pool, overlays work as usual.
+    p.create_volume(&raw("base", 1 << 20)).unwrap();
+    let spec = VolumeSpec::builder("ov").format(VolFormat::Qcow2).backing("base").build().unwrap();
+    p.create_volume(&spec).unwrap();
+    p.open_volume("ov", false).unwrap();
+}

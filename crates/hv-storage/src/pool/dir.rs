@@ -160,9 +160,10 @@ impl DirPool {
             Probed::Raw { .. } => {
                 Box::new(RawIo::open(path, writable).map_err(self.image_err(name, "open"))?)
             }
-            Probed::Qcow2(_) => {
-                Box::new(Qcow2Io::open(path, writable).map_err(self.image_err(name, "open"))?)
-            }
+            Probed::Qcow2(_) => Box::new(
+                Qcow2Io::open_confined(path, writable, &self.target)
+                    .map_err(self.image_err(name, "open"))?,
+            ),
         })
     }
 }
@@ -404,7 +405,8 @@ impl Pool for DirPool {
             }),
             Probed::Qcow2(_) => {
                 failpoint::point("dir.resize.qcow2");
-                let img = Qcow2Io::open(&path, true).map_err(self.image_err(name, "open"))?;
+                let img = Qcow2Io::open_confined(&path, true, &self.target)
+                    .map_err(self.image_err(name, "open"))?;
                 img.grow(capacity).map_err(self.image_err(name, "grow"))
             }
         }
@@ -418,6 +420,7 @@ impl Pool for DirPool {
         let pool = self.def.name.clone();
         let capacity = probed.capacity();
         let format = probed.format();
+        let target = self.target.clone();
         self.make_volume(new_name, |tmp| {
             let img_err = |what| {
                 let (pool, volume) = (pool.clone(), new_name.to_string());
@@ -435,7 +438,7 @@ impl Pool for DirPool {
                 }
                 VolFormat::Qcow2 => {
                     create_qcow2(tmp, capacity, None).map_err(img_err("create qcow2 image"))?;
-                    Box::new(Qcow2Io::open(tmp, true).map_err(img_err("open"))?)
+                    Box::new(Qcow2Io::open_confined(tmp, true, &target).map_err(img_err("open"))?)
                 }
             };
             copy::copy(src.as_ref(), dst.as_ref(), &mut |_, _| {})

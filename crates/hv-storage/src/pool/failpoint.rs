@@ -1,7 +1,7 @@
 //! Fault injection at metadata write points, for the crash-safety tests.
 //!
 //! Each place where the pool code writes or syncs metadata calls [`point`]. With the
-//! `failpoints` cargo feature, a test arms a countdown on its own thread ([`arm`]): the n-th
+//! `failpoints` cargo feature, a test arms a countdown on its own thread (`arm`): the n-th
 //! point reached panics, which stops the operation exactly there with no cleanup code run
 //! (the explicit error paths are skipped by the unwind), as a crash would. The test catches the
 //! panic, drops the pool and reopens it from disk. Without the feature [`point`] is empty.

@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use imago::file::File as ImagoFile;
+use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
@@ -136,6 +137,18 @@ impl Qcow2Io {
         Ok(Qcow2Io { image: FormatAccess::new(q) })
     }
 
+    /// Like [`Qcow2Io::open`], but every file of the backing chain must lie in `dir` (after
+    /// resolving symlinks): a qcow2 header written by a guest or a user cannot make the host
+    /// open an arbitrary file (such as `/etc/shadow`) as a backing file.
+    pub fn open_confined(path: &Path, writable: bool, dir: &Path) -> io::Result<Qcow2Io> {
+        let gate = ConfinedGate { dir: dir.canonicalize()? };
+        let open = || Qcow2::<ImagoFile>::builder_path(path).write(writable).open(gate);
+        let q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "the qcow2 metadata could not be parsed")
+        })??;
+        Ok(Qcow2Io { image: FormatAccess::new(q) })
+    }
+
     /// Grows the virtual size to `new_size` (new space reads as zeroes).
     pub fn grow(&self, new_size: u64) -> io::Result<()> {
         self.image.resize_grow(new_size, imago::format::PreallocateMode::Zero)?;
@@ -161,6 +174,49 @@ impl VolumeIo for Qcow2Io {
     fn flush(&self) -> io::Result<()> {
         self.image.flush()?;
         self.image.sync()
+    }
+}
+
+/// Opens implicitly referenced files (backing files) only inside one directory.
+#[derive(Debug, Clone)]
+struct ConfinedGate {
+    dir: std::path::PathBuf,
+}
+
+impl ImplicitOpenGate<ImagoFile> for ConfinedGate {
+    fn open_format<F: FormatDriverBuilder<ImagoFile>>(
+        &mut self,
+        builder: F,
+    ) -> io::Result<FormatAccess<ImagoFile>> {
+        if let Some(p) = builder.get_image_path() {
+            self.check(&p)?;
+        }
+        Ok(FormatAccess::new(builder.open(self.clone())?))
+    }
+
+    fn open_storage(&mut self, opts: StorageOpenOptions) -> io::Result<ImagoFile> {
+        if let Some(p) = opts.get_filename() {
+            self.check(p)?;
+        }
+        <ImagoFile as Storage>::open(opts)
+    }
+}
+
+impl ConfinedGate {
+    fn check(&self, path: &Path) -> io::Result<()> {
+        let real = path.canonicalize()?;
+        if real.starts_with(&self.dir) && real.is_file() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "backing file {} is outside the pool directory {}",
+                    path.display(),
+                    self.dir.display()
+                ),
+            ))
+        }
     }
 }
 
