@@ -8,6 +8,33 @@
 //!
 //! All constants come from `virtio-bindings`; only the 512-byte sector, a unit of the virtio
 //! specification that the bindings do not name, is defined here.
+//!
+//! ```no_run
+//! use hv_storage::block::{open_disk, DiskOptions, ImageFormat};
+//! use hv_storage::virtio_blk::queue_handler::handlers_for_queues;
+//! use hv_storage::virtio_blk::virtio_queue::Queue;
+//! use hv_storage::virtio_blk::{config_space, device_features, read_config, BlockConfig};
+//!
+//! # fn device(mem: &hv_mem::GuestMemory, queues: &mut [Queue]) -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = DiskOptions { format: Some(ImageFormat::Qcow2), ..Default::default() };
+//! let disk = open_disk("/var/lib/hv/images/vm1.qcow2", opts)?;
+//! let config = BlockConfig::default().with_serial("vm1-root").with_queues(2);
+//! let features = device_features(disk.as_ref(), &config); // offered to the driver
+//! let space = config_space(disk.as_ref(), &config);
+//! let mut bytes = [0u8; 8];
+//! read_config(&space, 0, &mut bytes); // a driver reading `capacity`
+//! // At activation: one handler per queue; on each queue notification:
+//! let mut handlers = handlers_for_queues(disk, &config, None)?;
+//! for (handler, queue) in handlers.iter_mut().zip(queues.iter_mut()) {
+//!     if handler.process_queue(queue, mem)? {
+//!         // raise this queue's interrupt (irqfd)
+//!     }
+//!     if let Some(wait) = handler.throttled_for() {
+//!         // arm a timer for `wait`, then call process_queue again
+//!     }
+//! }
+//! # let _ = features; Ok(()) }
+//! ```
 
 pub mod queue_handler;
 pub mod request;
