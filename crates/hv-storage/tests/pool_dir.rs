@@ -265,3 +265,19 @@ fn backing_files_outside_the_pool_are_never_opened() {
     p.create_volume(&spec).unwrap();
     p.open_volume("ov", false).unwrap();
 }
+
+#[test]
+fn a_pool_open_elsewhere_is_waited_for_then_reported_busy() {
+    let env = Env::new();
+    let held = env.dir_pool("p");
+    let mgr = hv_storage::pool::PoolManager::new(env.path("state"))
+        .unwrap()
+        .with_lock_timeout(std::time::Duration::from_millis(100));
+    let err = mgr.open("p").unwrap_err();
+    assert!(
+        matches!(err, PoolError::Busy { ref pool, holder: Some(pid) } if pool == "p" && pid == std::process::id()),
+        "{err}"
+    );
+    drop(held);
+    mgr.open("p").unwrap();
+}

@@ -175,6 +175,14 @@ pub enum PoolError {
         #[source]
         source: serde_json::Error,
     },
+    /// Another process has the pool open and did not let go in time.
+    #[error("pool '{pool}' is in use by another process{}", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Busy {
+        /// The pool.
+        pool: String,
+        /// The process holding it, if known.
+        holder: Option<u32>,
+    },
     /// A logical volume has no host path (there is no device-mapper to make one).
     #[error("volume '{volume}' in pool '{pool}' has no host path: open it through the pool (logical volumes are extent maps)")]
     NoHostPath {

@@ -8,8 +8,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,7 @@ use super::{BuildFlags, DirPool, Pool, PoolInfo, PoolState};
 #[derive(Debug, Clone)]
 pub struct PoolManager {
     root: PathBuf,
+    lock_timeout: Duration,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,7 +44,7 @@ impl PoolManager {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
-        Ok(PoolManager { root })
+        Ok(PoolManager { root, lock_timeout: Duration::from_secs(10) })
     }
 
     fn def_path(&self, name: &str) -> PathBuf {
@@ -51,15 +55,48 @@ impl PoolManager {
         self.root.join("run").join(format!("{name}.json"))
     }
 
+    /// Takes the exclusive lock `locks/NAME.lock`, waiting up to the manager's lock timeout for
+    /// another process to let go of it.
     fn lock(&self, name: &str) -> Result<Flock<File>> {
         let path = self.root.join("locks").join(format!("{name}.lock"));
-        let f = OpenOptions::new()
+        let deadline = Instant::now() + self.lock_timeout;
+        let mut f = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io_err("lock", &path)(e.into()))
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => {
+                    // Say who holds it, for the message of whoever waits next.
+                    let _ = lock.set_len(0);
+                    let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
+                    return Ok(lock);
+                }
+                Err((back, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                    f = back;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((back, Errno::EWOULDBLOCK)) => {
+                    let mut holder = String::new();
+                    let _ = (&back).read_to_string(&mut holder);
+                    return Err(PoolError::Busy {
+                        pool: name.to_string(),
+                        holder: holder.trim().parse().ok(),
+                    });
+                }
+                Err((_, e)) => return Err(io_err("lock", &path)(e.into())),
+            }
+        }
+    }
+
+    /// Sets how long [`PoolManager::open`] and friends wait for another process that has the
+    /// pool open (default 10 s) before failing with [`PoolError::Busy`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
@@ -150,7 +187,8 @@ impl PoolManager {
         persist::remove_durable(&self.def_path(name))
     }
 
-    /// Opens pool `name`, holding its lock until the returned pool is dropped.
+    /// Opens pool `name`, holding its lock until the returned pool is dropped (another
+    /// process opening it meanwhile waits, then fails with [`PoolError::Busy`]).
     pub fn open(&self, name: &str) -> Result<ManagedPool> {
         let lock = self.lock(name)?;
         let def = self.get(name)?;
