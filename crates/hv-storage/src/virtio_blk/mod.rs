@@ -1,10 +1,12 @@
-//! virtio-blk: request parsing ([`request`]), queue processing ([`queue_handler`]), and the
-//! device's feature bits and configuration space (here).
+//! virtio-blk: request parsing ([`request`]), queue processing ([`queue_handler`]), the
+//! device behind hv-core's `VirtioDevice` trait ([`device`]), and the device's feature bits and
+//! configuration space (here).
 //!
-//! The transport-facing device wrapper is thin: it offers [`device_features`], serves config
-//! reads from [`config_space`] with [`read_config`], builds one [`BlockQueueHandler`] per queue
-//! at activation (each with its own clone of the backend), and on a queue notification calls
-//! [`BlockQueueHandler::process_queue`], raising the queue's interrupt when it returns `true`.
+//! [`VirtioBlock`] is thin: it offers [`device_features`], serves config reads from
+//! [`config_space`] with [`read_config`], builds one [`BlockQueueHandler`] per queue at
+//! activation (each with its own clone of the backend), and its worker thread calls
+//! [`BlockQueueHandler::process_queue`] on each queue notification, raising the interrupt
+//! when it returns `true`. The example below does by hand what the device does.
 //!
 //! All constants come from `virtio-bindings`; only the 512-byte sector, a unit of the virtio
 //! specification that the bindings do not name, is defined here.
@@ -36,6 +38,7 @@
 //! # let _ = features; Ok(()) }
 //! ```
 
+pub mod device;
 pub mod queue_handler;
 pub mod request;
 
@@ -49,6 +52,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use crate::block::BlockBackend;
 
+pub use device::VirtioBlock;
 pub use queue_handler::{BlockQueueHandler, QueueHandlerError, QueueStats};
 pub use request::{
     DataDescriptor, DiscardWriteZeroesSegment, ParseFailure, Request, RequestError, RequestLimits,

@@ -1,0 +1,228 @@
+//! The virtio-blk device: configuration, feature offer and activation behind hv-core's
+//! [`VirtioDevice`] trait. The request work is the queue handlers'; this file only wires them
+//! to the transport: at activation it builds one [`BlockQueueHandler`] per queue the driver
+//! set up and starts a worker thread that waits on the queues' notification eventfds (and a
+//! timerfd for throttled queues) and raises the interrupt when a handler says so.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hv_core::rate_limiter::RateLimiter;
+use hv_core::virtio::worker::Worker;
+use hv_core::virtio::{ActivateError, Activation, Interrupt, VirtioDevice};
+use hv_core::vmm_sys_util::eventfd::EventFd;
+use hv_core::vmm_sys_util::timerfd::TimerFd;
+use hv_mem::GuestMemory;
+use virtio_bindings::bindings::virtio_blk::virtio_blk_config;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+
+use super::queue_handler::handlers_for_queues;
+use super::{config_space, device_features, read_config, BlockConfig, BlockQueueHandler};
+use super::{QueueHandlerError, QueueStats};
+use crate::block::BlockBackend;
+
+/// Worker token of the throttling timer (queue tokens are their positions).
+const TIMER_TOKEN: u64 = u64::MAX - 1;
+
+/// Counters and state the device's worker shares with its owner.
+#[derive(Debug, Default)]
+struct Shared {
+    stats: Vec<QueueStats>,
+    /// Queues stopped because the driver broke them (e.g. a runaway avail index).
+    broken: Vec<(u16, String)>,
+}
+
+/// A virtio-blk device over a block backend.
+pub struct VirtioBlock {
+    /// The backend handlers are cloned from at each activation.
+    backend: Box<dyn BlockBackend>,
+    config: BlockConfig,
+    space: virtio_blk_config,
+    features: u64,
+    rate_limiter: Option<RateLimiter>,
+    shared: Arc<Mutex<Shared>>,
+    worker: Option<Worker>,
+}
+
+impl std::fmt::Debug for VirtioBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioBlock")
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .field("active", &self.worker.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioBlock {
+    /// A device serving `backend` with `config`.
+    pub fn new(backend: Box<dyn BlockBackend>, config: BlockConfig) -> Self {
+        let features = device_features(backend.as_ref(), &config);
+        let space = config_space(backend.as_ref(), &config);
+        Self {
+            backend,
+            config,
+            space,
+            features,
+            rate_limiter: None,
+            shared: Arc::default(),
+            worker: None,
+        }
+    }
+
+    /// Throttles the whole device (all queues share the limit).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// The per-queue counters of the current activation.
+    pub fn stats(&self) -> Vec<QueueStats> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).stats.clone()
+    }
+
+    /// Queues the worker stopped serving because the driver broke them, with the reason.
+    pub fn broken_queues(&self) -> Vec<(u16, String)> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).broken.clone()
+    }
+}
+
+/// What the worker thread owns.
+struct Running {
+    mem: GuestMemory,
+    queues: Vec<(u16, Queue, EventFd, BlockQueueHandler)>,
+    broken: Vec<bool>,
+    interrupt: Interrupt,
+    timer: TimerFd,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Running {
+    fn serve(&mut self, i: usize) {
+        if self.broken[i] {
+            return;
+        }
+        let (index, queue, _, handler) = &mut self.queues[i];
+        match handler.process_queue(queue, &self.mem) {
+            Ok(true) => self.interrupt.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                self.broken[i] = true;
+                let reason = e.to_string();
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                shared.broken.push((*index, reason));
+                // Whatever was completed before the error still deserves an interrupt.
+                if matches!(e, QueueHandlerError::AvailIndex { .. }) {
+                    self.interrupt.signal_used_queue();
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, token: u64) {
+        if token == TIMER_TOKEN {
+            let _ = self.timer.wait();
+            for i in 0..self.queues.len() {
+                if self.queues[i].3.throttled_for().is_some() {
+                    self.serve(i);
+                }
+            }
+        } else if let Some(i) = usize::try_from(token).ok().filter(|&i| i < self.queues.len()) {
+            let _ = self.queues[i].2.read();
+            self.serve(i);
+        }
+        self.rearm();
+        let stats = self.queues.iter().map(|q| q.3.stats()).collect();
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).stats = stats;
+    }
+
+    /// Arms the timer for the soonest throttled queue (or leaves it idle).
+    fn rearm(&mut self) {
+        let wait = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.broken[*i])
+            .filter_map(|(_, q)| q.3.throttled_for())
+            .min();
+        if let Some(wait) = wait {
+            // A zero timeout would disarm the timer: wait at least a microsecond.
+            let _ = self.timer.reset(wait.max(Duration::from_micros(1)), None);
+        }
+    }
+}
+
+impl VirtioDevice for VirtioBlock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![self.config.queue_size; usize::from(self.config.num_queues.max(1))]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config(&self.space, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation { mem, acked_features, queues, interrupt } = activation;
+        if queues.is_empty() {
+            return Err(ActivateError::MissingQueue(0));
+        }
+        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let backend = self
+            .backend
+            .try_clone()
+            .map_err(|e| ActivateError::Device(format!("cannot open the disk for a queue: {e}")))?;
+        let config = BlockConfig {
+            num_queues: u16::try_from(queues.len()).unwrap_or(u16::MAX),
+            ..self.config.clone()
+        };
+        let handlers = handlers_for_queues(backend, &config, self.rate_limiter.clone())
+            .map_err(|e| ActivateError::Device(format!("cannot open the disk for a queue: {e}")))?;
+        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
+        let mut fds = vec![(timer.as_raw_fd(), TIMER_TOKEN)];
+        let mut owned = Vec::with_capacity(queues.len());
+        for (pos, (aq, handler)) in queues.into_iter().zip(handlers).enumerate() {
+            let mut queue = aq.queue;
+            queue.set_event_idx(event_idx);
+            fds.push((aq.notify.as_raw_fd(), pos as u64));
+            owned.push((aq.index, queue, aq.notify, handler));
+        }
+        self.shared = Arc::new(Mutex::new(Shared {
+            stats: vec![QueueStats::default(); owned.len()],
+            broken: Vec::new(),
+        }));
+        let mut running = Running {
+            mem,
+            broken: vec![false; owned.len()],
+            queues: owned,
+            interrupt,
+            timer,
+            shared: Arc::clone(&self.shared),
+        };
+        // Requests the driver queued before DRIVER_OK are served at once.
+        for i in 0..running.queues.len() {
+            running.serve(i);
+        }
+        running.rearm();
+        let worker = Worker::spawn("virtio-blk", fds, move |token| running.handle(token))
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Stops the thread; dropping the handlers closes their backend clones (qcow2 images
+        // flush their metadata on the last drop).
+        self.worker = None;
+    }
+}
