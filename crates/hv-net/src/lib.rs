@@ -11,6 +11,9 @@
 //!   directory, with a [`network::NetworkManager`] to define, start, destroy and list them.
 //! - [`features`]: what this host's kernel can do (VLAN devices, bridge VLAN filtering, vhost-net).
 //!
+//! Guest side:
+//! - [`virtio_net`]: the virtio-net device over a TAP (or any [`virtio_net::NetBackend`]).
+//!
 //! Every object hv makes carries an `hv` prefix so it can be found and removed.
 
 pub mod dhcp;
@@ -20,5 +23,6 @@ pub mod network;
 pub mod nft;
 pub mod tap;
 pub mod types;
+pub mod virtio_net;
 
 pub use types::{Ipv4Cidr, MacAddr};
