@@ -38,6 +38,9 @@ fn nothing_waiting(peer: &UnixDatagram) -> bool {
     none
 }
 
+/// (address, length, flags, next) of a descriptor.
+type RawDesc = (u64, u32, u16, u16);
+
 fn stats(h: &NetQueueHandler) -> NetStats {
     h.metrics().snapshot()
 }
@@ -259,7 +262,7 @@ fn malformed_tx_chains_are_dropped_and_counted() {
     tx.write_guest(a, &hdr);
     tx.write_guest(a + NET_HDR_LEN as u64, &frame(100, 1));
     let past_ram = RAM_SIZE - 8;
-    let cases: Vec<(&str, Vec<(u64, u32, u16, u16)>)> = vec![
+    let cases: Vec<(&str, Vec<RawDesc>)> = vec![
         ("no room for the header", vec![(a, 10, R, 0)]),
         ("header but no frame", vec![(a, NET_HDR_LEN as u32 + 4, R, 0)]),
         ("a writable descriptor", vec![(a, 12, R | N, 1), (a + 12, 100, W, 0)]),
@@ -291,7 +294,7 @@ fn malformed_rx_chains_go_back_unused() {
     let (mut h, peer) = handler(plain_features(), false);
     let mut rx = TestQueue::rx(ram.memory());
     let a = rx.alloc(8192);
-    let cases: Vec<Vec<(u64, u32, u16, u16)>> = vec![
+    let cases: Vec<Vec<RawDesc>> = vec![
         vec![(a, 2048, R, 0)],                                 // device-readable
         vec![(a, 8, W, 0)],                                    // no room for the header
         vec![(a, 1024, W | N, 1), (a + 1024, 100, R, 0)],      // a readable piece
