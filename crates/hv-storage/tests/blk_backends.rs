@@ -388,3 +388,26 @@ fn a_pinned_raw_format_ignores_a_guest_written_qcow2_header() {
         })
     ));
 }
+
+#[test]
+fn a_qcow2_image_that_panics_imago_is_a_typed_error() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "1M"]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Cut the feature-name table extension (magic 0x6803f857) to end in a 1-byte entry, which
+    // imago 0.2.6 indexes past.
+    let magic = 0x6803_f857u32.to_be_bytes();
+    let at = bytes.windows(4).position(|w| w == magic).expect("feature name table");
+    let len = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+    bytes[at + 4..at + 8].copy_from_slice(&(len - 47).to_be_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    match open_disk(&path, DiskOptions::default()) {
+        Err(BlockError::Qcow2Open { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidData, "{source}")
+        }
+        Err(other) => panic!("expected Qcow2Open, got {other}"),
+        Ok(_) => panic!("a damaged feature-name table was accepted"),
+    }
+}

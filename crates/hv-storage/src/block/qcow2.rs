@@ -43,11 +43,13 @@ impl std::fmt::Debug for Qcow2Disk {
 impl Qcow2Disk {
     /// Opens the qcow2 image at `path` and its backing chain (backing files read-only).
     pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self> {
-        let qcow2 = Qcow2::<imago::file::File>::builder_path(path)
-            .write(!read_only)
-            .storage_open_options(StorageOpenOptions::new().direct(direct))
-            .open(PermissiveImplicitOpenGate::default())
-            .map_err(|source| BlockError::Qcow2Open { path: path.to_path_buf(), source })?;
+        let qcow2 = guarded(|| {
+            Qcow2::<imago::file::File>::builder_path(path)
+                .write(!read_only)
+                .storage_open_options(StorageOpenOptions::new().direct(direct))
+                .open(PermissiveImplicitOpenGate::default())
+        })
+        .map_err(|source| BlockError::Qcow2Open { path: path.to_path_buf(), source })?;
         let image = FormatAccess::new(qcow2);
         let size = image.size();
         Ok(Self { image: Arc::new(RwLock::new(image)), path: path.to_path_buf(), size, read_only })
@@ -75,6 +77,15 @@ impl Qcow2Disk {
     }
 }
 
+/// Runs an imago call, turning a panic inside it into an `InvalidData` error: imago 0.2.6
+/// indexes some metadata without bounds checks (a short feature-name table panics it), and a
+/// damaged image must cost one request or one open, never the VMM.
+fn guarded<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(io::Error::new(io::ErrorKind::InvalidData, "qcow2 metadata could not be parsed"))
+    })
+}
+
 fn io_err(op: &'static str, offset: u64, len: u64) -> impl FnOnce(io::Error) -> BlockError {
     move |source| BlockError::Io { op, offset, len, source }
 }
@@ -93,7 +104,7 @@ impl BlockBackend for Qcow2Disk {
         check_range(offset, len, self.size)?;
         // The guard keeps the guest memory mapped and marks it dirty when dropped.
         let (iov, _guard) = IoVectorMut::from_volatile_slice(bufs);
-        self.shared().readv(iov, offset).map_err(io_err("read", offset, len))
+        guarded(|| self.shared().readv(iov, offset)).map_err(io_err("read", offset, len))
     }
 
     fn write_vectored(&mut self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {
@@ -101,7 +112,7 @@ impl BlockBackend for Qcow2Disk {
         let len = slices_len(bufs);
         check_range(offset, len, self.size)?;
         let (iov, _guard) = IoVector::from_volatile_slice(bufs);
-        self.shared().writev(iov, offset).map_err(io_err("write", offset, len))
+        guarded(|| self.shared().writev(iov, offset)).map_err(io_err("write", offset, len))
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -109,14 +120,13 @@ impl BlockBackend for Qcow2Disk {
             return Ok(());
         }
         let image = self.shared();
-        image.flush().map_err(io_err("flush", 0, 0))?;
-        image.sync().map_err(io_err("flush", 0, 0))
+        guarded(|| image.flush().and_then(|()| image.sync())).map_err(io_err("flush", 0, 0))
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.writable("discard")?;
         check_range(offset, len, self.size)?;
-        match self.exclusive().discard_to_any(offset, len) {
+        match guarded(|| self.exclusive().discard_to_any(offset, len)) {
             Ok(()) => Ok(()),
             // Discard is a hint; an image that cannot discard keeps its data.
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
@@ -127,11 +137,13 @@ impl BlockBackend for Qcow2Disk {
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.writable("write-zeroes")?;
         check_range(offset, len, self.size)?;
-        if unmap {
-            self.exclusive().discard_to_zero(offset, len)
-        } else {
-            self.shared().write_zeroes(offset, len)
-        }
+        guarded(|| {
+            if unmap {
+                self.exclusive().discard_to_zero(offset, len)
+            } else {
+                self.shared().write_zeroes(offset, len)
+            }
+        })
         .map_err(io_err("write-zeroes", offset, len))
     }
 
