@@ -4,6 +4,7 @@
 #   debian-modules/  that kernel's virtio modules (virtio_mmio, virtio_pci, virtio_blk, virtio_net...)
 #   vmlinux-mini     a minimal PVH kernel from linux-source-6.1 + guests/linux-mini.config
 #   initramfs.cpio   uncompressed newc cpio: busybox-static, /dev/console, /init
+#   initramfs-debian.cpio  the same plus debian-modules/ (its /init loads them)
 #
 # Idempotent and cached: each artifact carries a stamp keyed on a hash of the code that builds
 # it, its inputs (the config fragment, the package versions); a second run only checks stamps.
@@ -58,22 +59,27 @@ stamp() { printf '%s' "$2" >"$CACHE/.stamp-$1"; }
 
 # --- Debian's stock cloud kernel ---------------------------------------------------------------
 
+# The stock kernel's virtio modules, in load order (each after those it depends on).
+VIRTIO_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+virtio_mmio virtio_blk failover net_failover virtio_net"
+
 build_debian() {
     local pkg=$1 tmp
     tmp=$(mktemp -d "$CACHE/.debian.XXXXXX")
-    (cd "$tmp" && apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2) || die "apt-get download $pkg failed"
     dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/root"
     cp "$tmp"/root/boot/vmlinuz-* "$CACHE/vmlinuz-debian.new"
-    # Keep only the virtio modules (and what they depend on), with the kernel's index files.
-    local moddir kver
+    # Keep only the virtio modules (with what they depend on) and the kernel's module lists.
+    local moddir kver m pattern=()
     moddir=$(echo "$tmp"/root/lib/modules/*)
     kver=$(basename "$moddir")
     rm -rf "$CACHE/debian-modules"
     mkdir -p "$CACHE/debian-modules/$kver"
-    (cd "$moddir" && find kernel \( -path '*/virtio/*' -o -name 'virtio*.ko*' \
-        -o -name 'net_failover.ko*' -o -name 'failover.ko*' \) -name '*.ko*' -print0 \
+    for m in $VIRTIO_MODULES; do pattern+=(-o -name "$m.ko*"); done
+    (cd "$moddir" && find kernel \( "${pattern[@]:1}" \) -print0 \
         | cpio -0 -pdm --quiet "$CACHE/debian-modules/$kver")
-    cp "$moddir"/modules.{order,builtin,dep} "$CACHE/debian-modules/$kver/" 2>/dev/null || true
+    cp "$moddir"/modules.{order,builtin} "$CACHE/debian-modules/$kver/" 2>/dev/null || true
+    printf '%s\n' $VIRTIO_MODULES >"$CACHE/debian-modules/load-order"
     mv "$CACHE/vmlinuz-debian.new" "$CACHE/vmlinuz-debian"
     rm -rf "$tmp"
 }
@@ -88,7 +94,7 @@ debian_kernel() {
         pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
     fi
     [[ -n $pkg ]] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
-    key=$(key_of build_debian "$pkg" "$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')")
+    key=$(key_of build_debian "$pkg" "$VIRTIO_MODULES" "$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')")
     fresh vmlinuz-debian "$key" && return 0
     log "fetching $pkg"
     build_debian "$pkg"
@@ -143,6 +149,15 @@ INIT_SCRIPT='#!/bin/busybox sh
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo HV-INIT-OK
+# initramfs-debian.cpio carries the stock kernel'"'"'s virtio modules: load them, in order.
+if [ -f /lib/modules/load-order ]; then
+    for m in $(cat /lib/modules/load-order); do
+        f=$(find /lib/modules -name "$m.ko*" | head -n 1)
+        [ -n "$f" ] && insmod "$f"
+    done
+    echo HV-MODULES-LOADED
+    sleep 1
+fi
 if [ -b /dev/vda ]; then
     # The sector to write: hv.disk_sector=N on the kernel command line, else the last one.
     sector=$(sed -n "s/.*hv\.disk_sector=\([0-9]*\).*/\1/p" /proc/cmdline)
@@ -158,6 +173,15 @@ if [ -b /dev/vda ]; then
         echo HV-DISK-FAIL
     fi
 fi
+# No address from the kernel (ip=dhcp)? Ask for one from user space.
+if [ -e /sys/class/net/eth0 ] && ! ip -o -4 addr show dev eth0 | grep -q inet; then
+    ip link set eth0 up
+    if udhcpc -i eth0 -n -q -t 5 -T 2 -s /etc/udhcpc.script >/dev/null 2>&1; then
+        echo "HV-DHCP-OK $(ip -o -4 addr show dev eth0 | sed -n "s/.* inet \([0-9.]*\).*/\1/p")"
+    else
+        echo HV-DHCP-FAIL
+    fi
+fi
 echo HV-NET-BEGIN
 ip -o link
 ip -o addr
@@ -165,8 +189,20 @@ echo HV-NET-END
 poweroff -f
 '
 
+# udhcpc's hook: applies the lease it got.
+UDHCPC_SCRIPT='#!/bin/busybox sh
+case "$1" in
+bound | renew)
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    ;;
+esac
+exit 0
+'
+
+# Builds initramfs file $1; with $2, a directory of kernel modules to put in /lib/modules.
 build_initramfs() {
-    local root
+    local out=$1 modules=${2:-} root
     root=$(mktemp -d "$CACHE/.initramfs.XXXXXX")
     mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,root}
     cp /bin/busybox "$root/bin/busybox"
@@ -177,20 +213,36 @@ build_initramfs() {
     mknod -m 600 "$root/dev/console" c 5 1
     mknod -m 666 "$root/dev/null" c 1 3
     printf '%s' "$INIT_SCRIPT" >"$root/init"
-    chmod 755 "$root/init"
+    printf '%s' "$UDHCPC_SCRIPT" >"$root/etc/udhcpc.script"
+    chmod 755 "$root/init" "$root/etc/udhcpc.script"
+    if [[ -n $modules ]]; then
+        mkdir -p "$root/lib"
+        cp -a "$modules" "$root/lib/modules"
+    fi
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
-        >"$CACHE/initramfs.cpio.new"
-    mv "$CACHE/initramfs.cpio.new" "$CACHE/initramfs.cpio"
+        >"$CACHE/$out.new"
+    mv "$CACHE/$out.new" "$CACHE/$out"
     rm -rf "$root"
 }
 
 initramfs() {
     local key
-    key=$(key_of build_initramfs "$INIT_SCRIPT" "$(pkg_version busybox-static)")
+    key=$(key_of build_initramfs "$INIT_SCRIPT" "$UDHCPC_SCRIPT" "$(pkg_version busybox-static)")
     fresh initramfs.cpio "$key" && return 0
     log "building initramfs.cpio"
-    build_initramfs
+    build_initramfs initramfs.cpio
     stamp initramfs.cpio "$key"
+}
+
+# The same initramfs plus the stock kernel's virtio modules (after debian_kernel).
+initramfs_debian() {
+    local key
+    key=$(key_of build_initramfs "$INIT_SCRIPT" "$UDHCPC_SCRIPT" "$(pkg_version busybox-static)" \
+        "$(<"$CACHE/.stamp-vmlinuz-debian")")
+    fresh initramfs-debian.cpio "$key" && return 0
+    log "building initramfs-debian.cpio"
+    build_initramfs initramfs-debian.cpio "$CACHE/debian-modules"
+    stamp initramfs-debian.cpio "$key"
 }
 
 # --- main ------------------------------------------------------------------------------------
@@ -199,8 +251,9 @@ need_pkgs busybox-static cpio xz-utils linux-source-6.1 make gcc flex bison bc l
 
 initramfs
 debian_kernel
+initramfs_debian
 mini_kernel
 
-for f in vmlinuz-debian vmlinux-mini initramfs.cpio debian-modules; do
+for f in vmlinuz-debian vmlinux-mini initramfs.cpio initramfs-debian.cpio debian-modules; do
     printf '%s\n' "$CACHE/$f"
 done
