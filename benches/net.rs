@@ -1,0 +1,221 @@
+//! Network path benchmarks: frames through the virtio-net queue handler between guest memory
+//! and a backend, one frame per iteration (a kick, the handler's pass, and the peer's send or
+//! receive on the wire), for 64-byte and 1500-byte frames.
+//!
+//! - `net_tx_64b`, `net_tx_1500b`, `net_rx_64b`, `net_rx_1500b`: a Unix datagram socket pair as
+//!   the wire (no root needed).
+//! - `net_tx_64b_tap`, ..., `net_rx_1500b_tap`: a real TAP with the vnet header inside a
+//!   network namespace (root only; skipped otherwise); RX frames are UDP datagrams the
+//!   namespace's stack routes out of the TAP, TX frames end in that stack.
+//!
+//! Run briefly with `cargo bench --bench net -- --warm-up-time 1 --measurement-time 3`.
+
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hv_mem::vm_memory::{Bytes, GuestAddress};
+use hv_mem::{GuestMemory, GuestRam, MemoryConfig};
+use hv_net::tap::Tap;
+use hv_net::virtio_net::virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use hv_net::virtio_net::virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+};
+use hv_net::virtio_net::virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use hv_net::virtio_net::virtio_queue::desc::split::Descriptor;
+use hv_net::virtio_net::virtio_queue::desc::RawDescriptor;
+use hv_net::virtio_net::virtio_queue::{Queue, QueueT};
+use hv_net::virtio_net::{DatagramBackend, NetBackend, NetQueueHandler, TapBackend, NET_HDR_LEN};
+
+const QUEUE_SIZE: u16 = 256;
+const FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_MRG_RXBUF;
+/// TX chain: header at HDR, frame at FRAME; RX buffer at RXBUF.
+const HDR: u64 = 0x10_0000;
+const FRAME: u64 = 0x10_1000;
+const RXBUF: u64 = 0x20_0000;
+
+/// A split queue at `base` (descriptors, avail ring at +0x1000, used ring at +0x2000) whose
+/// one chain, at descriptor 0, is made available again on each kick.
+struct BenchQueue {
+    queue: Queue,
+    base: u64,
+    avail: u16,
+}
+
+impl BenchQueue {
+    fn new(mem: &GuestMemory, base: u64, descs: &[Descriptor]) -> Self {
+        for (i, d) in descs.iter().enumerate() {
+            let at = GuestAddress(base + 16 * i as u64);
+            mem.write_obj(RawDescriptor::from(*d), at).unwrap();
+        }
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue.set_size(QUEUE_SIZE);
+        let addr = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = addr(base);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = addr(base + 0x1000);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = addr(base + 0x2000);
+        queue.set_used_ring_address(lo, hi);
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem));
+        Self { queue, base, avail: 0 }
+    }
+
+    fn kick(&mut self, mem: &GuestMemory) {
+        let slot = u64::from(self.avail % QUEUE_SIZE);
+        mem.write_obj(0u16, GuestAddress(self.base + 0x1004 + 2 * slot)).unwrap();
+        self.avail = self.avail.wrapping_add(1);
+        mem.write_obj(self.avail.to_le(), GuestAddress(self.base + 0x1002)).unwrap();
+    }
+}
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 1, 0x88, 0xb5]);
+    f.extend((14..len).map(|i| i as u8));
+    f
+}
+
+/// One end of the wire for the benchmark loop.
+trait Peer {
+    fn send(&self, frame: &[u8]);
+    fn recv(&self, buf: &mut [u8]);
+}
+
+impl Peer for std::os::unix::net::UnixDatagram {
+    fn send(&self, frame: &[u8]) {
+        std::os::unix::net::UnixDatagram::send(self, frame).unwrap();
+    }
+    fn recv(&self, buf: &mut [u8]) {
+        std::os::unix::net::UnixDatagram::recv(self, buf).unwrap();
+    }
+}
+
+fn bench_tx(
+    c: &mut Criterion,
+    name: &str,
+    backend: Box<dyn NetBackend>,
+    peer: Option<&dyn Peer>,
+    len: usize,
+) {
+    let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
+    let mem = ram.memory();
+    mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(HDR)).unwrap();
+    mem.write_slice(&frame(len), GuestAddress(FRAME)).unwrap();
+    let next = VRING_DESC_F_NEXT as u16;
+    let descs = [
+        Descriptor::new(HDR, NET_HDR_LEN as u32, next, 1),
+        Descriptor::new(FRAME, len as u32, 0, 0),
+    ];
+    let mut q = BenchQueue::new(mem, 0, &descs);
+    let mut h = NetQueueHandler::new(backend, FEATURES);
+    let mut buf = vec![0u8; 65_536];
+    let mut g = c.benchmark_group("net");
+    g.throughput(Throughput::Bytes(len as u64));
+    let mut kicks = 0u64;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            q.kick(mem);
+            kicks += 1;
+            h.process_tx(&mut q.queue, mem).unwrap();
+            if let Some(p) = peer {
+                p.recv(&mut buf);
+            }
+        })
+    });
+    g.finish();
+    let st = h.metrics().snapshot();
+    assert_eq!(st.tx_malformed + st.tx_backend_errors, 0, "{name}: {st:?}");
+    assert_eq!(st.tx_frames, kicks, "{name}: every frame reached the backend");
+}
+
+fn bench_rx(
+    c: &mut Criterion,
+    name: &str,
+    backend: Box<dyn NetBackend>,
+    peer: &dyn Peer,
+    len: usize,
+) {
+    let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
+    let mem = ram.memory();
+    let descs = [Descriptor::new(RXBUF, 2048, VRING_DESC_F_WRITE as u16, 0)];
+    let mut q = BenchQueue::new(mem, 0, &descs);
+    let mut h = NetQueueHandler::new(backend, FEATURES);
+    let f = frame(len);
+    let mut g = c.benchmark_group("net");
+    g.throughput(Throughput::Bytes(len as u64));
+    let mut sent = 0u64;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            q.kick(mem);
+            peer.send(&f);
+            h.process_rx(&mut q.queue, mem).unwrap();
+            sent += 1;
+        })
+    });
+    g.finish();
+    let st = h.metrics().snapshot();
+    assert_eq!(st.rx_dropped + st.rx_malformed, 0, "{name}: {st:?}");
+    assert_eq!(st.rx_frames, sent, "{name}: every frame sent reached the guest");
+    assert_eq!(st.rx_bytes, sent * len as u64);
+}
+
+/// The host stack as the sender: UDP datagrams to the guest's address, routed out of the TAP
+/// (a static neighbour entry stands in for the guest's ARP reply).
+struct HostUdp(std::net::UdpSocket);
+
+impl Peer for HostUdp {
+    fn send(&self, frame: &[u8]) {
+        // Ethernet, IPv4 and UDP headers take 42 bytes of the frame.
+        self.0.send_to(&frame[42..], "10.9.0.2:9").unwrap();
+    }
+    fn recv(&self, _buf: &mut [u8]) {}
+}
+
+/// A fresh TAP `hvbench0` as a backend: up, 10.9.0.1/24, the guest 10.9.0.2 a static
+/// neighbour, no IPv6 chatter.
+fn tap_backend(ns: &hv_test_support::netns::NetNs) -> TapBackend {
+    let tap = Tap::builder("hvbench0").open().unwrap();
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/hvbench0/disable_ipv6", "1");
+    let mut nl = hv_net::netlink::Netlink::new().unwrap();
+    nl.add_address("hvbench0", [10, 9, 0, 1].into(), 24).unwrap();
+    nl.set_up("hvbench0").unwrap();
+    let neigh = "ip neigh replace 10.9.0.2 lladdr 52:54:00:00:00:02 dev hvbench0 nud permanent";
+    ns.exec_ok(&neigh.split(' ').collect::<Vec<_>>());
+    TapBackend::new(tap).unwrap()
+}
+
+fn tap_benches(c: &mut Criterion) {
+    if !hv_test_support::is_root() || !hv_test_support::netns::have_netns_tools() {
+        eprintln!("skipping the TAP benchmarks: they need root and iproute2");
+        return;
+    }
+    let ns = hv_test_support::netns::NetNs::new("hvb-net");
+    for (len, tag) in [(64, "64b"), (1500, "1500b")] {
+        // Each benchmark gets its own TAP, gone when its backend is dropped. The TAP and the
+        // UDP socket are made inside the namespace and stay there when used from here.
+        let backend = ns.run(|| tap_backend(&ns));
+        bench_tx(c, &format!("net_tx_{tag}_tap"), Box::new(backend), None, len);
+        let (backend, udp) = ns.run(|| {
+            let backend = tap_backend(&ns);
+            (backend, HostUdp(std::net::UdpSocket::bind("10.9.0.1:0").unwrap()))
+        });
+        bench_rx(c, &format!("net_rx_{tag}_tap"), Box::new(backend), &udp, len);
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    for (len, tag) in [(64, "64b"), (1500, "1500b")] {
+        let (backend, peer) = DatagramBackend::pair(false).unwrap();
+        bench_tx(c, &format!("net_tx_{tag}"), Box::new(backend), Some(&peer), len);
+        let (backend, peer) = DatagramBackend::pair(false).unwrap();
+        bench_rx(c, &format!("net_rx_{tag}"), Box::new(backend), &peer, len);
+    }
+    tap_benches(c);
+}
+
+criterion_group!(net, benches);
+criterion_main!(net);
