@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
-//!     [--vcpus N] [--mem-mib M] [--timeout-secs S]
+//!     [--vcpus N] [--mem-mib M] [--timeout-secs S] \
+//!     [--net tap=NAME[,mac=MAC]]... [--net network=NAME[,mac=MAC]]... [--state-dir DIR]
 //! ```
+//!
+//! Each `--net` adds a virtio-net NIC (see `boot_linux/net.rs`).
 //!
 //! Exits 0 when the guest powers off; otherwise prints the reason on stderr and exits 1
 //! (2 for bad arguments or a VM that cannot be built).
@@ -14,6 +17,9 @@ use std::time::Duration;
 
 use hv::core::{ExitReason, VmBuilder};
 
+#[path = "boot_linux/net.rs"]
+mod net;
+
 struct Args {
     kernel: PathBuf,
     initrd: Option<PathBuf>,
@@ -21,10 +27,13 @@ struct Args {
     vcpus: usize,
     mem_mib: u64,
     timeout: Option<Duration>,
+    nets: Vec<net::NetArg>,
+    state_dir: PathBuf,
 }
 
 const USAGE: &str = "usage: boot_linux --kernel K [--initrd I] [--cmdline C] [--vcpus N] \
-                     [--mem-mib M] [--timeout-secs S]";
+                     [--mem-mib M] [--timeout-secs S] [--net tap=NAME[,mac=MAC]] \
+                     [--net network=NAME[,mac=MAC]] [--state-dir DIR]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -36,6 +45,8 @@ fn parse() -> Result<Args, String> {
         vcpus: 1,
         mem_mib: 256,
         timeout: None,
+        nets: Vec::new(),
+        state_dir: PathBuf::from("/var/lib/hv"),
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -49,6 +60,8 @@ fn parse() -> Result<Args, String> {
                 let s: u64 = value()?.parse().map_err(|e| format!("--timeout-secs: {e}"))?;
                 a.timeout = Some(Duration::from_secs(s));
             }
+            "--net" => a.nets.push(net::parse_net(&value()?)?),
+            "--state-dir" => a.state_dir = PathBuf::from(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -73,6 +86,19 @@ fn main() -> ExitCode {
         .serial_output(std::io::stdout());
     if let Some(initrd) = &args.initrd {
         builder = builder.initrd(initrd);
+    }
+    let nics = match net::make_nics(&args.nets, &args.state_dir) {
+        Ok(nics) => nics,
+        Err(e) => {
+            eprintln!("boot_linux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut nic_handles = Vec::new();
+    for nic in nics {
+        eprintln!("boot_linux: {}", nic.summary);
+        builder = builder.virtio_device(Box::new(nic.device));
+        nic_handles.push(nic.handle);
     }
     let mut vm = match builder.build() {
         Ok(vm) => vm,
@@ -99,6 +125,9 @@ fn main() -> ExitCode {
         None => vm.wait(),
     };
     eprintln!("boot_linux: guest {reason}");
+    for (i, h) in nic_handles.iter().enumerate() {
+        eprintln!("boot_linux: net{i}: {:?}", h.stats());
+    }
     match reason {
         ExitReason::PoweredOff => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
