@@ -179,3 +179,38 @@ fn the_host_stack_answers_the_guest_through_a_tap() {
         assert!(st.rx_frames >= 3);
     });
 }
+
+#[test]
+fn a_tap_without_the_vnet_header_carries_bare_frames() {
+    hv_test_support::require!(hv_test_support::is_root(), "network namespaces need root");
+    hv_test_support::require!(hv_test_support::netns::have_netns_tools(), "ip is not installed");
+    let ns = NetNs::new("hvt-vnb");
+    ns.run(|| {
+        let tap = Tap::builder("hvvnb0").vnet_hdr(false).open().unwrap();
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/hvvnb0/disable_ipv6", "1");
+        let mut nl = Netlink::new().unwrap();
+        nl.add_address("hvvnb0", Ipv4Addr::from(HOST_IP).into(), 24).unwrap();
+        nl.set_up("hvvnb0").unwrap();
+        let backend = TapBackend::new(tap).unwrap();
+        assert!(!hv_net::virtio_net::NetBackend::has_vnet_hdr(&backend));
+        let ram = ram();
+        let mut h = NetQueueHandler::new(Box::new(backend), all_features());
+        h.apply_offloads().unwrap();
+        let mut rx = TestQueue::rx(ram.memory());
+        let mut tx = TestQueue::tx(ram.memory());
+        let bufs: Vec<(u16, u64)> = (0..16)
+            .map(|_| {
+                let (head, a) = rx.post_rx(&[2048]);
+                (head, a[0])
+            })
+            .collect();
+        let mut seen = 0;
+        tx.send(&NetHeader::default(), &arp_request(), &[]);
+        h.process_tx(&mut tx.queue, ram.memory()).unwrap();
+        let (hdr, reply) = wait_rx(&mut h, &mut rx, &bufs, &mut seen, |f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+        });
+        assert_eq!(hdr, NetHeader { num_buffers: 1, ..NetHeader::default() });
+        assert_eq!(reply[28..32], HOST_IP);
+    });
+}

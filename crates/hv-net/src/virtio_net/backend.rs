@@ -1,9 +1,9 @@
 //! The host side of a virtio-net device: where transmitted frames go and received frames come
 //! from.
 //!
-//! [`TapBackend`] is the real one: a TAP queue with `IFF_VNET_HDR`, so each frame carries the
-//! 12-byte virtio-net header and the host kernel does the checksum and segmentation work the
-//! guest offloaded. [`DatagramBackend`] is a connected Unix datagram socket, one frame per
+//! [`TapBackend`] is the real one: a TAP queue, normally with `IFF_VNET_HDR`, so each frame
+//! carries the 12-byte virtio-net header and the host kernel does the checksum and segmentation
+//! work the guest offloaded. [`DatagramBackend`] is a connected Unix datagram socket, one frame per
 //! datagram; with `vnet_hdr` off it carries bare Ethernet frames (what a peer process or a
 //! test sees on a wire), with it on it carries the header too, like a TAP. It lets the queue
 //! handler be tested and benchmarked without root.
@@ -44,50 +44,72 @@ pub trait NetBackend: Send + std::fmt::Debug {
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }
 
-/// One queue of a TAP device opened with the vnet header.
+/// The first queue of a TAP device: with the vnet header (the [`Tap::builder`] default) the
+/// device offers offloads; without it frames are bare and the device offers none.
 #[derive(Debug)]
 pub struct TapBackend {
     tap: Tap,
-    file: File,
+    vnet_hdr: bool,
+}
+
+/// `struct ifreq` as TUNGETIFF fills it: the name, then the flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
 }
 
 impl TapBackend {
-    /// Uses the first queue of `tap`, which must have been opened with the vnet header (the
-    /// [`Tap::builder`] default); sets the header size to the 12 bytes of a VERSION_1 device.
+    /// Uses the first queue of `tap`; when it carries the vnet header, sets the header size to
+    /// the 12 bytes of a VERSION_1 device.
     pub fn new(tap: Tap) -> Result<Self, TapError> {
-        tap.set_vnet_hdr_size(super::NET_HDR_LEN as i32)?;
-        let file = tap.queues()[0].try_clone().map_err(|source| TapError::Ioctl {
-            op: "dup",
-            name: tap.name().to_string(),
-            source,
-        })?;
-        Ok(Self { tap, file })
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let fd = tap.queues()[0].as_raw_fd();
+        // SAFETY: TUNGETIFF writes a `struct ifreq` through the pointer; `req` is a live,
+        // correctly sized and laid out `IfReq` for the duration of the call.
+        if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
+            let source = io::Error::last_os_error();
+            return Err(TapError::Ioctl { op: "TUNGETIFF", name: tap.name().to_string(), source });
+        }
+        let vnet_hdr = i32::from(req.flags) & libc::IFF_VNET_HDR != 0;
+        if vnet_hdr {
+            tap.set_vnet_hdr_size(super::NET_HDR_LEN as i32)?;
+        }
+        Ok(Self { tap, vnet_hdr })
     }
 
     /// The TAP.
     pub fn tap(&self) -> &Tap {
         &self.tap
     }
+
+    fn file(&self) -> &File {
+        &self.tap.queues()[0]
+    }
 }
 
 impl NetBackend for TapBackend {
     fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.file().as_raw_fd()
     }
 
     fn has_vnet_hdr(&self) -> bool {
-        true
+        self.vnet_hdr
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+        self.file().read(buf)
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
-        self.file.write(frame)
+        self.file().write(frame)
     }
 
     fn set_offloads(&mut self, o: Offloads) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Ok(());
+        }
         self.tap.set_offload(o.csum, o.tso4, o.tso6, false).map_err(|e| match e {
             TapError::Ioctl { source, .. } => source,
             other => io::Error::other(other.to_string()),
