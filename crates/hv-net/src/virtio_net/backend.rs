@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
 
 use crate::tap::{Tap, TapError};
 
@@ -42,13 +43,19 @@ pub trait NetBackend: Send + std::fmt::Debug {
     fn send(&mut self, frame: &[u8]) -> io::Result<usize>;
     /// Applies the offloads the guest negotiated (a backend without the header ignores them).
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+    /// Takes part in receiving or not: the queue pair behind it was switched on or off by the
+    /// driver (multiqueue). A multiqueue TAP stops steering frames to a disabled queue.
+    fn set_enabled(&mut self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// The first queue of a TAP device: with the vnet header (the [`Tap::builder`] default) the
-/// device offers offloads; without it frames are bare and the device offers none.
+/// One queue of a TAP device: with the vnet header (the [`Tap::builder`] default) the device
+/// offers offloads; without it frames are bare and the device offers none.
 #[derive(Debug)]
 pub struct TapBackend {
-    tap: Tap,
+    tap: Arc<Tap>,
+    index: usize,
     vnet_hdr: bool,
 }
 
@@ -64,8 +71,21 @@ impl TapBackend {
     /// Uses the first queue of `tap`; when it carries the vnet header, sets the header size to
     /// the 12 bytes of a VERSION_1 device.
     pub fn new(tap: Tap) -> Result<Self, TapError> {
+        Self::queue(Arc::new(tap), 0)
+    }
+
+    /// One backend per queue of a multiqueue `tap` (opened with [`TapBuilder::queues`]), for a
+    /// device with as many queue pairs.
+    ///
+    /// [`TapBuilder::queues`]: crate::tap::TapBuilder::queues
+    pub fn per_queue(tap: Tap) -> Result<Vec<Self>, TapError> {
+        let tap = Arc::new(tap);
+        (0..tap.queues().len()).map(|i| Self::queue(tap.clone(), i)).collect()
+    }
+
+    fn queue(tap: Arc<Tap>, index: usize) -> Result<Self, TapError> {
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
-        let fd = tap.queues()[0].as_raw_fd();
+        let fd = tap.queues()[index].as_raw_fd();
         // SAFETY: TUNGETIFF writes a `struct ifreq` through the pointer; `req` is a live,
         // correctly sized and laid out `IfReq` for the duration of the call.
         if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
@@ -76,7 +96,7 @@ impl TapBackend {
         if vnet_hdr {
             tap.set_vnet_hdr_size(super::NET_HDR_LEN as i32)?;
         }
-        Ok(Self { tap, vnet_hdr })
+        Ok(Self { tap, index, vnet_hdr })
     }
 
     /// The TAP.
@@ -84,8 +104,13 @@ impl TapBackend {
         &self.tap
     }
 
+    /// Which queue of the TAP this is.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     fn file(&self) -> &File {
-        &self.tap.queues()[0]
+        &self.tap.queues()[self.index]
     }
 }
 
@@ -114,6 +139,24 @@ impl NetBackend for TapBackend {
             TapError::Ioctl { source, .. } => source,
             other => io::Error::other(other.to_string()),
         })
+    }
+
+    fn set_enabled(&mut self, on: bool) -> io::Result<()> {
+        if self.tap.queues().len() < 2 {
+            return Ok(());
+        }
+        let flags = if on { libc::IFF_ATTACH_QUEUE } else { libc::IFF_DETACH_QUEUE };
+        let mut req =
+            IfReq { name: [0; libc::IFNAMSIZ], flags: flags as libc::c_short, _pad: [0; 22] };
+        // SAFETY: TUNSETQUEUE reads a `struct ifreq` through the pointer; `req` is a live,
+        // correctly sized and laid out `IfReq` for the duration of the call.
+        let rc = unsafe { libc::ioctl(self.file().as_raw_fd(), libc::TUNSETQUEUE, &mut req) };
+        // Attaching an attached queue or detaching a detached one fails with EINVAL: fine.
+        let err = io::Error::last_os_error();
+        if rc < 0 && err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+        Ok(())
     }
 }
 

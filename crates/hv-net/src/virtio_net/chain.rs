@@ -63,6 +63,12 @@ pub enum ChainError {
         /// The head descriptor.
         head: u16,
     },
+    /// A control chain has a device-readable descriptor after a device-writable one.
+    #[error("control chain {head} has a device-readable descriptor after a writable one")]
+    ReadableAfterWritable {
+        /// The head descriptor.
+        head: u16,
+    },
     /// Too short for the header (and, on TX, an Ethernet header after it).
     #[error("chain {head}: {len} bytes, too short for the virtio-net header and a frame")]
     TooShort {

@@ -1,45 +1,50 @@
 //! The virtio-net device as the transport sees it: features, configuration space, and
-//! activation, which hands the queues and the backend to a worker thread.
+//! activation, which hands each queue pair and its backend to a worker thread of its own
+//! ([`pair`](super::pair)) and, with several pairs, the control queue to one more.
 //!
-//! The worker waits on five things: the RX and TX queue eventfds (the guest's kicks), the
-//! backend (a frame to receive), and one timer per direction for the rate limiter. The backend
-//! sits in an epoll set of its own that the worker polls, so it can be switched off while the
-//! guest has no RX buffers or the limiter says wait: a level-triggered TAP that stays readable
-//! would otherwise wake the worker in a loop.
+//! Queues are numbered as the specification says: pair `i` is receiveq `2i` and transmitq
+//! `2i + 1`; the control queue comes after the last pair (index 2 when the driver did not
+//! accept VIRTIO_NET_F_MQ). A multiqueue driver starts with one pair and switches more on with
+//! a control command; a pair that is off does not receive.
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use hv_core::rate_limiter::RateLimiter;
 use hv_core::virtio::worker::Worker;
 use hv_core::virtio::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
-use hv_mem::GuestMemory;
+use virtio_bindings::bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_queue::QueueT;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::NetBackend;
-use super::queue_handler::{NetQueueHandler, RxWait};
+use super::ctrl::CtrlQueueHandler;
+use super::pair::PairState;
+use super::queue_handler::NetQueueHandler;
 use super::{
     config_space, device_features, has_feature, read_config, NetConfig, NetMetrics, NetStats,
-    RX_QUEUE, TX_QUEUE,
 };
 
-const RX_KICK: u64 = 0;
-const TX_KICK: u64 = 1;
-const BACKEND: u64 = 2;
-const RX_TIMER: u64 = 3;
-const TX_TIMER: u64 = 4;
+/// The most queue pairs a device offers.
+pub const MAX_QUEUE_PAIRS: usize = 16;
 
-/// State shared between the device, its worker and [`NetHandle`]s.
+/// Why a device cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetDeviceError {
+    /// No backend, or more than [`MAX_QUEUE_PAIRS`].
+    #[error(
+        "a virtio-net device needs 1 to {MAX_QUEUE_PAIRS} backends (one per queue pair), got {0}"
+    )]
+    Backends(usize),
+}
+
+/// State shared between the device, its workers and [`NetHandle`]s.
 #[derive(Debug)]
 struct Shared {
     metrics: Arc<NetMetrics>,
     link_up: AtomicBool,
+    active_pairs: AtomicU16,
     interrupt: Mutex<Option<Interrupt>>,
 }
 
@@ -65,6 +70,11 @@ impl NetHandle {
         self.shared.link_up.load(Ordering::SeqCst)
     }
 
+    /// Queue pairs the driver uses now (0 while the device is not active).
+    pub fn active_pairs(&self) -> u16 {
+        self.shared.active_pairs.load(Ordering::SeqCst)
+    }
+
     /// Reports the link up or down in the configuration space, telling a running guest with a
     /// configuration-change interrupt.
     pub fn set_link_up(&self, up: bool) {
@@ -80,12 +90,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A virtio-net device with one queue pair over a [`NetBackend`].
+type PairSlot = Arc<Mutex<Option<PairState>>>;
+
+/// A virtio-net device over one [`NetBackend`] per queue pair.
 #[derive(Debug)]
 pub struct VirtioNet {
     config: NetConfig,
     features: u64,
-    backend: Option<Box<dyn NetBackend>>,
+    /// The backends while no worker has them (in pair order).
+    backends: Vec<Box<dyn NetBackend>>,
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
     shared: Arc<Shared>,
@@ -94,24 +107,47 @@ pub struct VirtioNet {
 
 #[derive(Debug)]
 struct Running {
-    worker: Worker,
-    state: Arc<Mutex<Option<WorkerState>>>,
+    /// Stopped first: it reaches into the pairs.
+    ctrl: Option<Worker>,
+    pairs: Vec<(Worker, PairSlot)>,
+    /// Backends of pairs the driver did not set up (no multiqueue), kept for the next time.
+    idle: Vec<Box<dyn NetBackend>>,
 }
 
 impl VirtioNet {
-    /// A device with `config` over `backend` (link up), and a handle to it.
-    pub fn new(config: NetConfig, backend: Box<dyn NetBackend>) -> (Self, NetHandle) {
-        let features = device_features(&config, backend.has_vnet_hdr());
+    /// A single-pair device with `config` over `backend` (link up), and a handle to it.
+    pub fn new(mut config: NetConfig, backend: Box<dyn NetBackend>) -> (Self, NetHandle) {
+        config.queue_pairs = 1;
+        Self::build(config, vec![backend])
+    }
+
+    /// A device with one queue pair per backend (VIRTIO_NET_F_MQ when more than one), e.g. over
+    /// [`TapBackend::per_queue`](super::TapBackend::per_queue) of a multiqueue TAP.
+    pub fn multi_queue(
+        mut config: NetConfig,
+        backends: Vec<Box<dyn NetBackend>>,
+    ) -> Result<(Self, NetHandle), NetDeviceError> {
+        if backends.is_empty() || backends.len() > MAX_QUEUE_PAIRS {
+            return Err(NetDeviceError::Backends(backends.len()));
+        }
+        config.queue_pairs = backends.len() as u16;
+        Ok(Self::build(config, backends))
+    }
+
+    fn build(config: NetConfig, backends: Vec<Box<dyn NetBackend>>) -> (Self, NetHandle) {
+        let vnet_hdr = backends.iter().all(|b| b.has_vnet_hdr());
+        let features = device_features(&config, vnet_hdr);
         let shared = Arc::new(Shared {
             metrics: Arc::default(),
             link_up: AtomicBool::new(true),
+            active_pairs: AtomicU16::new(0),
             interrupt: Mutex::new(None),
         });
         let handle = NetHandle { shared: shared.clone() };
         let dev = Self {
             config,
             features,
-            backend: Some(backend),
+            backends,
             rx_limiter: None,
             tx_limiter: None,
             shared,
@@ -120,8 +156,8 @@ impl VirtioNet {
         (dev, handle)
     }
 
-    /// Throttles receiving and transmitting (frames as operations, frame bytes as bytes); each
-    /// activation starts from full buckets.
+    /// Throttles receiving and transmitting of each pair (frames as operations, frame bytes as
+    /// bytes); each activation starts from full buckets.
     pub fn with_rate_limiters(mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) -> Self {
         self.rx_limiter = rx;
         self.tx_limiter = tx;
@@ -133,75 +169,146 @@ impl VirtioNet {
         &self.config
     }
 
-    /// Whether the worker is running.
+    /// Whether the workers are running.
     pub fn is_active(&self) -> bool {
         self.running.is_some()
     }
 
-    fn start(&mut self, a: Activation, backend: Box<dyn NetBackend>) -> Result<(), StartError> {
-        let mut queues = a.queues;
-        let mut take = |index: u16| {
-            let pos = queues.iter().position(|q| q.index == index);
-            pos.map(|p| queues.swap_remove(p)).ok_or(ActivateError::MissingQueue(index))
+    /// Builds every pair's state and starts the workers; on failure every backend is back in
+    /// `self.backends`.
+    fn start(&mut self, mut a: Activation) -> Result<(), ActivateError> {
+        let acked = a.acked_features;
+        let pairs = if has_feature(acked, VIRTIO_NET_F_MQ) {
+            usize::from(self.config.queue_pairs)
+        } else {
+            1
         };
-        let (mut rx, mut tx) = match (take(RX_QUEUE), take(TX_QUEUE)) {
-            (Ok(rx), Ok(tx)) => (rx, tx),
-            (Err(e), _) | (_, Err(e)) => return Err(StartError(e, backend)),
-        };
-        let event_idx = has_feature(a.acked_features, VIRTIO_RING_F_EVENT_IDX);
-        rx.queue.set_event_idx(event_idx);
-        tx.queue.set_event_idx(event_idx);
-        let mut handler = NetQueueHandler::new(backend, a.acked_features)
-            .with_metrics(self.shared.metrics.clone())
-            .with_rate_limiters(self.rx_limiter.clone(), self.tx_limiter.clone());
-        if let Err(e) = handler.apply_offloads() {
-            let err = ActivateError::Device(format!("cannot set the backend's offloads: {e}"));
-            return Err(StartError(err, handler.into_backend()));
+        let ctrl_index = 2 * pairs as u16;
+        let mut queues: Vec<Option<ActiveQueue>> = Vec::new();
+        for q in std::mem::take(&mut a.queues) {
+            let i = usize::from(q.index);
+            if queues.len() <= i {
+                queues.resize_with(i + 1, || None);
+            }
+            queues[i] = Some(q);
         }
-        let fds = match Fds::new(handler.backend().raw_fd()) {
-            Ok(fds) => fds,
-            Err(e) => return Err(StartError(ActivateError::Worker(e), handler.into_backend())),
+        let mut take = |i: u16| -> Result<ActiveQueue, ActivateError> {
+            let slot = queues.get_mut(usize::from(i)).and_then(Option::take);
+            let mut q = slot.ok_or(ActivateError::MissingQueue(i))?;
+            q.queue.set_event_idx(has_feature(acked, VIRTIO_RING_F_EVENT_IDX));
+            Ok(q)
         };
-        let watch = vec![
-            (rx.notify.as_raw_fd(), RX_KICK),
-            (tx.notify.as_raw_fd(), TX_KICK),
-            (fds.backend_poll.as_raw_fd(), BACKEND),
-            (fds.rx_timer.as_raw_fd(), RX_TIMER),
-            (fds.tx_timer.as_raw_fd(), TX_TIMER),
-        ];
-        let state = WorkerState {
-            handler,
-            rx,
-            tx,
-            mem: a.mem,
-            interrupt: a.interrupt.clone(),
-            fds,
-            backend_armed: true,
-            broken: false,
-        };
-        let state = Arc::new(Mutex::new(Some(state)));
-        let st = state.clone();
-        let worker = Worker::spawn("hv-virtio-net", watch, move |token| {
-            if let Some(ws) = lock(&st).as_mut() {
-                ws.handle(token);
+        let mut pair_queues = Vec::with_capacity(pairs);
+        for p in 0..pairs as u16 {
+            pair_queues.push((take(2 * p)?, take(2 * p + 1)?));
+        }
+        let ctrl_queue =
+            if has_feature(acked, VIRTIO_NET_F_CTRL_VQ) { Some(take(ctrl_index)?) } else { None };
+
+        // From here on the backends are handed out; failures give them back.
+        let mut backends = std::mem::take(&mut self.backends);
+        let idle = backends.split_off(pairs);
+        let mut states = Vec::with_capacity(pairs);
+        let mut failure = None;
+        for (backend, (rx, tx)) in backends.into_iter().zip(pair_queues) {
+            if failure.is_some() {
+                self.backends.push(backend);
+                continue;
             }
-        });
-        match worker {
-            Ok(worker) => {
-                *lock(&self.shared.interrupt) = Some(a.interrupt);
-                self.running = Some(Running { worker, state });
-                Ok(())
+            let mut handler = NetQueueHandler::new(backend, acked)
+                .with_metrics(self.shared.metrics.clone())
+                .with_rate_limiters(self.rx_limiter.clone(), self.tx_limiter.clone());
+            if let Err(e) = handler.apply_offloads() {
+                failure = Some(ActivateError::Device(format!("cannot set offloads: {e}")));
+                self.backends.push(handler.into_backend());
+                continue;
             }
-            Err(e) => {
-                let backend = lock(&state).take().map(|s| s.handler.into_backend());
-                Err(StartError(ActivateError::Worker(e), backend.expect("state was just made")))
+            match PairState::new(handler, rx, tx, a.mem.clone(), a.interrupt.clone()) {
+                Ok(state) => states.push(state),
+                Err(boxed) => {
+                    let (e, handler) = *boxed;
+                    failure = Some(ActivateError::Worker(e));
+                    self.backends.push(handler.into_backend());
+                }
             }
         }
+        if let Some(e) = failure {
+            let mut back: Vec<_> =
+                states.into_iter().map(|s| s.into_handler().into_backend()).collect();
+            back.append(&mut self.backends);
+            back.extend(idle);
+            self.backends = back;
+            return Err(e);
+        }
+        // A multiqueue driver starts with one pair.
+        for s in states.iter_mut().skip(1) {
+            s.set_enabled(false);
+        }
+        let mut running = Running { ctrl: None, pairs: Vec::new(), idle };
+        let result = self.spawn_all(&mut running, states, ctrl_queue, &a);
+        self.running = Some(running);
+        if let Err(e) = result {
+            self.reset();
+            return Err(ActivateError::Worker(e));
+        }
+        *lock(&self.shared.interrupt) = Some(a.interrupt);
+        self.shared.active_pairs.store(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn spawn_all(
+        &self,
+        running: &mut Running,
+        states: Vec<PairState>,
+        ctrl_queue: Option<ActiveQueue>,
+        a: &Activation,
+    ) -> std::io::Result<()> {
+        for (i, state) in states.into_iter().enumerate() {
+            let watch = state.watch_list();
+            let slot: PairSlot = Arc::new(Mutex::new(Some(state)));
+            let st = slot.clone();
+            let worker = Worker::spawn(&format!("hv-virtio-net{i}"), watch, move |token| {
+                if let Some(ps) = lock(&st).as_mut() {
+                    ps.handle(token);
+                }
+            });
+            match worker {
+                Ok(w) => running.pairs.push((w, slot)),
+                Err(e) => {
+                    // The state is in `slot`: keep it where reset finds it.
+                    running
+                        .idle
+                        .extend(lock(&slot).take().map(|s| s.into_handler().into_backend()));
+                    return Err(e);
+                }
+            }
+        }
+        let Some(mut ctrl) = ctrl_queue else { return Ok(()) };
+        let slots: Vec<PairSlot> = running.pairs.iter().map(|(_, s)| s.clone()).collect();
+        let mut handler =
+            CtrlQueueHandler::new(self.config.queue_pairs, self.shared.metrics.clone());
+        let (mem, interrupt, shared) = (a.mem.clone(), a.interrupt.clone(), self.shared.clone());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ctrl.notify);
+        let worker = Worker::spawn("hv-virtio-net-ctl", vec![(fd, 0)], move |_| {
+            let _ = ctrl.notify.read();
+            let mut apply = |n: u16| {
+                for (i, slot) in slots.iter().enumerate() {
+                    if let Some(ps) = lock(slot).as_mut() {
+                        ps.set_enabled(i < usize::from(n));
+                    }
+                }
+                shared.active_pairs.store(n.min(slots.len() as u16), Ordering::SeqCst);
+            };
+            match handler.process(&mut ctrl.queue, &mem, &mut apply) {
+                Ok(true) => interrupt.signal_used_queue(),
+                Ok(false) => {}
+                Err(e) => log::error!("virtio-net control queue: {e}"),
+            }
+        })?;
+        running.ctrl = Some(worker);
+        Ok(())
     }
 }
-
-/// An activation failure and the backend to keep for the next try.
-struct StartError(ActivateError, Box<dyn NetBackend>);
 
 impl VirtioDevice for VirtioNet {
     fn device_type(&self) -> u32 {
@@ -209,7 +316,9 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![self.config.queue_size; 2]
+        let pairs = usize::from(self.config.queue_pairs.max(1));
+        let ctrl = usize::from(pairs > 1);
+        vec![self.config.queue_size; 2 * pairs + ctrl]
     }
 
     fn features(&self) -> u64 {
@@ -223,153 +332,27 @@ impl VirtioDevice for VirtioNet {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let backend = self.backend.take().ok_or_else(|| {
-            ActivateError::Device("the backend was lost by an earlier failure".into())
-        })?;
-        self.start(activation, backend).map_err(|StartError(e, backend)| {
-            self.backend = Some(backend);
-            e
-        })
+        self.start(activation)
     }
 
     fn reset(&mut self) {
-        if let Some(mut running) = self.running.take() {
-            running.worker.stop();
-            if let Some(state) = lock(&running.state).take() {
-                self.backend = Some(state.handler.into_backend());
+        if let Some(running) = self.running.take() {
+            drop(running.ctrl);
+            let mut backends = Vec::new();
+            for (mut worker, slot) in running.pairs {
+                worker.stop();
+                if let Some(state) = lock(&slot).take() {
+                    let mut backend = state.into_handler().into_backend();
+                    if let Err(e) = backend.set_enabled(true) {
+                        log::warn!("virtio-net: cannot switch a backend queue back on: {e}");
+                    }
+                    backends.push(backend);
+                }
             }
+            backends.extend(running.idle);
+            self.backends = backends;
         }
         *lock(&self.shared.interrupt) = None;
-    }
-}
-
-/// The worker's own descriptors.
-#[derive(Debug)]
-struct Fds {
-    backend_poll: Epoll,
-    backend_fd: RawFd,
-    rx_timer: TimerFd,
-    tx_timer: TimerFd,
-}
-
-impl Fds {
-    fn new(backend_fd: RawFd) -> std::io::Result<Self> {
-        let backend_poll = Epoll::new()?;
-        backend_poll.ctl(ControlOperation::Add, backend_fd, EpollEvent::new(EventSet::IN, 0))?;
-        let rx_timer = nonblocking_timer()?;
-        let tx_timer = nonblocking_timer()?;
-        Ok(Self { backend_poll, backend_fd, rx_timer, tx_timer })
-    }
-}
-
-/// A timerfd whose read fails instead of blocking when it has not expired (it may have been
-/// re-armed between the wake-up and the read).
-fn nonblocking_timer() -> std::io::Result<TimerFd> {
-    let t = TimerFd::new()?;
-    // SAFETY: F_GETFL/F_SETFL on a timerfd we own; no memory is passed.
-    let rc = unsafe {
-        let flags = libc::fcntl(t.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(t.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(t)
-}
-
-/// What the worker thread owns while the device is active.
-#[derive(Debug)]
-struct WorkerState {
-    handler: NetQueueHandler,
-    rx: ActiveQueue,
-    tx: ActiveQueue,
-    mem: GuestMemory,
-    interrupt: Interrupt,
-    fds: Fds,
-    backend_armed: bool,
-    /// A ring became unusable: do nothing until the driver resets the device.
-    broken: bool,
-}
-
-impl WorkerState {
-    fn handle(&mut self, token: u64) {
-        match token {
-            RX_KICK => {
-                let _ = self.rx.notify.read();
-                self.run_rx();
-            }
-            TX_KICK => {
-                let _ = self.tx.notify.read();
-                self.run_tx();
-            }
-            BACKEND => self.run_rx(),
-            RX_TIMER => {
-                let _ = self.fds.rx_timer.wait();
-                self.run_rx();
-            }
-            TX_TIMER => {
-                let _ = self.fds.tx_timer.wait();
-                self.run_tx();
-            }
-            _ => {}
-        }
-    }
-
-    fn run_rx(&mut self) {
-        if self.broken {
-            return;
-        }
-        match self.handler.process_rx(&mut self.rx.queue, &self.mem) {
-            Ok(true) => self.interrupt.signal_used_queue(),
-            Ok(false) => {}
-            Err(e) => return self.break_down("RX", e),
-        }
-        match self.handler.rx_wait() {
-            None => self.arm_backend(true),
-            Some(RxWait::Buffers | RxWait::Backend) => self.arm_backend(false),
-            Some(RxWait::RateLimit(d)) => {
-                self.arm_backend(false);
-                arm_timer(&mut self.fds.rx_timer, d);
-            }
-        }
-    }
-
-    fn run_tx(&mut self) {
-        if self.broken {
-            return;
-        }
-        match self.handler.process_tx(&mut self.tx.queue, &self.mem) {
-            Ok(true) => self.interrupt.signal_used_queue(),
-            Ok(false) => {}
-            Err(e) => return self.break_down("TX", e),
-        }
-        if let Some(d) = self.handler.tx_throttled_for() {
-            arm_timer(&mut self.fds.tx_timer, d);
-        }
-    }
-
-    fn break_down(&mut self, which: &str, e: super::QueueHandlerError) {
-        log::error!("virtio-net {which} queue stopped until the guest resets the device: {e}");
-        self.broken = true;
-        self.arm_backend(false);
-    }
-
-    fn arm_backend(&mut self, on: bool) {
-        if self.backend_armed == on {
-            return;
-        }
-        let events = if on { EventSet::IN } else { EventSet::empty() };
-        let ev = EpollEvent::new(events, 0);
-        match self.fds.backend_poll.ctl(ControlOperation::Modify, self.fds.backend_fd, ev) {
-            Ok(()) => self.backend_armed = on,
-            Err(e) => log::warn!("virtio-net: cannot switch backend polling: {e}"),
-        }
-    }
-}
-
-/// Arms `timer` for `d` (at least a millisecond, so a zero wait still fires).
-fn arm_timer(timer: &mut TimerFd, d: Duration) {
-    if let Err(e) = timer.reset(d.max(Duration::from_millis(1)), None) {
-        log::warn!("virtio-net: cannot arm the rate limiter timer: {e}");
+        self.shared.active_pairs.store(0, Ordering::SeqCst);
     }
 }

@@ -9,11 +9,14 @@
 //! - [`backend`]: the host side, a TAP with the vnet header ([`TapBackend`]) or a datagram
 //!   socket ([`DatagramBackend`], a stand-in for tests and benchmarks).
 //! - [`device`]: feature negotiation, the configuration space (MAC, link status, queue pairs)
-//!   and activation, which spawns a worker thread over the queue eventfds and the backend
-//!   ([`VirtioNet`]); [`NetHandle`] lets the embedding program read counters and set the link.
+//!   and activation, which spawns a worker thread per queue pair over its queue eventfds and
+//!   its backend ([`VirtioNet`]); [`NetHandle`] lets the embedding program read counters and
+//!   set the link.
+//! - [`ctrl`]: the control queue, offered with several queue pairs (VIRTIO_NET_F_MQ): the
+//!   driver switches pairs on and off with it.
 //!
-//! One queue pair (receiveq 0, transmitq 1); no control queue. All constants come from
-//! `virtio-bindings`; the frame size limit is the only number defined here.
+//! All constants come from `virtio-bindings`; the frame size limits are the only numbers
+//! defined here.
 //!
 //! ```no_run
 //! use hv_net::tap::Tap;
@@ -30,17 +33,19 @@
 
 pub mod backend;
 pub mod chain;
+pub mod ctrl;
 pub mod device;
+mod pair;
 pub mod queue_handler;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    virtio_net_config, virtio_net_hdr_v1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
-    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    virtio_net_config, virtio_net_hdr_v1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
@@ -48,7 +53,8 @@ use crate::MacAddr;
 
 pub use backend::{DatagramBackend, NetBackend, Offloads, TapBackend};
 pub use chain::{ChainError, NetHeader, RxBuffer, TxFrame};
-pub use device::{NetHandle, VirtioNet};
+pub use ctrl::{CtrlCommand, CtrlQueueHandler, CtrlRequest};
+pub use device::{NetDeviceError, NetHandle, VirtioNet, MAX_QUEUE_PAIRS};
 pub use queue_handler::{NetQueueHandler, QueueHandlerError, RxWait};
 /// Re-export of `virtio-bindings`, so embedders use the constants this device uses.
 pub use virtio_bindings;
@@ -66,9 +72,9 @@ pub const MAX_FRAME_LEN: usize = 65_550;
 /// The shortest frame the device sends: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
 
-/// The receive queue's index.
+/// The receive queue's index (of the first pair; pair `i` has `2i` and `2i + 1`).
 pub const RX_QUEUE: u16 = 0;
-/// The transmit queue's index.
+/// The transmit queue's index (of the first pair).
 pub const TX_QUEUE: u16 = 1;
 
 /// Device settings.
@@ -86,12 +92,23 @@ pub struct NetConfig {
     pub offloads: bool,
     /// Advertise an MTU (VIRTIO_NET_F_MTU).
     pub mtu: Option<u16>,
+    /// Queue pairs offered; more than one offers VIRTIO_NET_F_MQ and the control queue.
+    pub queue_pairs: u16,
 }
 
 impl NetConfig {
-    /// Defaults for `mac`: 256-entry queues, mergeable buffers, EVENT_IDX, offloads, no MTU.
+    /// Defaults for `mac`: one queue pair of 256-entry queues, mergeable buffers, EVENT_IDX,
+    /// offloads, no MTU.
     pub fn new(mac: MacAddr) -> Self {
-        Self { mac, queue_size: 256, mrg_rxbuf: true, event_idx: true, offloads: true, mtu: None }
+        Self {
+            mac,
+            queue_size: 256,
+            mrg_rxbuf: true,
+            event_idx: true,
+            offloads: true,
+            mtu: None,
+            queue_pairs: 1,
+        }
     }
 }
 
@@ -109,6 +126,9 @@ pub fn device_features(config: &NetConfig, vnet_hdr: bool) -> u64 {
     }
     if config.mtu.is_some() {
         bits |= 1 << VIRTIO_NET_F_MTU;
+    }
+    if config.queue_pairs > 1 {
+        bits |= 1 << VIRTIO_NET_F_MQ | 1 << VIRTIO_NET_F_CTRL_VQ;
     }
     if config.offloads && vnet_hdr {
         for b in [
@@ -130,13 +150,13 @@ pub fn has_feature(features: u64, bit: u32) -> bool {
     features & (1u64 << bit) != 0
 }
 
-/// The configuration space (`struct virtio_net_config`, little-endian): MAC, link status, one
-/// queue pair, the MTU.
+/// The configuration space (`struct virtio_net_config`, little-endian): MAC, link status, the
+/// number of queue pairs, the MTU.
 pub fn config_space(config: &NetConfig, link_up: bool) -> virtio_net_config {
     virtio_net_config {
         mac: config.mac.0,
         status: (if link_up { VIRTIO_NET_S_LINK_UP as u16 } else { 0 }).to_le(),
-        max_virtqueue_pairs: 1u16.to_le(),
+        max_virtqueue_pairs: config.queue_pairs.max(1).to_le(),
         mtu: config.mtu.unwrap_or(0).to_le(),
         ..Default::default()
     }
@@ -182,6 +202,7 @@ pub struct NetMetrics {
     tx_throttled: AtomicU64,
     rx_throttled: AtomicU64,
     rx_no_buffers: AtomicU64,
+    ctrl_malformed: AtomicU64,
 }
 
 /// A snapshot of [`NetMetrics`].
@@ -212,6 +233,8 @@ pub struct NetStats {
     pub rx_throttled: u64,
     /// Times RX stopped because the guest had no buffers for a frame.
     pub rx_no_buffers: u64,
+    /// Control chains dropped as malformed.
+    pub ctrl_malformed: u64,
 }
 
 /// Which counter to bump.
@@ -225,6 +248,7 @@ pub(crate) enum Counter {
     TxThrottled,
     RxThrottled,
     RxNoBuffers,
+    CtrlMalformed,
 }
 
 impl NetMetrics {
@@ -244,6 +268,7 @@ impl NetMetrics {
             tx_throttled: l(&self.tx_throttled),
             rx_throttled: l(&self.rx_throttled),
             rx_no_buffers: l(&self.rx_no_buffers),
+            ctrl_malformed: l(&self.ctrl_malformed),
         }
     }
 
@@ -257,6 +282,7 @@ impl NetMetrics {
             Counter::TxThrottled => &self.tx_throttled,
             Counter::RxThrottled => &self.rx_throttled,
             Counter::RxNoBuffers => &self.rx_no_buffers,
+            Counter::CtrlMalformed => &self.ctrl_malformed,
         };
         a.fetch_add(1, Ordering::Relaxed);
     }

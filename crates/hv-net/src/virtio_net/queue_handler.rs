@@ -141,6 +141,11 @@ impl NetQueueHandler {
         self.backend.as_ref()
     }
 
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut dyn NetBackend {
+        self.backend.as_mut()
+    }
+
     /// Gives the backend back (when the device is reset).
     pub fn into_backend(self) -> Box<dyn NetBackend> {
         self.backend
@@ -471,7 +476,7 @@ impl Offloads {
 
 /// Adds `(head, len)` used elements and only then moves the used index past all of them, so
 /// the driver sees them together.
-fn publish_used(
+pub(crate) fn publish_used(
     queue: &mut Queue,
     mem: &GuestMemory,
     elems: &[(u16, u32)],
@@ -498,7 +503,7 @@ fn publish_used(
 /// Whether the guest wants an interrupt for the buffers used since the used index was
 /// `old_used`: with EVENT_IDX when `used_event` was passed, otherwise unless the driver set
 /// VRING_AVAIL_F_NO_INTERRUPT.
-fn should_interrupt(
+pub(crate) fn should_interrupt(
     queue: &Queue,
     mem: &GuestMemory,
     old_used: u16,
