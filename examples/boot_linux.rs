@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
 //!     [--vcpus N] [--mem-mib M] [--timeout-secs S] \
-//!     [--net tap=NAME[,mac=MAC]]... [--net network=NAME[,mac=MAC]]... [--state-dir DIR]
+//!     [--net tap=NAME[,mac=MAC][,queues=N]]... [--net network=NAME[,...]]... [--state-dir DIR]
 //! ```
 //!
 //! Each `--net` adds a virtio-net NIC (see `boot_linux/net.rs`).

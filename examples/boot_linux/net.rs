@@ -1,11 +1,14 @@
 //! `--net` for boot_linux: guest NICs on a host TAP or on a network of the state directory.
 //!
 //! ```text
-//! --net tap=NAME[,mac=MAC]       open the TAP NAME if it exists (a host TAP, as Firecracker
-//!                                takes one), or create it
-//! --net network=NAME[,mac=MAC]   make a TAP and plug it into the active network NAME defined
-//!                                under --state-dir (default /var/lib/hv), e.g. with hvctl
+//! --net tap=NAME[,mac=MAC][,queues=N]       open the TAP NAME if it exists (a host TAP, as
+//!                                            Firecracker takes one), or create it
+//! --net network=NAME[,mac=MAC][,queues=N]   make a TAP and plug it into the active network
+//!                                            NAME defined under --state-dir (default
+//!                                            /var/lib/hv), e.g. with hvctl
 //! ```
+//!
+//! `queues=N` (default 1) makes a multiqueue NIC of N queue pairs on a multiqueue TAP.
 //!
 //! Repeatable; each NIC is a virtio-net device. Without `mac=` a locally administered MAC is
 //! made up from the process id and the NIC's position.
@@ -14,7 +17,9 @@ use std::path::Path;
 
 use hv::net::network::NetworkManager;
 use hv::net::tap::Tap;
-use hv::net::virtio_net::{NetConfig, NetHandle, TapBackend, VirtioNet};
+use hv::net::virtio_net::{
+    NetBackend, NetConfig, NetHandle, TapBackend, VirtioNet, MAX_QUEUE_PAIRS,
+};
 use hv::net::MacAddr;
 
 /// Where a NIC's frames go.
@@ -33,12 +38,15 @@ pub struct NetArg {
     pub target: NetTarget,
     /// The guest's MAC, if given.
     pub mac: Option<MacAddr>,
+    /// Queue pairs (and TAP queues).
+    pub queues: usize,
 }
 
 /// Parses `tap=NAME[,mac=MAC]` or `network=NAME[,mac=MAC]`.
 pub fn parse_net(spec: &str) -> Result<NetArg, String> {
     let mut target = None;
     let mut mac = None;
+    let mut queues = 1;
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => target = Some(NetTarget::Tap(name.into())),
@@ -46,11 +54,22 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
                 target = Some(NetTarget::Network(name.into()))
             }
             Some(("mac", m)) => mac = Some(m.parse().map_err(|e| format!("--net {spec}: {e}"))?),
-            _ => return Err(format!("--net {spec}: want tap=NAME or network=NAME, then ,mac=MAC")),
+            Some(("queues", n)) => {
+                let range = 1..=MAX_QUEUE_PAIRS;
+                queues =
+                    n.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                        format!("--net {spec}: queues must be 1 to {MAX_QUEUE_PAIRS}")
+                    })?
+            }
+            _ => {
+                return Err(format!(
+                    "--net {spec}: want tap=NAME or network=NAME, then ,mac=MAC ,queues=N"
+                ))
+            }
         }
     }
     let target = target.ok_or_else(|| format!("--net {spec}: tap=NAME or network=NAME needed"))?;
-    Ok(NetArg { target, mac })
+    Ok(NetArg { target, mac, queues })
 }
 
 /// A NIC made for the VM: the device to add and what to keep while it runs.
@@ -74,15 +93,25 @@ pub fn make_nics(args: &[NetArg], state_dir: &Path) -> Result<Vec<Nic>, String> 
                 (format!("hvn{}-{i}", std::process::id() % 1_000_000), Some(net))
             }
         };
-        let tap = Tap::builder(&tap_name).open().map_err(|e| format!("net{i}: {e}"))?;
+        let tap = Tap::builder(&tap_name)
+            .queues(arg.queues)
+            .open()
+            .map_err(|e| format!("net{i}: {e}"))?;
         if let Some(net) = network {
             let mgr = NetworkManager::open(state_dir).map_err(|e| format!("net{i}: {e}"))?;
             mgr.attach_port(net, &tap_name).map_err(|e| format!("net{i}: {e}"))?;
         }
-        let backend = TapBackend::new(tap).map_err(|e| format!("net{i}: {e}"))?;
-        let (device, handle) = VirtioNet::new(NetConfig::new(mac), Box::new(backend));
+        let backends: Vec<Box<dyn NetBackend>> = TapBackend::per_queue(tap)
+            .map_err(|e| format!("net{i}: {e}"))?
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn NetBackend>)
+            .collect();
+        let (device, handle) = VirtioNet::multi_queue(NetConfig::new(mac), backends)
+            .map_err(|e| format!("net{i}: {e}"))?;
         let on = network.map_or(String::new(), |n| format!(" on network {n}"));
-        let summary = format!("net{i}: virtio-net {mac} on TAP {tap_name}{on}");
+        let pairs = arg.queues;
+        let summary =
+            format!("net{i}: virtio-net {mac}, {pairs} queue pair(s), TAP {tap_name}{on}");
         nics.push(Nic { device, handle, summary });
     }
     Ok(nics)
@@ -107,7 +136,11 @@ mod tests {
             parse_net("network=default").unwrap().target,
             NetTarget::Network("default".into())
         );
-        for bad in ["", "tap=", "mac=52:54:00:00:00:01", "bridge=br0", "tap=x,mac=zz"] {
+        assert_eq!(parse_net("tap=t,queues=4").unwrap().queues, 4);
+        assert_eq!(parse_net("tap=t").unwrap().queues, 1);
+        for bad in
+            ["", "tap=", "mac=52:54:00:00:00:01", "bridge=br0", "tap=x,mac=zz", "tap=x,queues=0"]
+        {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
