@@ -108,6 +108,19 @@ pub fn initramfs() -> Option<PathBuf> {
     kit_file("initramfs.cpio")
 }
 
+/// The initramfs with only `/dev/console` and a 1 KB `/init` that prints `HV-INIT-OK` and powers
+/// off (`initramfs-tiny.cpio`), if the kit has it. On PVM hosts it unpacks at once, where the
+/// busybox one costs the emulated kernel about 50 s.
+pub fn tiny_initramfs() -> Option<PathBuf> {
+    kit_file("initramfs-tiny.cpio")
+}
+
+/// The busybox initramfs plus the stock kernel's virtio modules, which its `/init` loads
+/// (`initramfs-debian.cpio`), if the kit has it.
+pub fn debian_initramfs() -> Option<PathBuf> {
+    kit_file("initramfs-debian.cpio")
+}
+
 /// The stock kernel's virtio modules (`debian-modules/<version>/kernel/...`), if the kit has
 /// them.
 pub fn debian_modules() -> Option<PathBuf> {
