@@ -56,3 +56,8 @@ fn panic(info: &PanicInfo) -> ! {
     line.print();
     power::power_off()
 }
+
+/// Never called (`panic = "abort"`): it only satisfies the reference from the precompiled
+/// `core` in builds without LTO (the dev profile).
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
