@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     };
     eprintln!("boot_linux: guest {reason}");
     for (i, h) in nic_handles.iter().enumerate() {
-        eprintln!("boot_linux: net{i}: {:?}", h.stats());
+        eprintln!("boot_linux: net{i}: {} pair(s) in use, {:?}", h.active_pairs(), h.stats());
     }
     match reason {
         ExitReason::PoweredOff => ExitCode::SUCCESS,

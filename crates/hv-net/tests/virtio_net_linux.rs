@@ -1,6 +1,7 @@
-//! Linux drives our virtio-net: the minimal kernel, booted with a virtio-net NIC on a TAP that
-//! joins a NAT network (bridge, gateway, masquerade, our DHCP server) inside a test namespace,
-//! finds the NIC with our MAC and gets a lease with `ip=dhcp`; the lease file agrees.
+//! Linux drives our virtio-net: the minimal kernel on two vCPUs, booted with a two-pair
+//! virtio-net NIC on a multiqueue TAP that joins a NAT network (bridge, gateway, masquerade,
+//! our DHCP server) inside a test namespace, finds the NIC with our MAC, switches both queue
+//! pairs on through the control queue, and gets a lease with `ip=dhcp`; the lease file agrees.
 //!
 //! Slow on hosts where the guest kernel is emulated (tens of seconds to a few minutes); one
 //! boot only. Needs root, KVM, the `nft` binary and the guest kit (`guests/kit.sh`).
@@ -12,7 +13,7 @@ use hv_core::VmBuilder;
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode};
 use hv_net::nft::Nft;
 use hv_net::tap::Tap;
-use hv_net::virtio_net::{NetConfig, TapBackend, VirtioNet};
+use hv_net::virtio_net::{NetBackend, NetConfig, TapBackend, VirtioNet};
 use hv_net::MacAddr;
 use hv_test_support::netns::NetNs;
 use hv_test_support::{have_kvm, is_root, require};
@@ -45,16 +46,21 @@ fn linux_gets_a_dhcp_lease_through_virtio_net() {
         mgr.start("vnl").unwrap();
         let _dhcp = mgr.serve_dhcp("vnl").unwrap();
 
-        let tap = Tap::builder("hvvnl0").open().unwrap();
+        let tap = Tap::builder("hvvnl0").queues(2).open().unwrap();
         mgr.attach_port("vnl", "hvvnl0").unwrap();
-        let (dev, handle) =
-            VirtioNet::new(NetConfig::new(MAC), Box::new(TapBackend::new(tap).unwrap()));
+        let backends: Vec<Box<dyn NetBackend>> = TapBackend::per_queue(tap)
+            .unwrap()
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn NetBackend>)
+            .collect();
+        let (dev, handle) = VirtioNet::multi_queue(NetConfig::new(MAC), backends).unwrap();
 
         let console = Capture::new();
         let mut vm = VmBuilder::new()
             .kernel(&kernel)
             .initrd(&initrd)
             .memory_mib(128)
+            .vcpus(2)
             .cmdline("console=ttyS0 reboot=k panic=-1 ip=dhcp")
             .serial_output(console.clone())
             .virtio_device(Box::new(dev))
@@ -84,9 +90,10 @@ fn linux_gets_a_dhcp_lease_through_virtio_net() {
         // Our DHCP server's lease file agrees.
         let leases = std::fs::read_to_string(mgr.lease_file("vnl")).unwrap_or_default();
         assert!(leases.contains("52:54:00:4e:45:54") && leases.contains(ip), "{leases}");
+        assert_eq!(handle.active_pairs(), 2, "the driver switched both pairs on");
         let st = handle.stats();
         assert!(st.tx_frames >= 2 && st.rx_frames >= 2, "{st:?}");
-        assert_eq!(st.tx_malformed + st.rx_malformed, 0, "{st:?}");
+        assert_eq!(st.tx_malformed + st.rx_malformed + st.ctrl_malformed, 0, "{st:?}");
 
         mgr.destroy("vnl").unwrap();
     });

@@ -93,6 +93,7 @@ pub struct NetConfig {
     /// Advertise an MTU (VIRTIO_NET_F_MTU).
     pub mtu: Option<u16>,
     /// Queue pairs offered; more than one offers VIRTIO_NET_F_MQ and the control queue.
+    /// [`VirtioNet::new`] and [`VirtioNet::multi_queue`] set it from their backends.
     pub queue_pairs: u16,
 }
 
