@@ -1,6 +1,6 @@
 //! The virtio-net device as the transport sees it: features, configuration space, and
 //! activation, which hands each queue pair and its backend to a worker thread of its own
-//! ([`pair`](super::pair)) and, with several pairs, the control queue to one more.
+//! (`pair.rs`) and, with several pairs, the control queue to one more.
 //!
 //! Queues are numbered as the specification says: pair `i` is receiveq `2i` and transmitq
 //! `2i + 1`; the control queue comes after the last pair (index 2 when the driver did not
