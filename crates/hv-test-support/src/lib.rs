@@ -26,7 +26,6 @@ mod guest;
 
 pub use guest::{hvtest_lines, test_guest, HVTEST_PREFIX};
 
-
 /// True when running under CI (`CI=true`): missing prerequisites are failures there.
 pub fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
