@@ -116,8 +116,18 @@ fn main() -> ExitCode {
         Some(t) => match vm.wait_timeout(t) {
             Some(r) => r,
             None => {
-                let _ = vm.kill();
                 eprintln!("boot_linux: timed out after {}s", t.as_secs());
+                if vm.pause().is_ok() {
+                    for (i, r) in vm.vcpu_registers().unwrap_or_default().iter().enumerate() {
+                        if let Some((regs, _)) = r {
+                            eprintln!(
+                                "boot_linux: vCPU {i} at rip={:#x} rsp={:#x}",
+                                regs.rip, regs.rsp
+                            );
+                        }
+                    }
+                }
+                let _ = vm.kill();
                 vm.wait();
                 return ExitCode::FAILURE;
             }

@@ -1,7 +1,7 @@
 //! ACPI tables on the `acpi_tables` crate: RSDP, XSDT, FADT (the PM1a event/control blocks
 //! that power the VM off and carry the power button, and the PM timer), MADT (one local APIC
 //! per vCPU, the IOAPIC, and the SCI's interrupt override, so a stock kernel brings every CPU
-//! up), and a DSDT describing the serial port, `_S5`, and any devices the VM adds
+//! up), and a DSDT describing the serial port, pvpanic, `_S5`, and any devices the VM adds
 //! (virtio-mmio devices as `LNRO0005`).
 //!
 //! The FADT is a full one, not hardware-reduced: a hardware-reduced FADT makes Linux drop the
@@ -25,6 +25,7 @@ use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::devices::acpi_pm::{PM1A_CNT, PM1A_EVT, PM_TMR, S5_SLP_TYP, SCI_IRQ};
+use crate::devices::pvpanic::PVPANIC_PORT;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 
 const OEM_ID: [u8; 6] = *b"HVVMM ";
@@ -107,7 +108,13 @@ fn dsdt_body(extra: &[Vec<u8>]) -> Vec<u8> {
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &aml::ZERO, &aml::ZERO]),
     );
+    let pv_io = aml::IO::new(PVPANIC_PORT as u16, PVPANIC_PORT as u16, 1, 1);
+    let pv_crs = aml::ResourceTemplate::new(vec![&pv_io]);
+    let pv_hid = aml::Name::new("_HID".into(), &"QEMU0001");
+    let pv_crs = aml::Name::new("_CRS".into(), &pv_crs);
+    let pvpanic = aml::Device::new("_SB_.PEVT".into(), vec![&pv_hid, &pv_crs]);
     let mut body = bytes(&com1);
+    body.extend(bytes(&pvpanic));
     body.extend(bytes(&s5));
     for blob in extra {
         body.extend_from_slice(blob);

@@ -164,7 +164,15 @@ pub fn run(mut vcpu: Vcpu) {
             Some(KickTarget { thread, immediate_exit });
     }
     let ctx = vcpu.ctx.clone();
-    while ctx.control.gate() {
+    let snapshot = |fd: &VcpuFd| {
+        let regs = fd.get_regs().ok().zip(fd.get_sregs().ok());
+        if let Some(slot) =
+            ctx.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(usize::from(vcpu.id))
+        {
+            *slot = regs;
+        }
+    };
+    while ctx.control.gate(|| snapshot(&vcpu.fd)) {
         let step = match vcpu.fd.run() {
             Ok(exit) => exits::handle(&ctx, vcpu.id, exit),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,

@@ -27,6 +27,7 @@ use crate::bus::{self, Bus, SharedDevice};
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::{IrqLine, RequestSink, VmRequest};
 use crate::kvm::{self, HostKind, Hypervisor};
@@ -304,7 +305,7 @@ impl Control {
 
     /// Called by a vCPU before each KVM_RUN: parks while paused; false once the VM has an
     /// outcome.
-    pub(crate) fn gate(&self) -> bool {
+    pub(crate) fn gate(&self, mut on_park: impl FnMut()) -> bool {
         let mut g = self.lock();
         loop {
             if g.outcome.is_some() {
@@ -312,6 +313,14 @@ impl Control {
             }
             if g.state != VmState::Paused {
                 return true;
+            }
+            // Record the vCPU's state before counting it as parked, so a paused VM's
+            // snapshot is complete when pause() returns.
+            drop(g);
+            on_park();
+            g = self.lock();
+            if g.state != VmState::Paused {
+                continue;
             }
             g.parked += 1;
             self.cond.notify_all();
@@ -357,6 +366,8 @@ impl Control {
 
 /// What vCPU threads share: the buses, the run state, the host quirks.
 pub(crate) struct Context {
+    /// Registers of each vCPU as of its last park (pause).
+    pub(crate) snapshots: Mutex<Vec<Option<(kvm_regs, kvm_sregs)>>>,
     pub(crate) pio: Bus,
     pub(crate) mmio: Bus,
     pub(crate) control: Control,
@@ -650,6 +661,7 @@ impl VmBuilder {
 
         // Devices.
         let ctx = Arc::new(Context {
+            snapshots: Mutex::new(vec![None; self.vcpus]),
             pio: Bus::new(),
             mmio: Bus::new(),
             control: Control::new(self.vcpus),
@@ -661,6 +673,12 @@ impl VmBuilder {
                 ctx.control.finish(match req {
                     VmRequest::PowerOff => ExitReason::PoweredOff,
                     VmRequest::Reset => ExitReason::Reset,
+                    VmRequest::GuestPanic => ExitReason::Crashed(Box::new(CrashInfo {
+                        vcpu: 0,
+                        reason: CrashReason::GuestPanic,
+                        regs: None,
+                        sregs: None,
+                    })),
                 });
             }
         });
@@ -677,6 +695,7 @@ impl VmBuilder {
         ctx.pio.insert(CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::new())))?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(requests.clone(), sci)));
         ctx.pio.insert(PM_BASE, PM_LEN, pm.clone())?;
+        ctx.pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(requests.clone()))))?;
         for (base, t) in transports {
             ctx.mmio.insert(base, VIRTIO_MMIO_SIZE, t)?;
         }
@@ -724,6 +743,7 @@ impl VmBuilder {
             threads: Vec::new(),
             cmdline,
             entry: loaded.entry,
+            dirty_tracking: self.dirty_tracking,
         })
     }
 
@@ -749,6 +769,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     cmdline: String,
     entry: EntryPoint,
+    dirty_tracking: bool,
 }
 
 impl fmt::Debug for Vm {
@@ -790,6 +811,32 @@ impl Vm {
     /// The KVM VM fd (for devices that register ioeventfds and irqfds).
     pub fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm_fd
+    }
+
+    /// Pages written since the last call: KVM's log of guest writes merged with the VMM's own
+    /// writes (device DMA), read and cleared. Needs [`VmBuilder::dirty_tracking`].
+    pub fn dirty_log(&self) -> Result<hv_mem::DirtyBitmap> {
+        if !self.dirty_tracking {
+            return Err(Error::InvalidConfig {
+                field: "dirty_tracking",
+                reason: "the VM was built without dirty-page tracking".into(),
+            });
+        }
+        let mut slots = Vec::new();
+        for (slot, (gpa, len, _)) in self.ram.regions().into_iter().enumerate() {
+            let words = self
+                .vm_fd
+                .get_dirty_log(slot as u32, len as usize)
+                .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+            slots.push((gpa, len, words));
+        }
+        let mut bitmap = hv_mem::DirtyBitmap::from_kvm_logs(slots)
+            .map_err(|e| Error::InvalidConfig { field: "dirty_tracking", reason: e.to_string() })?;
+        let vmm = self.ram.take_vmm_dirty();
+        bitmap
+            .merge(&vmm)
+            .map_err(|e| Error::InvalidConfig { field: "dirty_tracking", reason: e.to_string() })?;
+        Ok(bitmap)
     }
 
     /// Feeds bytes to the serial console's input; returns how many were queued.
@@ -845,6 +892,15 @@ impl Vm {
             g = self.ctx.control.cond.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         Ok(())
+    }
+
+    /// The registers of every vCPU while the VM is paused (for debugging a stuck guest).
+    pub fn vcpu_registers(&self) -> Result<Vec<Option<(kvm_regs, kvm_sregs)>>> {
+        let state = self.state();
+        if state != VmState::Paused {
+            return Err(Error::InvalidState { op: "read the registers of", state });
+        }
+        Ok(self.ctx.snapshots.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Lets paused vCPUs run again.

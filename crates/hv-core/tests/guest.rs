@@ -240,3 +240,25 @@ fn invalid_configurations_are_refused() {
     let e = VmBuilder::new().build().unwrap_err();
     assert!(matches!(e, Error::InvalidConfig { field: "kernel", .. }), "{e}");
 }
+
+#[test]
+fn dirty_log_reports_pages_the_guest_wrote() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, _out) = guest("test=ticks count=3");
+    let mut vm = b.dirty_tracking(true).build().unwrap();
+    // Boot data written by the VMM is in the VMM's own bitmap; clear it.
+    let before = vm.dirty_log().unwrap();
+    assert!(before.is_dirty(0xe0000), "the VMM wrote ACPI tables there");
+    vm.start().unwrap();
+    let r = vm.wait_timeout(TIMEOUT).unwrap();
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    let after = vm.dirty_log().unwrap();
+    // The guest builds page tables and uses a stack: it dirties some pages, not all of RAM.
+    assert!(after.dirty_pages() > 0);
+    assert!(after.dirty_pages() < (64 << 20) / 4096);
+    assert!(!after.is_dirty(0xe0000), "the tables were not written again");
+    let again = vm.dirty_log().unwrap();
+    assert_eq!(again.dirty_pages(), 0, "reading the log clears it");
+    let e = guest("test=poweroff").0.build().unwrap().dirty_log().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { .. }));
+}

@@ -6,6 +6,7 @@
 //! boots through PVH (32-bit entry, paging off), like QEMU's `-kernel` of a PVH image; a
 //! bzImage or an ELF without the note enters 64-bit code with the zero page, like Firecracker.
 
+pub mod bzimage;
 pub mod params;
 pub mod regs;
 
@@ -175,6 +176,20 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel> {
             Ok(LoadedKernel { format, entry, end: r.kernel_end })
         }
         KernelFormat::BzImage => {
+            let mut image = Vec::new();
+            file.read_to_end(&mut image)
+                .map_err(|source| Error::KernelFile { path: path.to_owned(), source })?;
+            if let Some(vmlinux) = bzimage::extract_vmlinux(&image) {
+                let header = bzimage::setup_header_of(&image);
+                let mut cursor = std::io::Cursor::new(vmlinux);
+                let r = Elf::load(mem, None, &mut cursor, Some(GuestAddress(layout::KERNEL_START)))
+                    .map_err(load_err)?;
+                let entry = match r.pvh_boot_cap {
+                    PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr.raw_value()),
+                    _ => EntryPoint::Linux64 { entry: r.kernel_load.raw_value(), header },
+                };
+                return Ok(LoadedKernel { format, entry, end: r.kernel_end });
+            }
             file.seek(SeekFrom::Start(0))
                 .map_err(|source| Error::KernelFile { path: path.to_owned(), source })?;
             let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::KERNEL_START)))

@@ -1,9 +1,10 @@
 //! Legacy platform devices: the 8250 serial port, the i8042 reset line, the CMOS RTC, and the
-//! ACPI sleep register that powers the VM off.
+//! ACPI PM block that powers the VM off, and pvpanic.
 
 pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
+pub mod pvpanic;
 pub mod serial;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub enum VmRequest {
     PowerOff,
     /// Reset the machine.
     Reset,
+    /// The guest kernel panicked.
+    GuestPanic,
 }
 
 /// A device's handle to ask the VM to power off or reset.

@@ -14,6 +14,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -164,6 +165,7 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> bool {
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
             if !q.ready() {
@@ -173,7 +175,7 @@ impl MmioTransport {
                 return false;
             }
             let Ok(notify) = self.notify[i].try_clone() else { return false };
-            let Some(queue) = copy_queue(q) else { return false };
+            let Some(queue) = copy_queue(q, event_idx) else { return false };
             queues.push(ActiveQueue { index: i as u16, queue, notify });
         }
         let activation = Activation {
@@ -280,7 +282,7 @@ impl MmioTransport {
 }
 
 /// A device-side copy of a queue the driver configured (`Queue` is not `Clone`).
-fn copy_queue(q: &Queue) -> Option<Queue> {
+fn copy_queue(q: &Queue, event_idx: bool) -> Option<Queue> {
     let mut c = Queue::new(q.max_size()).ok()?;
     c.set_size(q.size());
     let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
@@ -290,7 +292,7 @@ fn copy_queue(q: &Queue) -> Option<Queue> {
     c.set_avail_ring_address(lo, hi);
     let (lo, hi) = split(q.used_ring());
     c.set_used_ring_address(lo, hi);
-    c.set_event_idx(q.event_idx_enabled());
+    c.set_event_idx(event_idx);
     c.set_ready(q.ready());
     Some(c)
 }
