@@ -43,7 +43,7 @@ extern "C" fn rust_main(start_info: u64) -> ! {
         None => serial::say("cpus=1 (no acpi)"),
     }
     let args = pvh::Args::parse(boot.cmdline());
-    tests::run(&args, acpi.as_ref());
+    tests::run(&args, acpi.as_ref(), boot.cmdline());
     serial::say("done");
     power::power_off()
 }

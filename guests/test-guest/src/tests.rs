@@ -16,8 +16,8 @@ const UNMAPPED: u64 = 0x10_0000_0000;
 /// Default `count=` for the benches and ticks.
 const DEFAULT_COUNT: u64 = 1000;
 
-/// Runs the test named by `test=`.
-pub fn run(args: &Args, acpi: Option<&Acpi>) {
+/// Runs the test named by `test=` (`cmdline` holds the tests' other `key=value` words).
+pub fn run(args: &Args, acpi: Option<&Acpi>, cmdline: &[u8]) {
     let count = args.count.unwrap_or(DEFAULT_COUNT);
     match args.test {
         b"" | b"poweroff" => {}
@@ -53,6 +53,8 @@ pub fn run(args: &Args, acpi: Option<&Acpi>) {
                 io_delay(1000);
             }
         }
+        b"blk" => crate::virtio::blk::test(cmdline),
+        b"blk-bench" => crate::virtio::blk::bench(cmdline),
         b"pagefault" => {
             // SAFETY: deliberately reads an unmapped address; the #PF handler reports it and
             // powers off, so execution never continues past this read.
