@@ -3,9 +3,11 @@
 //! ```text
 //! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
 //!     [--vcpus N] [--mem-mib M] [--timeout-secs S] \
-//!     [--net tap=NAME[,mac=MAC][,queues=N]]... [--net network=NAME[,...]]... [--state-dir DIR]
+//!     [--net tap=NAME[,mac=MAC][,queues=N]]... [--net network=NAME[,...]]... [--state-dir DIR] \
+//!     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]...
 //! ```
 //!
+//! Each `--disk` adds a virtio-blk disk, format probed unless given (see `boot_linux/disk.rs`).
 //! Each `--net` adds a virtio-net NIC (see `boot_linux/net.rs`).
 //!
 //! Exits 0 when the guest powers off; otherwise prints the reason on stderr and exits 1
@@ -17,6 +19,8 @@ use std::time::Duration;
 
 use hv::core::{ExitReason, VmBuilder};
 
+#[path = "boot_linux/disk.rs"]
+mod disk;
 #[path = "boot_linux/net.rs"]
 mod net;
 
@@ -28,12 +32,14 @@ struct Args {
     mem_mib: u64,
     timeout: Option<Duration>,
     nets: Vec<net::NetArg>,
+    disks: Vec<disk::DiskArg>,
     state_dir: PathBuf,
 }
 
 const USAGE: &str = "usage: boot_linux --kernel K [--initrd I] [--cmdline C] [--vcpus N] \
                      [--mem-mib M] [--timeout-secs S] [--net tap=NAME[,mac=MAC]] \
-                     [--net network=NAME[,mac=MAC]] [--state-dir DIR]";
+                     [--net network=NAME[,mac=MAC]] [--state-dir DIR] \
+                     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -46,6 +52,7 @@ fn parse() -> Result<Args, String> {
         mem_mib: 256,
         timeout: None,
         nets: Vec::new(),
+        disks: Vec::new(),
         state_dir: PathBuf::from("/var/lib/hv"),
     };
     while let Some(flag) = it.next() {
@@ -61,6 +68,7 @@ fn parse() -> Result<Args, String> {
                 a.timeout = Some(Duration::from_secs(s));
             }
             "--net" => a.nets.push(net::parse_net(&value()?)?),
+            "--disk" => a.disks.push(disk::parse_disk(&value()?)?),
             "--state-dir" => a.state_dir = PathBuf::from(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -86,6 +94,18 @@ fn main() -> ExitCode {
         .serial_output(std::io::stdout());
     if let Some(initrd) = &args.initrd {
         builder = builder.initrd(initrd);
+    }
+    match disk::make_disks(&args.disks) {
+        Ok(disks) => {
+            for d in disks {
+                eprintln!("boot_linux: {}", d.summary);
+                builder = builder.virtio_device(Box::new(d.device));
+            }
+        }
+        Err(e) => {
+            eprintln!("boot_linux: {e}");
+            return ExitCode::from(2);
+        }
     }
     let nics = match net::make_nics(&args.nets, &args.state_dir) {
         Ok(nics) => nics,
