@@ -4,6 +4,8 @@
 //!
 //! - `net_tx_64b`, `net_tx_1500b`, `net_rx_64b`, `net_rx_1500b`: a Unix datagram socket pair as
 //!   the wire (no root needed).
+//! - `..._batch32`: 32 frames per kick and handler pass (frames per second); the others move
+//!   one frame per kick.
 //! - `net_tx_64b_tap`, ..., `net_rx_1500b_tap`: a real TAP with the vnet header inside a
 //!   network namespace (root only; skipped otherwise); RX frames are UDP datagrams the
 //!   namespace's stack routes out of the TAP, TX frames end in that stack.
@@ -94,12 +96,25 @@ impl Peer for std::os::unix::net::UnixDatagram {
     }
 }
 
+/// Frames per kick: 1 (latency-like: one kick, one pass, one frame) or a batch (throughput:
+/// one kick and one handler pass move `BATCH` frames).
+const BATCH: u64 = 32;
+
+fn throughput(len: usize, batch: u64) -> Throughput {
+    if batch == 1 {
+        Throughput::Bytes(len as u64)
+    } else {
+        Throughput::Elements(batch)
+    }
+}
+
 fn bench_tx(
     c: &mut Criterion,
     name: &str,
     backend: Box<dyn NetBackend>,
     peer: Option<&dyn Peer>,
     len: usize,
+    batch: u64,
 ) {
     let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
     let mem = ram.memory();
@@ -114,15 +129,19 @@ fn bench_tx(
     let mut h = NetQueueHandler::new(backend, FEATURES);
     let mut buf = vec![0u8; 65_536];
     let mut g = c.benchmark_group("net");
-    g.throughput(Throughput::Bytes(len as u64));
+    g.throughput(throughput(len, batch));
     let mut kicks = 0u64;
     g.bench_function(name, |b| {
         b.iter(|| {
-            q.kick(mem);
-            kicks += 1;
+            for _ in 0..batch {
+                q.kick(mem);
+            }
+            kicks += batch;
             h.process_tx(&mut q.queue, mem).unwrap();
             if let Some(p) = peer {
-                p.recv(&mut buf);
+                for _ in 0..batch {
+                    p.recv(&mut buf);
+                }
             }
         })
     });
@@ -138,6 +157,7 @@ fn bench_rx(
     backend: Box<dyn NetBackend>,
     peer: &dyn Peer,
     len: usize,
+    batch: u64,
 ) {
     let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
     let mem = ram.memory();
@@ -146,14 +166,17 @@ fn bench_rx(
     let mut h = NetQueueHandler::new(backend, FEATURES);
     let f = frame(len);
     let mut g = c.benchmark_group("net");
-    g.throughput(Throughput::Bytes(len as u64));
+    g.throughput(throughput(len, batch));
     let mut sent = 0u64;
     g.bench_function(name, |b| {
         b.iter(|| {
-            q.kick(mem);
-            peer.send(&f);
+            // The same buffer posted `batch` times: each frame overwrites the last.
+            for _ in 0..batch {
+                q.kick(mem);
+                peer.send(&f);
+            }
             h.process_rx(&mut q.queue, mem).unwrap();
-            sent += 1;
+            sent += batch;
         })
     });
     g.finish();
@@ -198,22 +221,34 @@ fn tap_benches(c: &mut Criterion) {
         // Each benchmark gets its own TAP, gone when its backend is dropped. The TAP and the
         // UDP socket are made inside the namespace and stay there when used from here.
         let backend = ns.run(|| tap_backend(&ns));
-        bench_tx(c, &format!("net_tx_{tag}_tap"), Box::new(backend), None, len);
+        bench_tx(c, &format!("net_tx_{tag}_tap"), Box::new(backend), None, len, 1);
         let (backend, udp) = ns.run(|| {
             let backend = tap_backend(&ns);
             (backend, HostUdp(std::net::UdpSocket::bind("10.9.0.1:0").unwrap()))
         });
-        bench_rx(c, &format!("net_rx_{tag}_tap"), Box::new(backend), &udp, len);
+        bench_rx(c, &format!("net_rx_{tag}_tap"), Box::new(backend), &udp, len, 1);
     }
+    // Many frames per kick: what one handler pass costs per frame.
+    let backend = ns.run(|| tap_backend(&ns));
+    bench_tx(c, "net_tx_64b_tap_batch32", Box::new(backend), None, 64, BATCH);
+    let (backend, udp) = ns.run(|| {
+        let backend = tap_backend(&ns);
+        (backend, HostUdp(std::net::UdpSocket::bind("10.9.0.1:0").unwrap()))
+    });
+    bench_rx(c, "net_rx_64b_tap_batch32", Box::new(backend), &udp, 64, BATCH);
 }
 
 fn benches(c: &mut Criterion) {
     for (len, tag) in [(64, "64b"), (1500, "1500b")] {
         let (backend, peer) = DatagramBackend::pair(false).unwrap();
-        bench_tx(c, &format!("net_tx_{tag}"), Box::new(backend), Some(&peer), len);
+        bench_tx(c, &format!("net_tx_{tag}"), Box::new(backend), Some(&peer), len, 1);
         let (backend, peer) = DatagramBackend::pair(false).unwrap();
-        bench_rx(c, &format!("net_rx_{tag}"), Box::new(backend), &peer, len);
+        bench_rx(c, &format!("net_rx_{tag}"), Box::new(backend), &peer, len, 1);
     }
+    let (backend, peer) = DatagramBackend::pair(false).unwrap();
+    bench_tx(c, "net_tx_64b_batch32", Box::new(backend), Some(&peer), 64, BATCH);
+    let (backend, peer) = DatagramBackend::pair(false).unwrap();
+    bench_rx(c, "net_rx_64b_batch32", Box::new(backend), &peer, 64, BATCH);
     tap_benches(c);
 }
 
