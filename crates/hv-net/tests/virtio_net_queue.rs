@@ -6,6 +6,8 @@
 mod virtio_net_common;
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hv_core::rate_limiter::{BucketConfig, RateLimiter};
@@ -455,4 +457,33 @@ fn a_frame_larger_than_every_buffer_is_dropped() {
     assert_eq!(stats(&h).rx_dropped, 1);
     assert_eq!(stats(&h).rx_frames, 1);
     assert_eq!(rx.all_used(), [(0, 64), (1, 48)]);
+}
+
+#[test]
+fn a_link_that_is_down_drops_frames_both_ways() {
+    let ram = ram();
+    let (backend, peer) = DatagramBackend::pair(false).unwrap();
+    let link = Arc::new(AtomicBool::new(false));
+    let mut h = NetQueueHandler::new(Box::new(backend), plain_features()).with_link(link.clone());
+    let mut tx = TestQueue::tx(ram.memory());
+    let mut rx = TestQueue::rx(ram.memory());
+    rx.post_rx(&[2048]);
+    tx.send(&NetHeader::default(), &frame(60, 1), &[]);
+    peer.send(&frame(60, 2)).unwrap();
+    h.process_tx(&mut tx.queue, ram.memory()).unwrap();
+    h.process_rx(&mut rx.queue, ram.memory()).unwrap();
+    assert_eq!(tx.used_idx(), 1, "the TX chain goes back");
+    assert_eq!(rx.used_idx(), 0, "no frame for the guest");
+    assert!(nothing_waiting(&peer));
+    assert_eq!(stats(&h).link_down_drops, 2);
+    // Cable back in.
+    link.store(true, Ordering::Relaxed);
+    tx.send(&NetHeader::default(), &frame(60, 3), &[]);
+    peer.send(&frame(60, 4)).unwrap();
+    h.process_tx(&mut tx.queue, ram.memory()).unwrap();
+    h.process_rx(&mut rx.queue, ram.memory()).unwrap();
+    assert_eq!(recv(&peer), frame(60, 3));
+    assert_eq!(rx.used_idx(), 1);
+    let st = stats(&h);
+    assert_eq!((st.tx_frames, st.rx_frames, st.link_down_drops), (1, 1, 2));
 }

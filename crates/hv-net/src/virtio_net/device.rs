@@ -43,7 +43,7 @@ pub enum NetDeviceError {
 #[derive(Debug)]
 struct Shared {
     metrics: Arc<NetMetrics>,
-    link_up: AtomicBool,
+    link_up: Arc<AtomicBool>,
     active_pairs: AtomicU16,
     interrupt: Mutex<Option<Interrupt>>,
 }
@@ -76,7 +76,8 @@ impl NetHandle {
     }
 
     /// Reports the link up or down in the configuration space, telling a running guest with a
-    /// configuration-change interrupt.
+    /// configuration-change interrupt. While it is down the device drops frames both ways, as
+    /// a NIC with its cable pulled.
     pub fn set_link_up(&self, up: bool) {
         if self.shared.link_up.swap(up, Ordering::SeqCst) != up {
             if let Some(irq) = lock(&self.shared.interrupt).as_ref() {
@@ -139,7 +140,7 @@ impl VirtioNet {
         let features = device_features(&config, vnet_hdr);
         let shared = Arc::new(Shared {
             metrics: Arc::default(),
-            link_up: AtomicBool::new(true),
+            link_up: Arc::new(AtomicBool::new(true)),
             active_pairs: AtomicU16::new(0),
             interrupt: Mutex::new(None),
         });
@@ -217,6 +218,7 @@ impl VirtioNet {
             }
             let mut handler = NetQueueHandler::new(backend, acked)
                 .with_metrics(self.shared.metrics.clone())
+                .with_link(self.shared.link_up.clone())
                 .with_rate_limiters(self.rx_limiter.clone(), self.tx_limiter.clone());
             if let Err(e) = handler.apply_offloads() {
                 failure = Some(ActivateError::Device(format!("cannot set offloads: {e}")));

@@ -204,6 +204,7 @@ pub struct NetMetrics {
     rx_throttled: AtomicU64,
     rx_no_buffers: AtomicU64,
     ctrl_malformed: AtomicU64,
+    link_down_drops: AtomicU64,
 }
 
 /// A snapshot of [`NetMetrics`].
@@ -236,6 +237,8 @@ pub struct NetStats {
     pub rx_no_buffers: u64,
     /// Control chains dropped as malformed.
     pub ctrl_malformed: u64,
+    /// Frames dropped (either way) while the link was down.
+    pub link_down_drops: u64,
 }
 
 /// Which counter to bump.
@@ -250,6 +253,7 @@ pub(crate) enum Counter {
     RxThrottled,
     RxNoBuffers,
     CtrlMalformed,
+    LinkDownDrops,
 }
 
 impl NetMetrics {
@@ -270,6 +274,7 @@ impl NetMetrics {
             rx_throttled: l(&self.rx_throttled),
             rx_no_buffers: l(&self.rx_no_buffers),
             ctrl_malformed: l(&self.ctrl_malformed),
+            link_down_drops: l(&self.link_down_drops),
         }
     }
 
@@ -284,6 +289,7 @@ impl NetMetrics {
             Counter::RxThrottled => &self.rx_throttled,
             Counter::RxNoBuffers => &self.rx_no_buffers,
             Counter::CtrlMalformed => &self.ctrl_malformed,
+            Counter::LinkDownDrops => &self.link_down_drops,
         };
         a.fetch_add(1, Ordering::Relaxed);
     }

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +84,8 @@ pub struct NetQueueHandler {
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
     metrics: Arc<NetMetrics>,
+    /// The link is up: while it is down, frames are dropped both ways (a pulled cable).
+    link: Arc<AtomicBool>,
     last_error: Option<String>,
 }
 
@@ -107,8 +109,16 @@ impl NetQueueHandler {
             rx_limiter: None,
             tx_limiter: None,
             metrics: Arc::default(),
+            link: Arc::new(AtomicBool::new(true)),
             last_error: None,
         }
+    }
+
+    /// Follows `link` (shared with the device's handle) for the link state; while it is false,
+    /// TX chains are returned unsent and received frames are discarded.
+    pub fn with_link(mut self, link: Arc<AtomicBool>) -> Self {
+        self.link = link;
+        self
     }
 
     /// Counts into `metrics` (shared with the device's handle) instead of counters of its own.
@@ -231,6 +241,9 @@ impl NetQueueHandler {
     }
 
     fn send(&mut self, frame: &TxFrame, mem: &GuestMemory) {
+        if !self.link.load(Ordering::Relaxed) {
+            return self.metrics.bump(Counter::LinkDownDrops);
+        }
         if let Err(e) = frame.read_into(mem, &mut self.tx_frame) {
             return self.fail(Counter::TxMalformed, e);
         }
@@ -372,6 +385,10 @@ impl NetQueueHandler {
                 }
             };
             let len = start + n;
+            if !self.link.load(Ordering::Relaxed) {
+                self.metrics.bump(Counter::LinkDownDrops);
+                continue;
+            }
             if len < NET_HDR_LEN + MIN_FRAME_LEN {
                 self.fail(Counter::RxDropped, format!("backend frame of {len} bytes is too short"));
                 continue;
