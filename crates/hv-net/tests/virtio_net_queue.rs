@@ -487,3 +487,20 @@ fn a_link_that_is_down_drops_frames_both_ways() {
     let st = stats(&h);
     assert_eq!((st.tx_frames, st.rx_frames, st.link_down_drops), (1, 1, 2));
 }
+
+#[test]
+fn a_queue_that_is_not_ready_is_left_alone() {
+    let ram = ram();
+    let (mut h, peer) = handler(plain_features(), false);
+    let mut tx = TestQueue::tx(ram.memory());
+    let mut rx = TestQueue::rx(ram.memory());
+    tx.send(&NetHeader::default(), &frame(60, 1), &[]);
+    rx.post_rx(&[2048]);
+    peer.send(&frame(60, 2)).unwrap();
+    tx.queue.set_ready(false);
+    rx.queue.set_ready(false);
+    assert!(!h.process_tx(&mut tx.queue, ram.memory()).unwrap());
+    assert!(!h.process_rx(&mut rx.queue, ram.memory()).unwrap());
+    assert_eq!((tx.used_idx(), rx.used_idx()), (0, 0));
+    assert!(nothing_waiting(&peer));
+}

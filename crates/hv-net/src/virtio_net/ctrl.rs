@@ -14,7 +14,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::chain::ChainError;
-use super::queue_handler::{publish_used, should_interrupt, QueueHandlerError};
+use super::queue_handler::{publish_used, should_interrupt, usable, QueueHandlerError};
 use super::{Counter, NetMetrics};
 
 /// The most command bytes (class, command and data) a request may carry.
@@ -128,6 +128,9 @@ impl CtrlQueueHandler {
         mem: &GuestMemory,
         apply: &mut dyn FnMut(u16),
     ) -> Result<bool, QueueHandlerError> {
+        if !usable(queue) {
+            return Ok(false);
+        }
         let old_used = queue.next_used();
         let mut used = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {

@@ -196,6 +196,9 @@ impl NetQueueHandler {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, QueueHandlerError> {
+        if !usable(queue) {
+            return Ok(false);
+        }
         let old_used = queue.next_used();
         let event_idx = queue.event_idx_enabled();
         self.tx_throttled = None;
@@ -275,6 +278,9 @@ impl NetQueueHandler {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, QueueHandlerError> {
+        if !usable(queue) {
+            return Ok(false);
+        }
         let old_used = queue.next_used();
         self.rx_wait = None;
         // Chains returned unused (malformed) while posting buffers.
@@ -489,6 +495,11 @@ impl Offloads {
             tso6: csum && has_feature(features, VIRTIO_NET_F_GUEST_TSO6),
         }
     }
+}
+
+/// A queue the driver made ready, with a size (a queue built by hand may have neither).
+pub(crate) fn usable(queue: &Queue) -> bool {
+    queue.ready() && queue.size() > 0
 }
 
 /// Adds `(head, len)` used elements and only then moves the used index past all of them, so
