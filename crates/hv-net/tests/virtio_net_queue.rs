@@ -17,6 +17,7 @@ use hv_net::virtio_net::{
 use virtio_bindings::bindings::virtio_net::*;
 use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_net_common::*;
+use virtio_queue::QueueT;
 
 /// A handler over a datagram socket, and the peer end.
 fn handler(features: u64, vnet_hdr: bool) -> (NetQueueHandler, UnixDatagram) {
