@@ -1,12 +1,14 @@
 //! Property tests: random descriptor tables, avail rings and frames against the virtio-net queue
 //! handler. Whatever the guest puts there, the handler neither panics nor errors, returns no
 //! more chains than were offered, and writes guest memory only inside device-writable buffers
-//! and the used ring.
+//! and the used ring. The same holds for the control queue.
 
 mod virtio_net_common;
 
 use hv_mem::{GuestRam, MemoryConfig};
-use hv_net::virtio_net::{DatagramBackend, NetQueueHandler};
+use std::sync::Arc;
+
+use hv_net::virtio_net::{CtrlQueueHandler, DatagramBackend, NetMetrics, NetQueueHandler};
 use proptest::prelude::*;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_net_common::*;
@@ -154,5 +156,24 @@ proptest! {
         only_allowed_writes(&before, &after, &table, true).map_err(TestCaseError::fail)?;
         let st = h.metrics().snapshot();
         prop_assert!(st.rx_frames + st.rx_dropped <= frames.len() as u64);
+    }
+
+    #[test]
+    fn ctrl_survives_any_chain(
+        table in prop::collection::vec(desc(), 1..16),
+        heads in prop::collection::vec(0u16..QUEUE_SIZE + 2, 0..40),
+        garbage in prop::collection::vec(any::<u8>(), 0..4096),
+    ) {
+        let ram = GuestRam::new(&MemoryConfig::new(MEM)).unwrap();
+        ram.memory().write_slice(&garbage, GuestAddress(0x1_0000)).unwrap();
+        let mut q = setup(&ram, &table, &heads, false);
+        let mut h = CtrlQueueHandler::new(4, Arc::new(NetMetrics::default()));
+        let before = snapshot(&ram);
+        let mut applied = Vec::new();
+        h.process(&mut q.queue, ram.memory(), &mut |n| applied.push(n)).unwrap();
+        let after = snapshot(&ram);
+        prop_assert!(usize::from(q.used_idx()) <= heads.len());
+        prop_assert!(applied.iter().all(|&n| (1..=4).contains(&n)));
+        only_allowed_writes(&before, &after, &table, true).map_err(TestCaseError::fail)?;
     }
 }
