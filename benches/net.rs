@@ -4,6 +4,8 @@
 //!
 //! - `net_tx_64b`, `net_tx_1500b`, `net_rx_64b`, `net_rx_1500b`: a Unix datagram socket pair as
 //!   the wire (no root needed).
+//! - `..._null_batch32`: a backend that takes and makes frames without system calls, so only
+//!   the queue handler's own cost per frame is left.
 //! - `..._batch32`: 32 frames per kick and handler pass (frames per second); the others move
 //!   one frame per kick.
 //! - `net_tx_64b_tap`, ..., `net_rx_1500b_tap`: a real TAP with the vnet header inside a
@@ -14,6 +16,11 @@
 
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hv_mem::vm_memory::{Bytes, GuestAddress};
@@ -29,7 +36,9 @@ use hv_net::virtio_net::virtio_bindings::bindings::virtio_ring::{
 use hv_net::virtio_net::virtio_queue::desc::split::Descriptor;
 use hv_net::virtio_net::virtio_queue::desc::RawDescriptor;
 use hv_net::virtio_net::virtio_queue::{Queue, QueueT};
-use hv_net::virtio_net::{DatagramBackend, NetBackend, NetQueueHandler, TapBackend, NET_HDR_LEN};
+use hv_net::virtio_net::{
+    DatagramBackend, NetBackend, NetQueueHandler, Offloads, TapBackend, NET_HDR_LEN,
+};
 
 const QUEUE_SIZE: u16 = 256;
 const FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_MRG_RXBUF;
@@ -94,6 +103,48 @@ impl Peer for std::os::unix::net::UnixDatagram {
     fn recv(&self, buf: &mut [u8]) {
         std::os::unix::net::UnixDatagram::recv(self, buf).unwrap();
     }
+}
+
+/// A wire with nothing on it: sends vanish, and each `send` from the peer side makes one
+/// frame for the next `recv`. It leaves only the queue handler's own cost per frame.
+#[derive(Debug, Default, Clone)]
+struct NullWire(Arc<AtomicU64>);
+
+#[derive(Debug)]
+struct NullBackend {
+    pending: NullWire,
+    frame: Vec<u8>,
+}
+
+impl NetBackend for NullBackend {
+    fn raw_fd(&self) -> RawFd {
+        -1
+    }
+    fn has_vnet_hdr(&self) -> bool {
+        false
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let p = &self.pending.0;
+        if p.load(Ordering::Relaxed) == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        p.fetch_sub(1, Ordering::Relaxed);
+        buf[..self.frame.len()].copy_from_slice(&self.frame);
+        Ok(self.frame.len())
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
+        Ok(frame.len())
+    }
+    fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Peer for NullWire {
+    fn send(&self, _frame: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn recv(&self, _buf: &mut [u8]) {}
 }
 
 /// Frames per kick: 1 (latency-like: one kick, one pass, one frame) or a batch (throughput:
@@ -245,6 +296,11 @@ fn benches(c: &mut Criterion) {
         let (backend, peer) = DatagramBackend::pair(false).unwrap();
         bench_rx(c, &format!("net_rx_{tag}"), Box::new(backend), &peer, len, 1);
     }
+    let wire = NullWire::default();
+    let null = |len| Box::new(NullBackend { pending: wire.clone(), frame: frame(len) });
+    bench_tx(c, "net_tx_64b_null_batch32", null(64), None, 64, BATCH);
+    bench_rx(c, "net_rx_64b_null_batch32", null(64), &wire, 64, BATCH);
+    bench_rx(c, "net_rx_1500b_null_batch32", null(1500), &wire, 1500, BATCH);
     let (backend, peer) = DatagramBackend::pair(false).unwrap();
     bench_tx(c, "net_tx_64b_batch32", Box::new(backend), Some(&peer), 64, BATCH);
     let (backend, peer) = DatagramBackend::pair(false).unwrap();
