@@ -10,7 +10,9 @@
 //!
 //! `dev=D` picks the D-th virtio-blk device (default 0).
 
-use super::{arg, arg_u64, find, Buf, Transport, Virtqueue, DESC_F_NEXT, DESC_F_WRITE};
+use super::{
+    arg, arg_u64, find, Buf, Transport, Virtqueue, DESC_F_NEXT, DESC_F_WRITE, F_EVENT_IDX,
+};
 use crate::io::rdtsc;
 use crate::serial::{say, Line};
 
@@ -59,13 +61,13 @@ fn status_name(status: u8) -> &'static str {
 
 impl Blk {
     /// Finds the `dev`-th blk device and brings it up with one queue of at most `queue_size`.
-    fn open(cmdline: &[u8], queue_size: u16) -> Option<Blk> {
+    fn open(cmdline: &[u8], queue_size: u16, extra: u64) -> Option<Blk> {
         let dev = arg_u64(cmdline, b"dev", 0) as usize;
         let Some(transport) = find(cmdline).nth_of_type(VIRTIO_ID_BLOCK, dev) else {
             Line::new().s("blk: no virtio-blk device ").dec(dev as u64).print();
             return None;
         };
-        let setup = transport.init(F_RO | F_FLUSH).and_then(|features| {
+        let setup = transport.init(F_RO | F_FLUSH | extra).and_then(|features| {
             let queue = transport.setup_queue(0, queue_size)?;
             Ok((features, queue))
         });
@@ -116,7 +118,7 @@ impl Blk {
 
 /// `test=blk`.
 pub fn test(cmdline: &[u8]) {
-    let Some(mut blk) = Blk::open(cmdline, 16) else { return };
+    let Some(mut blk) = Blk::open(cmdline, 16, 0) else { return };
     let capacity = blk.capacity();
     Line::new().s("blk capacity=").dec(capacity).print();
     if blk.features & F_RO != 0 {
@@ -258,7 +260,12 @@ pub fn bench(cmdline: &[u8]) {
         return say("blk-bench: bs must be a multiple of 512, at most 4 MiB");
     }
     let count = arg_u64(cmdline, b"count", 1000);
-    let Some(mut blk) = Blk::open(cmdline, 128) else { return };
+    // EVENT_IDX (unless `event_idx=0`): the loop kicks only a device that went idle.
+    let extra = if arg_u64(cmdline, b"event_idx", 1) != 0 { F_EVENT_IDX } else { 0 };
+    let Some(mut blk) = Blk::open(cmdline, 128, extra) else { return };
+    if blk.features & F_EVENT_IDX != 0 {
+        blk.queue.use_event_idx();
+    }
     let capacity = blk.capacity();
     let bs_sectors = bs / SECTOR;
     let blocks = capacity / bs_sectors;
@@ -303,6 +310,8 @@ pub fn bench(cmdline: &[u8]) {
         .print();
 
     let mut next_block = 0u64;
+    // A power-of-two block count picks random blocks with a mask instead of a division.
+    let mask = if blocks.is_power_of_two() { blocks - 1 } else { 0 };
     let mut rng = arg_u64(cmdline, b"seed", 0x2545_f491_4f6c_dd1d) | 1;
     // Points slot `k` at the next block to transfer and queues it.
     let mut issue = |queue: &mut Virtqueue, k: u16| {
@@ -310,7 +319,11 @@ pub fn bench(cmdline: &[u8]) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            rng % blocks
+            if mask != 0 {
+                rng & mask
+            } else {
+                rng % blocks
+            }
         } else {
             let b = next_block;
             next_block = if b + 1 >= blocks { 0 } else { b + 1 };
@@ -333,8 +346,7 @@ pub fn bench(cmdline: &[u8]) {
         issue(&mut blk.queue, k);
         issued += 1;
     }
-    blk.queue.publish();
-    blk.queue.notify();
+    blk.queue.kick();
     let mut completed = 0u64;
     let mut errors = 0u64;
     let mut spins = 0u32;
@@ -344,7 +356,11 @@ pub fn bench(cmdline: &[u8]) {
         let mut refilled = false;
         while let Some(used) = blk.queue.pop_used_fixed() {
             completed += 1;
-            let k = used.id % s;
+            let k = used.id;
+            if k >= s {
+                errors += 1;
+                continue;
+            }
             // SAFETY: slot k's status byte, written by the device.
             if unsafe { core::ptr::read_volatile((stats + u64::from(k)) as *const u8) } != S_OK {
                 errors += 1;
@@ -356,8 +372,7 @@ pub fn bench(cmdline: &[u8]) {
             }
         }
         if refilled {
-            blk.queue.publish();
-            blk.queue.notify();
+            blk.queue.kick();
             spins = 0;
             continue;
         }

@@ -52,6 +52,8 @@ const S_FAILED: u32 = 128;
 
 /// VIRTIO_F_VERSION_1.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX: notifications suppressed through the rings' event fields.
+pub const F_EVENT_IDX: u64 = 1 << 29;
 
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
@@ -212,6 +214,8 @@ impl Transport {
             index,
             avail_idx: 0,
             last_used: 0,
+            kicked_idx: 0,
+            event_idx: false,
             free_head: 0,
             num_free: size,
         };
@@ -381,6 +385,10 @@ pub struct Virtqueue {
     avail_idx: u16,
     /// The next used index to read.
     last_used: u16,
+    /// The avail index at the last [`Self::kick`].
+    kicked_idx: u16,
+    /// EVENT_IDX was negotiated: [`Self::kick`] notifies only when the device asked for it.
+    event_idx: bool,
     free_head: u16,
     num_free: u16,
 }
@@ -427,6 +435,35 @@ impl Virtqueue {
         compiler_fence(Ordering::Release);
         // SAFETY: the avail ring's index field.
         unsafe { write_volatile((self.avail + 2) as *mut u16, self.avail_idx) };
+    }
+
+    /// Uses EVENT_IDX notification suppression in [`Self::kick`] (only if negotiated). The
+    /// driver's `used_event` stays 0, so a device interrupts at most once per 65536 buffers.
+    pub fn use_event_idx(&mut self) {
+        self.event_idx = true;
+    }
+
+    /// Publishes the pushed chains and notifies the device unless EVENT_IDX says it is still
+    /// working through the ring and will see them anyway (which saves a VM exit).
+    #[inline(always)]
+    pub fn kick(&mut self) {
+        self.publish();
+        let old = self.kicked_idx;
+        let new = self.avail_idx;
+        self.kicked_idx = new;
+        if self.event_idx {
+            // The index store must be visible before the avail_event load (store-load order
+            // needs a full barrier on x86): else a device going idle could miss our chains.
+            core::sync::atomic::fence(Ordering::SeqCst);
+            // SAFETY: avail_event sits after the used ring's entries, inside its allocation.
+            let event =
+                unsafe { read_volatile((self.used + 4 + 8 * u64::from(self.size)) as *const u16) };
+            // vring_need_event: notify if `event` lies in [old, new).
+            if new.wrapping_sub(event).wrapping_sub(1) >= new.wrapping_sub(old) {
+                return;
+            }
+        }
+        self.notify();
     }
 
     /// Tells the device there is new work in this queue (one MMIO write: a VM exit).
