@@ -68,15 +68,18 @@ int main(int argc, char **argv) {
     }
     int mmio = !strcmp(argv[1], "mmio");
     int vm = create(kvm, 0, &mem, &vcpu, &run);
-    /* At 0x1000, real mode: mov ecx, n; loop: out 0x10, al | mov [0xf000], al (MMIO: the
-       page is outside the memslot? no: use a second, absent range) ; dec ecx; jnz loop; hlt */
+    /* At 0x1000, real mode, the same loop the test guest runs for its exit benches:
+       mov ecx, n; mov dx, 0x6e1; loop: xor eax, eax; out dx, al (or mov [0], al with
+       ds = 0xf000, an address outside the memslot: an MMIO exit); dec ecx; jnz loop; hlt */
     uint8_t *p = (uint8_t *)mem + 0x1000;
     *p++ = 0x66; *p++ = 0xb9; memcpy(p, &n, 4); p += 4;          /* mov ecx, n */
+    *p++ = 0xba; *p++ = 0xe1; *p++ = 0x06;                       /* mov dx, 0x6e1 */
     uint8_t *loop = p;
-    if (mmio) {                                                  /* mov [0x0000], al with ds=0xf000 -> 0xf0000 */
-        *p++ = 0xa2; *p++ = 0x00; *p++ = 0x00;
+    if (mmio) {
+        *p++ = 0xa2; *p++ = 0x00; *p++ = 0x00;                   /* mov [0x0000], al */
     } else {
-        *p++ = 0xe6; *p++ = 0x10;                                /* out 0x10, al */
+        *p++ = 0x66; *p++ = 0x31; *p++ = 0xc0;                   /* xor eax, eax */
+        *p++ = 0xee;                                             /* out dx, al */
     }
     *p++ = 0x66; *p++ = 0x49;                                    /* dec ecx */
     *p++ = 0x75; *p = (uint8_t)(loop - (p + 1)); p++;            /* jnz loop */
