@@ -22,6 +22,8 @@ pub struct Fadt {
     pub flags: u32,
     /// PM1a control block I/O port (0 = none).
     pub pm1a_cnt: u32,
+    /// PM1a event block I/O port (status, then enable; 0 = none).
+    pub pm1a_evt: u32,
     /// X_SLEEP_CONTROL_REG, when the FADT is long enough to have it and it is set.
     pub sleep_control: Option<Gas>,
 }
@@ -144,5 +146,5 @@ fn parse_fadt(table: u64, len: u64) -> Fadt {
     } else {
         None
     };
-    Fadt { flags: field(112), pm1a_cnt: field(64), sleep_control }
+    Fadt { flags: field(112), pm1a_cnt: field(64), pm1a_evt: field(56), sleep_control }
 }

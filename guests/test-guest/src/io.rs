@@ -31,6 +31,17 @@ pub fn outw(port: u16, value: u16) {
     }
 }
 
+/// Reads 16 bits from an I/O port.
+#[inline(always)]
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as for `inb`.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// Writes 32 bits to an I/O port.
 #[inline(always)]
 pub fn outl(port: u16, value: u32) {

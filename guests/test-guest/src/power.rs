@@ -6,7 +6,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::acpi::Fadt;
-use crate::io::{halt_forever, io_delay, mmio_write8, outb, outw};
+use crate::io::{halt_forever, inw, io_delay, mmio_write8, outb, outw};
 
 /// FADT flags bit 20.
 const HW_REDUCED_ACPI: u32 = 1 << 20;
@@ -19,6 +19,10 @@ const SPACE_NONE: u8 = 0xff;
 static SLEEP_SPACE: AtomicU8 = AtomicU8::new(SPACE_NONE);
 static SLEEP_ADDR: AtomicU64 = AtomicU64::new(0);
 static PM1A_CNT: AtomicU32 = AtomicU32::new(0);
+static PM1A_EVT: AtomicU32 = AtomicU32::new(0);
+
+/// PWRBTN_STS in PM1 status, PWRBTN_EN in PM1 enable.
+const PWRBTN: u16 = 1 << 8;
 
 /// Remembers how to power off, from the FADT.
 pub fn init(fadt: Option<&Fadt>) {
@@ -30,6 +34,25 @@ pub fn init(fadt: Option<&Fadt>) {
         }
     }
     PM1A_CNT.store(fadt.pm1a_cnt, Ordering::Relaxed);
+    PM1A_EVT.store(fadt.pm1a_evt, Ordering::Relaxed);
+}
+
+/// Enables the ACPI fixed power-button event and polls for it (the way an OS would take it
+/// from the SCI), then acknowledges it. False when the FADT has no PM1a event block.
+pub fn wait_power_button() -> bool {
+    let evt = PM1A_EVT.load(Ordering::Relaxed);
+    if evt == 0 || evt > 0xfffd {
+        return false;
+    }
+    let (status, enable) = (evt as u16, evt as u16 + 2);
+    outw(enable, PWRBTN);
+    loop {
+        if inw(status) & PWRBTN != 0 {
+            outw(status, PWRBTN); // write one to clear
+            return true;
+        }
+        io_delay(100);
+    }
 }
 
 /// Resets through the i8042 controller (port 0x64, command 0xfe).

@@ -68,6 +68,14 @@ pub fn run(args: &Args, acpi: Option<&Acpi>, cmdline: &[u8]) {
             // the point of this test. Nothing runs after it.
             unsafe { core::arch::asm!("ud2", options(noreturn)) }
         }
+        b"power-button" => {
+            say("waiting for the power button");
+            if crate::power::wait_power_button() {
+                say("power button pressed");
+            } else {
+                say("no PM1a event block");
+            }
+        }
         b"hlt" => {
             say("halting");
             halt_forever()
