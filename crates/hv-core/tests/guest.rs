@@ -262,3 +262,19 @@ fn dirty_log_reports_pages_the_guest_wrote() {
     let e = guest("test=poweroff").0.build().unwrap().dirty_log().unwrap_err();
     assert!(matches!(e, Error::InvalidConfig { .. }));
 }
+
+#[test]
+fn shutdown_presses_the_acpi_power_button_and_the_guest_powers_off() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=power-button");
+    let mut vm = b.build().unwrap();
+    assert!(matches!(vm.shutdown(), Err(Error::InvalidState { state: VmState::Created, .. })));
+    vm.start().unwrap();
+    assert!(out.wait_for("hvtest: waiting for the power button", TIMEOUT), "{}", out.text());
+    // The status bit latches whether or not the guest has enabled the event yet (as in
+    // ACPI hardware), so one press is enough even if the guest is still setting up.
+    vm.shutdown().unwrap();
+    let r = vm.wait_timeout(TIMEOUT).expect("the guest powers off");
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    assert!(out.text().contains("hvtest: power button pressed"), "{}", out.text());
+}
