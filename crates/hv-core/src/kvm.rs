@@ -86,11 +86,17 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 impl Hypervisor {
     /// Opens `/dev/kvm` and checks the API version and required capabilities.
     pub fn open() -> Result<Self, Error> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
+        Self::open_path(c"/dev/kvm")
+    }
+
+    /// Opens a KVM device at another path (a device node passed into a container, say).
+    pub fn open_path(path: &std::ffi::CStr) -> Result<Self, Error> {
+        let kvm = Kvm::new_with_path(path).map_err(|e| match e.errno() {
             libc::ENOENT => Error::Missing,
             libc::EACCES | libc::EPERM => Error::PermissionDenied,
             _ => Error::Open(std::io::Error::from_raw_os_error(e.errno())),
         })?;
+        // A file that is not a KVM device answers the ioctl with an error (-1).
         let version = kvm.get_api_version();
         if version != 12 {
             return Err(Error::ApiVersion(version));
@@ -135,5 +141,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!HostKind::Pvm.is_hardware_virt());
         assert!(HostKind::Svm.is_hardware_virt());
+    }
+
+    #[test]
+    fn open_errors_say_what_is_wrong() {
+        assert!(matches!(Hypervisor::open_path(c"/nonexistent/kvm"), Err(Error::Missing)));
+        // A device that is not KVM fails the API-version check.
+        assert!(matches!(Hypervisor::open_path(c"/dev/null"), Err(Error::ApiVersion(-1))));
+        let msg = Error::PermissionDenied.to_string();
+        assert!(msg.contains("kvm group"), "{msg}");
     }
 }
