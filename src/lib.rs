@@ -11,6 +11,11 @@
 //! | [`net`] | `hv-net` | TAP, bridges, NAT/isolated networks, virtio-net |
 //! | [`orchestrator`] | `hv-orchestrator` | a multi-tenant control plane |
 
+// The README's examples compile as doctests of this crate.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use hv_core as core;
 pub use hv_mem as mem;
 pub use hv_net as net;
