@@ -278,3 +278,60 @@ fn shutdown_presses_the_acpi_power_button_and_the_guest_powers_off() {
     assert!(matches!(r, ExitReason::PoweredOff), "{r}");
     assert!(out.text().contains("hvtest: power button pressed"), "{}", out.text());
 }
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Reserves `pages` more 2 MiB huge pages for the test (needs root). Returns the previous pool
+/// size to restore, or `None` if the host cannot provide them.
+fn reserve_hugepages(pages: u64) -> Option<u64> {
+    let now: u64 =
+        std::fs::read_to_string(NR_HUGEPAGES).ok().and_then(|s| s.trim().parse().ok())?;
+    std::fs::write(NR_HUGEPAGES, (now + pages).to_string()).ok()?;
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if free < pages {
+        let _ = std::fs::write(NR_HUGEPAGES, now.to_string());
+        return None;
+    }
+    Some(now)
+}
+
+#[test]
+fn guests_run_on_every_memory_backing() {
+    use hv_core::hv_mem::{Backing, HugePageSize, MemoryConfig};
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let mut configs = vec![
+        ("memfd", MemoryConfig::new(64 << 20).backing(Backing::Memfd)),
+        ("thp+ksm", MemoryConfig::new(64 << 20).transparent_hugepages(true).mergeable(true)),
+    ];
+    let restore = if hv_test_support::is_root() { reserve_hugepages(32) } else { None };
+    if restore.is_some() {
+        configs.push((
+            "hugetlb 2M",
+            MemoryConfig::new(64 << 20).backing(Backing::HugeTlb(HugePageSize::Size2M)),
+        ));
+    } else {
+        require!(false, "cannot reserve 2 MiB huge pages (needs root)");
+    }
+    for (name, config) in configs {
+        let (b, out) = guest("test=smp");
+        let mut vm = b.memory(config).vcpus(2).build().unwrap_or_else(|e| panic!("{name}: {e}"));
+        vm.start().unwrap();
+        let r = vm.wait_timeout(TIMEOUT).unwrap();
+        assert!(matches!(r, ExitReason::PoweredOff), "{name}: {r}");
+        assert!(out.text().contains("hvtest: smp ok 2"), "{name}: {}", out.text());
+        let usage = vm.ram().usage().unwrap();
+        assert_eq!(usage.reserved_bytes, 64 << 20, "{name}");
+        assert!(usage.resident_bytes > 0 && usage.resident_bytes < 64 << 20, "{name}: {usage:?}");
+    }
+    if let Some(previous) = restore {
+        let _ = std::fs::write(NR_HUGEPAGES, previous.to_string());
+    }
+}
