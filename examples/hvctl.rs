@@ -11,6 +11,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "hvctl/args.rs"]
+mod args;
 #[path = "hvctl/net.rs"]
 mod net;
 #[path = "hvctl/storage.rs"]

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hv::net::network::{NetworkDef, NetworkInfo, NetworkManager, NetworkMode, NetworkState};
 use hv::net::{Ipv4Cidr, MacAddr};
 
+use crate::args::Args;
 use crate::VerbResult;
 
 /// `(verb, one-line help)` for each verb this module handles (`net-dhcp-serve` is hidden).
@@ -31,61 +32,13 @@ pub const VERBS: &[(&str, &str)] = &[
 /// How long `net-start` waits for the DHCP process to bind its socket.
 const DHCP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parsed command line: positionals, `--flag value` options (repeatable) and switches.
-struct Args {
-    pos: Vec<String>,
-    opts: Vec<(String, String)>,
-    switches: Vec<String>,
-}
-
 /// Options that take a value; every other `--x` is a switch.
 const VALUED: &[&str] = &["--mode", "--bridge", "--ip", "--dhcp-range", "--dhcp-host", "--mac"];
 
-impl Args {
-    fn parse(args: &[String], switches_ok: &[&str]) -> Result<Args, String> {
-        let mut a = Args { pos: vec![], opts: vec![], switches: vec![] };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if let Some((k, v)) = arg.split_once('=').filter(|(k, _)| VALUED.contains(k)) {
-                a.opts.push((k.to_string(), v.to_string()));
-            } else if VALUED.contains(&arg.as_str()) {
-                let v = it.next().ok_or_else(|| format!("option '{arg}' needs a value"))?;
-                a.opts.push((arg.clone(), v.clone()));
-            } else if arg.starts_with("--") {
-                if !switches_ok.contains(&arg.as_str()) {
-                    return Err(format!("unknown option '{arg}'"));
-                }
-                a.switches.push(arg.clone());
-            } else {
-                a.pos.push(arg.clone());
-            }
-        }
-        Ok(a)
-    }
-
-    fn opt(&self, name: &str) -> Option<&str> {
-        self.opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.opts.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
-    }
-
-    fn has(&self, switch: &str) -> bool {
-        self.switches.iter().any(|s| s == switch)
-    }
-
-    /// The single positional network name; `allowed` are the options this verb takes.
-    fn name(&self, allowed: &[&str]) -> Result<&str, String> {
-        if let Some((k, _)) = self.opts.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            return Err(format!("option '{k}' does not apply here"));
-        }
-        match self.pos.as_slice() {
-            [n] => Ok(n),
-            [] => Err("missing network name".into()),
-            [_, extra, ..] => Err(format!("unexpected argument '{extra}'")),
-        }
-    }
+/// The single positional network name; `allowed` are the options this verb takes.
+fn name<'a>(a: &'a Args, allowed: &[&str]) -> Result<&'a str, String> {
+    a.check_known(allowed, 1)?;
+    a.arg(0, "--network", "network name")
 }
 
 /// Runs `verb` if it is a network verb; `None` when it is not ours.
@@ -101,17 +54,17 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
         "net-list" => &["--all", "--inactive"],
         _ => &[],
     };
-    let a = Args::parse(args, switches)?;
+    let a = Args::parse(args, VALUED, switches)?;
     let mgr = NetworkManager::open(state_dir).map_err(|e| e.to_string())?;
     match verb {
         "net-define" => {
-            let name = a.name(&["--mode", "--bridge", "--ip", "--dhcp-range", "--dhcp-host"])?;
+            let name = name(&a, &["--mode", "--bridge", "--ip", "--dhcp-range", "--dhcp-host"])?;
             let def = definition(name, &a)?;
             mgr.define(def).map_err(|e| e.to_string())?;
             println!("Network {name} defined");
         }
         "net-start" => {
-            let name = a.name(&[])?;
+            let name = name(&a, &[])?;
             let info = mgr.start(name).map_err(|e| e.to_string())?;
             if let Err(e) = start_dhcp_process(state_dir, &mgr, &info) {
                 let _ = mgr.destroy(name);
@@ -120,19 +73,17 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             println!("Network {name} started");
         }
         "net-destroy" => {
-            let name = a.name(&[])?;
+            let name = name(&a, &[])?;
             mgr.destroy(name).map_err(|e| e.to_string())?;
             println!("Network {name} destroyed");
         }
         "net-undefine" => {
-            let name = a.name(&[])?;
+            let name = name(&a, &[])?;
             mgr.undefine(name).map_err(|e| e.to_string())?;
             println!("Network {name} has been undefined");
         }
         "net-list" => {
-            if !a.pos.is_empty() {
-                return Err(format!("unexpected argument '{}'", a.pos[0]));
-            }
+            a.check_known(&[], 0)?;
             let (all, inactive) = (a.has("--all"), a.has("--inactive"));
             let rows: Vec<Vec<String>> = mgr
                 .list()
@@ -147,11 +98,11 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             print_table(&["Name", "State", "Autostart", "Persistent"], &rows);
         }
         "net-info" => {
-            let name = a.name(&[])?;
+            let name = name(&a, &[])?;
             print_info(&mgr.info(name).map_err(|e| e.to_string())?);
         }
         "net-dhcp-leases" => {
-            let name = a.name(&["--mac"])?;
+            let name = name(&a, &["--mac"])?;
             let mac: Option<MacAddr> = match a.opt("--mac") {
                 Some(m) => Some(m.parse().map_err(|e| format!("--mac: {e}"))?),
                 None => None,
@@ -187,7 +138,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             );
         }
         "net-dhcp-serve" => {
-            let name = a.name(&[])?;
+            let name = name(&a, &[])?;
             mgr.run_dhcp_daemon(name).map_err(|e| e.to_string())?;
         }
         _ => return Err(format!("unknown verb '{verb}' (see 'hvctl help')")),

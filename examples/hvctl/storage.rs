@@ -8,6 +8,7 @@ use hv::storage::pool::{
     BuildFlags, Pool, PoolDef, PoolKind, PoolManager, ResizeFlags, VolFormat, VolumeSpec,
 };
 
+use crate::args::Args;
 use crate::VerbResult;
 
 /// `(verb, one-line help)` for each verb this module handles.
@@ -39,13 +40,6 @@ pub const VERBS: &[(&str, &str)] = &[
     ("vol-wipe", "VOL --pool POOL: make the volume read as zeroes"),
 ];
 
-/// Parsed command line: positionals, `--flag value` options (repeatable) and switches.
-struct Args {
-    pos: Vec<String>,
-    opts: Vec<(String, String)>,
-    switches: Vec<String>,
-}
-
 /// Options that take a value; every other `--x` is a switch.
 const VALUED: &[&str] = &[
     "--target",
@@ -60,62 +54,9 @@ const VALUED: &[&str] = &[
     "--capacity",
 ];
 
-impl Args {
-    fn parse(args: &[String], switches_ok: &[&str]) -> Result<Args, String> {
-        let mut a = Args { pos: vec![], opts: vec![], switches: vec![] };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if let Some((k, v)) = arg.split_once('=').filter(|(k, _)| k.starts_with("--")) {
-                a.opts.push((k.to_string(), v.to_string()));
-            } else if VALUED.contains(&arg.as_str()) {
-                let v = it.next().ok_or_else(|| format!("option '{arg}' needs a value"))?;
-                a.opts.push((arg.clone(), v.clone()));
-            } else if arg.starts_with("--") {
-                if !switches_ok.contains(&arg.as_str()) {
-                    return Err(format!("unknown option '{arg}'"));
-                }
-                a.switches.push(arg.clone());
-            } else {
-                a.pos.push(arg.clone());
-            }
-        }
-        Ok(a)
-    }
-
-    fn opt(&self, name: &str) -> Option<&str> {
-        self.opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.opts.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
-    }
-
-    fn has(&self, switch: &str) -> bool {
-        self.switches.iter().any(|s| s == switch)
-    }
-
-    /// Positional `i` or option `name` (virsh accepts both for most arguments).
-    fn arg(&self, i: usize, name: &str, what: &str) -> Result<&str, String> {
-        self.pos
-            .get(i)
-            .map(String::as_str)
-            .or_else(|| self.opt(name))
-            .ok_or_else(|| format!("missing {what}"))
-    }
-
-    fn pool(&self) -> Result<&str, String> {
-        self.opt("--pool").ok_or_else(|| "missing --pool POOL".to_string())
-    }
-
-    fn check_known(&self, allowed: &[&str], max_pos: usize) -> Result<(), String> {
-        if let Some((k, _)) = self.opts.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            return Err(format!("unknown option '{k}'"));
-        }
-        if self.pos.len() > max_pos {
-            return Err(format!("unexpected argument '{}'", self.pos[max_pos]));
-        }
-        Ok(())
-    }
+/// The `--pool POOL` every vol-* verb takes.
+fn pool(a: &Args) -> Result<&str, String> {
+    a.opt("--pool").ok_or_else(|| "missing --pool POOL".to_string())
 }
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -138,7 +79,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
         "vol-resize" => &["--shrink", "--delta"],
         _ => &[],
     };
-    let a = Args::parse(args, switches)?;
+    let a = Args::parse(args, VALUED, switches)?;
     let mgr = PoolManager::new(state_dir).map_err(|e| e.to_string())?;
     let e = |e: hv::storage::pool::PoolError| e.to_string();
     match verb {
@@ -335,7 +276,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
         "vol-info" | "vol-path" | "vol-delete" | "vol-wipe" => {
             a.check_known(&["--pool", "--vol"], 1)?;
             let vol = a.arg(0, "--vol", "volume name")?;
-            let mut pool = mgr.open(a.pool()?).map_err(e)?;
+            let mut pool = mgr.open(pool(&a)?).map_err(e)?;
             match verb {
                 "vol-info" => {
                     let v = pool.volume_info(vol).map_err(e)?;
@@ -363,7 +304,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             a.check_known(&["--pool", "--vol", "--capacity"], 2)?;
             let vol = a.arg(0, "--vol", "volume name")?;
             let text = a.arg(1, "--capacity", "capacity")?;
-            let mut pool = mgr.open(a.pool()?).map_err(e)?;
+            let mut pool = mgr.open(pool(&a)?).map_err(e)?;
             let current = pool.volume_info(vol).map_err(e)?.capacity;
             let (negative, text) = match text.strip_prefix('-') {
                 Some(t) => (true, t),
@@ -384,7 +325,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             a.check_known(&["--pool", "--vol", "--newname"], 2)?;
             let vol = a.arg(0, "--vol", "volume name")?;
             let new = a.arg(1, "--newname", "new volume name")?;
-            let mut pool = mgr.open(a.pool()?).map_err(e)?;
+            let mut pool = mgr.open(pool(&a)?).map_err(e)?;
             pool.clone_volume(vol, new).map_err(e)?;
             println!("Vol {new} cloned from {vol}");
         }
@@ -392,7 +333,7 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
             a.check_known(&["--pool", "--vol", "--file"], 2)?;
             let vol = a.arg(0, "--vol", "volume name")?;
             let file = a.arg(1, "--file", "file")?;
-            let mut pool = mgr.open(a.pool()?).map_err(e)?;
+            let mut pool = mgr.open(pool(&a)?).map_err(e)?;
             if verb == "vol-upload" {
                 let mut f =
                     File::open(file).map_err(|err| format!("cannot open '{file}': {err}"))?;
