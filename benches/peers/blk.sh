@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side virtio-blk throughput: the same test guest (guests/test-guest, `test=blk-bench`)
-# under hv (examples/boot_linux --disk) and under QEMU (-M microvm, virtio-mmio v2 disk), on
-# the same image file in /dev/shm (page cache: no device noise), raw and qcow2.
+# under hv (examples/boot_linux --disk) and under QEMU (-M microvm, virtio-mmio v2 disk; with
+# its defaults, and with aio=io_uring), on the same image file in /dev/shm (page cache: no
+# device noise), raw and qcow2.
 #
 #   benches/peers/blk.sh                 # 3 runs of each case
 #   RUNS=5 SIZE_MIB=1024 benches/peers/blk.sh
@@ -10,7 +11,7 @@
 # time from `hvtest: blk-bench start ...` to `hvtest: blk-bench done N`, so VMM start-up and
 # guest boot are left out. Sequential read/write: 1 MiB requests (MiB/s); random read: 4 KiB
 # requests (IOPS). The guest keeps up to 16 (1 MiB) or 32 (4 KiB) requests in flight and polls
-# the used ring (no interrupts). The medians of RUNS runs are printed; every run is in the log.
+# the used ring (no interrupts) from a CPL3 loop (native on PVM hosts, where CPL0 is emulated). The medians of RUNS runs are printed; every run is in the log.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,8 +20,8 @@ SIZE_MIB=${SIZE_MIB:-512}
 WORK=${WORK:-/dev/shm/hv-blk-bench.$$}
 LOG=${LOG:-$ROOT/target/peers-blk.log}
 QEMU=${QEMU:-qemu-system-x86_64}
-SEQ_COUNT=${SEQ_COUNT:-2048}     # 1 MiB requests per sequential run
-RAND_COUNT=${RAND_COUNT:-60000}  # 4 KiB requests per random-read run
+SEQ_COUNT=${SEQ_COUNT:-8192}      # 1 MiB requests per sequential run
+RAND_COUNT=${RAND_COUNT:-400000}  # 4 KiB requests per random-read run
 
 for tool in "$QEMU" qemu-img cargo; do
     command -v "$tool" >/dev/null || { echo "blk.sh: $tool is not installed" >&2; exit 2; }
@@ -52,6 +53,8 @@ stamp() {
 run() {
     local vmm=$1 fmt=$2 args=$3 out
     local cmdline="test=blk-bench $args"
+    local aio=""
+    [ "$vmm" = qemu-uring ] && aio=",aio=io_uring"
     if [ "$vmm" = hv ]; then
         out=$(timeout 300 "$HV" --kernel "$GUEST" --mem-mib 128 --cmdline "$cmdline" \
             --disk "$WORK/disk.$fmt,format=$fmt" 2>&1 | stamp) || true
@@ -59,7 +62,7 @@ run() {
         out=$(timeout 300 "$QEMU" -M microvm,acpi=on -accel kvm -m 128 -smp 1 -nographic \
             -no-reboot -nodefaults -serial stdio -kernel "$GUEST" -append "$cmdline" \
             -global virtio-mmio.force-legacy=false \
-            -drive "id=d0,file=$WORK/disk.$fmt,format=$fmt,if=none" \
+            -drive "id=d0,file=$WORK/disk.$fmt,format=$fmt,if=none$aio" \
             -device virtio-blk-device,drive=d0 2>&1 | stamp) || true
     fi
     printf '=== %s %s %s\n%s\n' "$vmm" "$fmt" "$args" "$out" >>"$LOG"
@@ -82,7 +85,7 @@ CASES=("seqread:mode=seqread bs=1048576 count=$SEQ_COUNT:$SEQ_COUNT:1048576"
 for fmt in raw qcow2; do
     for case in "${CASES[@]}"; do
         IFS=: read -r name args count bs <<<"$case"
-        for vmm in hv qemu; do
+        for vmm in hv qemu qemu-uring; do
             vals=()
             for ((i = 0; i < RUNS; i++)); do
                 t=$(run "$vmm" "$fmt" "$args")
@@ -103,7 +106,8 @@ for fmt in raw qcow2; do
     done
 done
 
-printf '\n%-7s %-22s %12s %12s %8s\n' format metric hv qemu hv/qemu
+printf '\n%-7s %-22s %10s %10s %10s %9s %9s\n' format metric hv qemu qemu-uring hv/qemu hv/uring
+ratio() { awk -v h="$1" -v q="$2" 'BEGIN {if (q + 0 > 0) printf "%.2f", h / q; else print "-"}'; }
 for fmt in raw qcow2; do
     for name in seqread seqwrite randread; do
         case $name in
@@ -111,9 +115,9 @@ for fmt in raw qcow2; do
             seqwrite) metric="seq write 1M (MiB/s)" ;;
             randread) metric="rand read 4K (IOPS)" ;;
         esac
-        h=${RESULT[hv,$fmt,$name]} q=${RESULT[qemu,$fmt,$name]}
-        ratio=$(awk -v h="$h" -v q="$q" 'BEGIN {if (q + 0 > 0) printf "%.2f", h / q; else print "-"}')
-        printf '%-7s %-22s %12s %12s %8s\n' "$fmt" "$metric" "$h" "$q" "$ratio"
+        h=${RESULT[hv,$fmt,$name]} q=${RESULT[qemu,$fmt,$name]} u=${RESULT[qemu-uring,$fmt,$name]}
+        printf '%-7s %-22s %10s %10s %10s %9s %9s\n' "$fmt" "$metric" "$h" "$q" "$u" \
+            "$(ratio "$h" "$q")" "$(ratio "$h" "$u")"
     done
 done
 echo "(medians of $RUNS runs; ${SIZE_MIB} MiB image in /dev/shm; log: $LOG)"

@@ -302,17 +302,21 @@ fn second_disk_is_picked_with_dev_and_the_bench_loop_completes() {
         let opts = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
         dev(open_disk(&p, opts).unwrap(), name)
     };
-    for (mode, bs) in [("randread", 4096), ("seqwrite", 65536), ("seqread", 1 << 20)] {
+    // The request loop runs at CPL3 by default (native on PVM hosts), at CPL0 with cpl3=0.
+    for (mode, bs, cpl) in [("randread", 4096, 3), ("seqwrite", 65536, 3), ("seqread", 1 << 20, 0)]
+    {
         let (r, lines) = run_guest(
             vec![mk("first"), mk("second")],
-            &format!("test=blk-bench dev=1 mode={mode} bs={bs} count=100"),
+            &format!("test=blk-bench dev=1 mode={mode} bs={bs} count=100 cpl3={}", cpl / 3),
         );
         assert!(matches!(r, ExitReason::PoweredOff), "{r}: {lines:#?}");
-        assert!(lines
-            .iter()
-            .any(|l| l.starts_with(&format!("blk-bench start mode={mode} bs={bs}"))));
+        let start = format!("blk-bench start mode={mode} bs={bs}");
+        assert!(lines.iter().any(|l| l.starts_with(&start)), "{lines:#?}");
         assert!(lines.contains(&"blk-bench done 100".to_string()), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("blk-bench errors=0 ")), "{lines:#?}");
+        let errors =
+            lines.iter().find(|l| l.starts_with("blk-bench errors=")).expect("errors line");
+        assert!(errors.starts_with("blk-bench errors=0 "), "{lines:#?}");
+        assert!(errors.ends_with(&format!(" cpl={cpl}")), "{lines:#?}");
     }
     let (_, lines) = run_guest(vec![mk("only")], "test=blk dev=1");
     assert!(lines.contains(&"blk: no virtio-blk device 1".to_string()), "{lines:#?}");

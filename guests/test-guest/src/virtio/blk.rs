@@ -3,10 +3,13 @@
 //! - `test=blk [dev=D] [sector=S] [count=C] [seed=N]`: prints the capacity (config space) and
 //!   the serial (GET_ID), writes a pattern ([`pattern_word`]) to C sectors at S, FLUSHes, reads
 //!   them back and compares.
-//! - `test=blk-bench [dev=D] mode=seqread|seqwrite|randread bs=B count=N [depth=Q]`: N
-//!   requests of B bytes, up to Q in flight (default: as many as fit 16 MiB, at most 32), each
-//!   slot a fixed three-descriptor chain so the per-request loop stays a few dozen
-//!   instructions (this loop runs at CPL0, emulated on PVM hosts).
+//! - `test=blk-bench [dev=D] mode=seqread|seqwrite|randread bs=B count=N [depth=Q] [cpl3=0]
+//!   [event_idx=0] [seed=N]`: N requests of B bytes, up to Q in flight (default: as many as
+//!   fit 16 MiB, at most 32), each slot a fixed three-descriptor chain; the used ring is polled
+//!   and, with EVENT_IDX, the device is kicked only when it has gone idle. The request loop runs
+//!   at CPL3 ([`super::ring3`]; native on PVM hosts, where CPL0 is emulated at ~4 MIPS) unless
+//!   `cpl3=0`. Prints `blk-bench start ...`, `blk-bench done N` and
+//!   `blk-bench errors=E tsc=T cpl=3|0`; the host times the first two lines.
 //!
 //! `dev=D` picks the D-th virtio-blk device (default 0).
 
@@ -308,71 +311,137 @@ pub fn bench(cmdline: &[u8]) {
         .s(" depth=")
         .dec(slots)
         .print();
+    // The loop runs at CPL3 unless `cpl3=0` (native on PVM hosts, where CPL0 is emulated).
+    let cpl3 = arg_u64(cmdline, b"cpl3", 1) != 0;
 
-    let mut next_block = 0u64;
-    // A power-of-two block count picks random blocks with a mask instead of a division.
-    let mask = if blocks.is_power_of_two() { blocks - 1 } else { 0 };
-    let mut rng = arg_u64(cmdline, b"seed", 0x2545_f491_4f6c_dd1d) | 1;
-    // Points slot `k` at the next block to transfer and queues it.
-    let mut issue = |queue: &mut Virtqueue, k: u16| {
-        let block = if mode == Mode::RandRead {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            if mask != 0 {
-                rng & mask
+    let ctx = LoopCtx {
+        queue: &mut blk.queue,
+        hdrs,
+        stats,
+        slots: s,
+        random: mode == Mode::RandRead,
+        bs_sectors,
+        blocks,
+        // A power-of-two block count picks random blocks with a mask instead of a division.
+        mask: if blocks.is_power_of_two() { blocks - 1 } else { 0 },
+        rng: arg_u64(cmdline, b"seed", 0x2545_f491_4f6c_dd1d) | 1,
+        next_block: 0,
+        count,
+        completed: 0,
+        errors: 0,
+        ticks: 0,
+        timed_out: false,
+    };
+    let mut ctx = ctx;
+    let ran_at_cpl3 = cpl3 && super::ring3::run_at_cpl3(loop_at_cpl3, &raw mut ctx as u64);
+    if !ran_at_cpl3 {
+        run_loop(&mut ctx);
+    }
+    if ctx.timed_out {
+        Line::new().s("blk-bench: timed out after ").dec(ctx.completed).s(" requests").print();
+        return;
+    }
+    Line::new().s("blk-bench done ").dec(ctx.completed).print();
+    Line::new()
+        .s("blk-bench errors=")
+        .dec(ctx.errors)
+        .s(" tsc=")
+        .dec(ctx.ticks)
+        .s(if ran_at_cpl3 { " cpl=3" } else { " cpl=0" })
+        .print();
+}
+
+/// What the request loop works on; it runs at CPL0 or CPL3, so it only touches memory and
+/// device registers (no port I/O, no printing).
+struct LoopCtx<'a> {
+    queue: &'a mut Virtqueue,
+    hdrs: u64,
+    stats: u64,
+    slots: u16,
+    random: bool,
+    bs_sectors: u64,
+    blocks: u64,
+    mask: u64,
+    rng: u64,
+    next_block: u64,
+    count: u64,
+    completed: u64,
+    errors: u64,
+    ticks: u64,
+    timed_out: bool,
+}
+
+impl LoopCtx<'_> {
+    /// Points slot `k` at the next block to transfer and queues it.
+    #[inline(always)]
+    fn issue(&mut self, k: u16) {
+        let block = if self.random {
+            let mut x = self.rng;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.rng = x;
+            if self.mask != 0 {
+                x & self.mask
             } else {
-                rng % blocks
+                x % self.blocks
             }
         } else {
-            let b = next_block;
-            next_block = if b + 1 >= blocks { 0 } else { b + 1 };
+            let b = self.next_block;
+            self.next_block = if b + 1 >= self.blocks { 0 } else { b + 1 };
             b
         };
         // SAFETY: slot k's header and status byte, arena memory of this benchmark.
         unsafe {
             core::ptr::write_volatile(
-                (hdrs + 16 * u64::from(k) + 8) as *mut u64,
-                block * bs_sectors,
+                (self.hdrs + 16 * u64::from(k) + 8) as *mut u64,
+                block * self.bs_sectors,
             );
-            core::ptr::write_volatile((stats + u64::from(k)) as *mut u8, 0xff);
+            core::ptr::write_volatile((self.stats + u64::from(k)) as *mut u8, 0xff);
         }
-        queue.push_avail(k);
-    };
+        self.queue.push_avail(k);
+    }
+}
 
+extern "C" fn loop_at_cpl3(ctx: u64) -> ! {
+    // SAFETY: `bench` passes a pointer to its LoopCtx, alive until run_at_cpl3 returns.
+    run_loop(unsafe { &mut *(ctx as *mut LoopCtx<'_>) });
+    super::ring3::finish()
+}
+
+/// Issues `count` requests, `slots` in flight, and waits for them all.
+fn run_loop(c: &mut LoopCtx<'_>) {
     let start = rdtsc();
     let mut issued = 0u64;
-    for k in 0..s {
-        issue(&mut blk.queue, k);
+    for k in 0..c.slots {
+        c.issue(k);
         issued += 1;
     }
-    blk.queue.kick();
-    let mut completed = 0u64;
-    let mut errors = 0u64;
+    c.queue.kick();
     let mut spins = 0u32;
     let mut last_progress = start;
     let mut seen = 0u64;
-    while completed < count {
+    while c.completed < c.count {
         let mut refilled = false;
-        while let Some(used) = blk.queue.pop_used_fixed() {
-            completed += 1;
+        while let Some(used) = c.queue.pop_used_fixed() {
+            c.completed += 1;
             let k = used.id;
-            if k >= s {
-                errors += 1;
+            if k >= c.slots {
+                c.errors += 1;
                 continue;
             }
             // SAFETY: slot k's status byte, written by the device.
-            if unsafe { core::ptr::read_volatile((stats + u64::from(k)) as *const u8) } != S_OK {
-                errors += 1;
+            if unsafe { core::ptr::read_volatile((c.stats + u64::from(k)) as *const u8) } != S_OK {
+                c.errors += 1;
             }
-            if issued < count {
-                issue(&mut blk.queue, k);
+            if issued < c.count {
+                c.issue(k);
                 issued += 1;
                 refilled = true;
             }
         }
         if refilled {
-            blk.queue.kick();
+            c.queue.kick();
             spins = 0;
             continue;
         }
@@ -380,17 +449,15 @@ pub fn bench(cmdline: &[u8]) {
         if spins & 0xffff == 0 {
             // Nothing came back for a while: re-notify (a lost kick), give up after a minute.
             let now = rdtsc();
-            if completed != seen {
-                seen = completed;
+            if c.completed != seen {
+                seen = c.completed;
                 last_progress = now;
             } else if now.wrapping_sub(last_progress) > REQUEST_TICKS {
-                Line::new().s("blk-bench: timed out after ").dec(completed).s(" requests").print();
-                return;
+                c.timed_out = true;
+                break;
             }
-            blk.queue.notify();
+            c.queue.notify();
         }
     }
-    let ticks = rdtsc().wrapping_sub(start);
-    Line::new().s("blk-bench done ").dec(completed).print();
-    Line::new().s("blk-bench errors=").dec(errors).s(" tsc=").dec(ticks).print();
+    c.ticks = rdtsc().wrapping_sub(start);
 }

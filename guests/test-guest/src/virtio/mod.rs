@@ -11,10 +11,13 @@
 //!   uses ([`Virtqueue::write_desc`], [`Virtqueue::push_avail`], [`Virtqueue::publish`],
 //!   [`Virtqueue::pop_used_fixed`]).
 //!
-//! Device drivers sit on top: [`blk`]. Everything runs on the BSP at CPL0; memory is
-//! identity-mapped, so guest-physical addresses are pointers.
+//! Device drivers sit on top: [`blk`]. Everything runs on the BSP, at CPL0, or at CPL3 for a
+//! request loop ([`ring3`]); memory is identity-mapped, so guest-physical addresses are
+//! pointers. [`Virtqueue::kick`] uses EVENT_IDX when the driver negotiated it.
 
 pub mod blk;
+pub mod net;
+pub mod ring3;
 
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{compiler_fence, AtomicU64, Ordering};
