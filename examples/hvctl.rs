@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[path = "hvctl/args.rs"]
-mod args;
+#[path = "hvctl/cli.rs"]
+mod cli;
 #[path = "hvctl/net.rs"]
 mod net;
 #[path = "hvctl/storage.rs"]

@@ -1,5 +1,5 @@
-//! The command-line shape every hvctl verb shares: positionals, `--option value` (or
-//! `--option=value`, repeatable) and `--switch`es, as virsh takes them.
+//! What every hvctl verb shares: the command-line shape virsh takes (positionals,
+//! `--option value` or `--option=value`, repeatable, and `--switch`es) and virsh's tables.
 
 /// A verb's parsed arguments.
 pub struct Args {
@@ -66,4 +66,24 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Prints a table the way virsh does: a leading space, columns padded, a dashed rule.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!(" {}", s.join("   ").trim_end());
+    };
+    line(headers.to_vec());
+    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 3 * (widths.len() - 1) + 2));
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    println!();
 }

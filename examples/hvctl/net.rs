@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hv::net::network::{NetworkDef, NetworkInfo, NetworkManager, NetworkMode, NetworkState};
 use hv::net::{Ipv4Cidr, MacAddr};
 
-use crate::args::Args;
+use crate::cli::{print_table, Args};
 use crate::VerbResult;
 
 /// `(verb, one-line help)` for each verb this module handles (`net-dhcp-serve` is hidden).
@@ -268,24 +268,4 @@ fn utc(t: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Prints a table the way virsh does: a leading space, columns padded, a dashed rule.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!(" {}", s.join("   ").trim_end());
-    };
-    line(headers.to_vec());
-    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 3 * (widths.len() - 1) + 2));
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    println!();
 }
