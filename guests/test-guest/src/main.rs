@@ -9,6 +9,7 @@ mod boot;
 mod idt;
 mod io;
 mod mem;
+mod net;
 mod power;
 mod pvh;
 mod serial;
