@@ -138,8 +138,10 @@ mod tests {
 
         let qemu = "qemu-system-x86_64";
         let have_qemu = Command::new(qemu).arg("--version").output().is_ok();
-        if !(have_qemu && crate::have_kvm()) {
-            eprintln!("SKIPPED: the QEMU run needs {qemu} and /dev/kvm");
+        if !crate::check(
+            have_qemu && crate::have_kvm(),
+            "the QEMU run needs qemu-system-x86_64 and /dev/kvm",
+        ) {
             return;
         }
         let out = Command::new("timeout")
