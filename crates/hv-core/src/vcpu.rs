@@ -164,6 +164,9 @@ pub fn run(mut vcpu: Vcpu) {
             Some(KickTarget { thread, immediate_exit });
     }
     let ctx = vcpu.ctx.clone();
+    // However this thread ends, even by a panic in a device model, the VM learns of it and the
+    // kicker stops pointing at this thread's kvm_run.
+    let _guard = ExitGuard { ctx: &ctx, kicker: &vcpu.kicker, id: vcpu.id };
     let snapshot = |fd: &VcpuFd| {
         let regs = fd.get_regs().ok().zip(fd.get_sregs().ok());
         if let Some(slot) =
@@ -195,8 +198,22 @@ pub fn run(mut vcpu: Vcpu) {
             Step::Stop(reason) => ctx.control.finish(reason),
         }
     }
-    *vcpu.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    ctx.control.vcpu_exited();
+}
+
+struct ExitGuard<'a> {
+    ctx: &'a Context,
+    kicker: &'a Kicker,
+    id: u8,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        *self.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if std::thread::panicking() {
+            self.ctx.control.finish(ExitReason::Panicked { vcpu: self.id });
+        }
+        self.ctx.control.vcpu_exited();
+    }
 }
 
 fn crash(fd: &VcpuFd, vcpu: u8, reason: CrashReason) -> ExitReason {

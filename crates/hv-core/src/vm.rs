@@ -206,6 +206,11 @@ pub enum ExitReason {
     Crashed(Box<CrashInfo>),
     /// The VM was killed by its owner.
     Killed,
+    /// A vCPU thread panicked: a bug in hv or in a device model, never the guest's doing.
+    Panicked {
+        /// The vCPU whose thread panicked.
+        vcpu: u8,
+    },
     /// KVM_RUN failed on the host side.
     Failed {
         /// The vCPU whose KVM_RUN failed.
@@ -229,6 +234,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "reset"),
             ExitReason::Halted => write!(f, "halted"),
             ExitReason::Killed => write!(f, "killed"),
+            ExitReason::Panicked { vcpu } => write!(f, "the VMM thread of vCPU {vcpu} panicked"),
             ExitReason::Failed { vcpu, errno } => write!(
                 f,
                 "KVM_RUN failed on vCPU {vcpu}: {}",

@@ -335,3 +335,26 @@ fn guests_run_on_every_memory_backing() {
         let _ = std::fs::write(NR_HUGEPAGES, previous.to_string());
     }
 }
+
+/// A device model with a bug: it panics on any write.
+struct Buggy;
+
+impl BusDevice for Buggy {
+    fn read(&mut self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _: u64, _: &[u8]) {
+        panic!("device bug");
+    }
+}
+
+#[test]
+fn a_panicking_device_ends_its_vm_without_hanging_the_host() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, _) = guest("test=pio");
+    let mut vm = b.vcpus(2).pio_device(0x6e0, 4, Arc::new(Mutex::new(Buggy))).build().unwrap();
+    vm.start().unwrap();
+    let r = vm.wait_timeout(TIMEOUT).expect("the VM stops");
+    assert!(matches!(r, ExitReason::Panicked { vcpu: 0 }), "{r}");
+    assert_eq!(vm.state(), VmState::Stopped);
+}
