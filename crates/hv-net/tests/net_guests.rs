@@ -176,3 +176,211 @@ fn two_guests_on_one_network_get_leases_and_ping_each_other() {
         mgr.destroy("lan").unwrap();
     });
 }
+
+/// The `counter packets N` of the rule commented `comment` in table `ip seen` of `ns`.
+fn peer_counter(ns: &NetNs, comment: &str) -> u64 {
+    let listing = ns.exec_ok(&["nft", "list", "table", "ip", "seen"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment}:\n{listing}"));
+    let after = line.split("counter packets ").nth(1).expect("a counter");
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn nat_guest_reaches_an_upstream_peer_that_sees_the_gateway() {
+    need_all!();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = NetNs::new("hvt-ngu");
+    // The peer's own view of who talks to it: counters in its input hook, one for echo
+    // requests from the host's upstream address (what masquerade makes of the guest), one for
+    // anything from the guest subnet itself.
+    upstream.exec_ok(&["nft", "add", "table", "ip", "seen"]);
+    upstream.exec_ok(&["nft", "add chain ip seen input { type filter hook input priority 0 ; }"]);
+    upstream.exec_ok(&[
+        "nft",
+        "add rule ip seen input ip saddr 10.83.0.1 icmp type echo-request counter comment \"gw\"",
+    ]);
+    upstream.exec_ok(&[
+        "nft",
+        "add rule ip seen input ip saddr 10.82.0.0/24 counter comment \"guests\"",
+    ]);
+    NetNs::new("hvt-ngn").run(|| {
+        let mut nl = Netlink::new().unwrap();
+        let mgr = NetworkManager::open(dir.path()).unwrap();
+        mgr.define(network("nat", NetworkMode::Nat, "10.82.0.1/24").build().unwrap()).unwrap();
+        mgr.start("nat").unwrap();
+        let dhcp = mgr.serve_dhcp("nat").unwrap();
+        // The peer has no route back to 10.82.0.0/24: its replies can only reach the guest
+        // if the guest's packets arrive with the gateway's upstream address as source.
+        common::attach_upstream(&mut nl, "hvngup", "10.83.0.1/24", &upstream, "10.83.0.2/24");
+        let t = tap("hvngn");
+        mgr.attach_port("nat", t.name()).unwrap();
+
+        let g = Guest::boot("g", t, mac(0x01), "ip=dhcp ping=10.82.0.1,10.83.0.2 count=3 wait=20");
+        let lease = g.line("net lease ");
+        assert!(lease.starts_with("net lease 10.82.0.1") && lease.ends_with("/24 gw 10.82.0.1"));
+        assert_eq!(g.ping_result("ping", "10.82.0.1"), "ok 3/3", "{:#?}", g.lines());
+        assert_eq!(g.ping_result("ping", "10.83.0.2"), "ok 3/3", "{:#?}", g.lines());
+        g.line("done");
+        g.stop();
+        dhcp.stop().unwrap();
+        mgr.destroy("nat").unwrap();
+    });
+    assert!(peer_counter(&upstream, "gw") >= 3, "the peer saw the echoes from the gateway");
+    assert_eq!(peer_counter(&upstream, "guests"), 0, "the peer never saw a guest address");
+}
+
+#[test]
+fn guests_on_two_isolated_networks_cannot_reach_each_other() {
+    need_all!();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = NetNs::new("hvt-ngi");
+    ns.run(|| {
+        // Forwarding on (as another network or the host might have it), so only the isolated
+        // networks' own rules can stop guest-to-guest traffic between the two bridges.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n").unwrap();
+        let mgr = NetworkManager::open(dir.path()).unwrap();
+        for (name, cidr) in [("iso1", "10.84.0.1/24"), ("iso2", "10.85.0.1/24")] {
+            mgr.define(network(name, NetworkMode::Isolated, cidr).build().unwrap()).unwrap();
+            mgr.start(name).unwrap();
+        }
+        let (ta, tb) = (tap("hvngia"), tap("hvngib"));
+        mgr.attach_port("iso1", ta.name()).unwrap();
+        mgr.attach_port("iso2", tb.name()).unwrap();
+
+        let b = Guest::boot(
+            "b",
+            tb,
+            mac(0x0b),
+            "ip=10.85.0.10/24 gw=10.85.0.1 ping=10.85.0.1 count=1 serve=0",
+        );
+        assert_eq!(b.ping_result("ping", "10.85.0.1"), "ok 1/1", "{:#?}", b.lines());
+        b.line("net serving");
+        assert!(ns.ping("10.85.0.10", 2), "guest b answers its own host");
+        let a = Guest::boot(
+            "a",
+            ta,
+            mac(0x0a),
+            "ip=10.84.0.10/24 gw=10.84.0.1 ping=10.84.0.1,10.85.0.10 count=2 wait=3",
+        );
+        assert_eq!(a.ping_result("ping", "10.84.0.1"), "ok 2/2", "{:#?}", a.lines());
+        assert_eq!(a.ping_result("ping", "10.85.0.10"), "lost 0/2", "{:#?}", a.lines());
+        a.line("done");
+        a.stop();
+        b.stop();
+        mgr.destroy("iso1").unwrap();
+        mgr.destroy("iso2").unwrap();
+    });
+}
+
+#[test]
+fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
+    need_all!();
+    let nft = Nft::locate().unwrap();
+    NetNs::new("hvt-ngp").run(|| {
+        let mut nl = Netlink::new().unwrap();
+        nl.create_bridge("hvngp").unwrap();
+        nl.set_up("hvngp").unwrap();
+        nl.add_address("hvngp", "10.86.0.1".parse().unwrap(), 24).unwrap();
+        let args = "ip=10.86.0.10/24 ping=10.86.0.1 count=2 wait=2 spoof_ip=10.86.0.99 \
+                    spoof_mac=52:54:00:6e:66:66";
+        let port = || {
+            let t = tap("hvngp0");
+            nl_port(t.name(), "hvngp");
+            t
+        };
+
+        // Without port security the forged packets pass: the host answers them.
+        let g = Guest::boot("g", port(), mac(0x10), args);
+        g.line("done");
+        let real = g.lines().into_iter().filter(|l| l == "net ping 10.86.0.1 ok 2/2").count();
+        assert_eq!(real, 2, "{:#?}", g.lines());
+        assert_eq!(g.ping_result("spoof-ip ping", "10.86.0.1"), "ok 2/2", "{:#?}", g.lines());
+        assert_eq!(g.ping_result("spoof-mac ping", "10.86.0.1"), "ok 2/2", "{:#?}", g.lines());
+        g.stop();
+
+        // The port pinned to the guest's MAC and IP: forged frames are dropped, real ones
+        // (before and after) flow.
+        let ps = PortSecurity::new(nft.clone());
+        let t = port();
+        ps.apply(&PortSpec {
+            port: "hvngp0".into(),
+            mac: mac(0x10),
+            ips: vec!["10.86.0.10".parse().unwrap()],
+            rules: vec![
+                SecurityRule::egress(Protocol::Icmp),
+                SecurityRule::ingress(Protocol::Icmp),
+            ],
+        })
+        .unwrap();
+        let g = Guest::boot("g", t, mac(0x10), args);
+        g.line("done");
+        let lines = g.lines();
+        let real: Vec<_> = lines.iter().filter(|l| l.starts_with("net ping 10.86.0.1 ")).collect();
+        assert_eq!(real, ["net ping 10.86.0.1 ok 2/2"; 2], "{lines:#?}");
+        assert_eq!(g.ping_result("spoof-ip ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
+        assert_eq!(g.ping_result("spoof-mac ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
+        g.stop();
+        ps.remove("hvngp0").unwrap();
+        drop(nl.delete_link("hvngp"));
+    });
+}
+
+/// Puts `port` on `bridge` and sets it up.
+fn nl_port(port: &str, bridge: &str) {
+    let mut nl = Netlink::new().unwrap();
+    nl.set_master(port, bridge).unwrap();
+    nl.set_up(port).unwrap();
+}
+
+/// One "host" of the VXLAN test: an underlay address, a bridge with a VXLAN link to the other
+/// host, and a TAP on it for the guest.
+fn vxlan_host(underlay: &str, local: [u8; 4], remote: [u8; 4], tap_name: &str) -> Tap {
+    let mut nl = Netlink::new().unwrap();
+    nl.add_address(underlay, std::net::Ipv4Addr::from(local).into(), 24).unwrap();
+    nl.set_up(underlay).unwrap();
+    nl.create_bridge("hvbr").unwrap();
+    nl.set_up("hvbr").unwrap();
+    let mut cfg = VxlanConfig::new(4343);
+    cfg.local = Some(local.into());
+    cfg.remote = Some(remote.into());
+    cfg.underlay = Some(underlay.to_string());
+    nl.create_vxlan("hvvx", &cfg).unwrap();
+    nl_port("hvvx", "hvbr");
+    let t = tap(tap_name);
+    nl_port(t.name(), "hvbr");
+    t
+}
+
+#[test]
+fn guests_on_two_hosts_ping_over_vxlan() {
+    need_all!();
+    let (ha, hb) = (NetNs::new("hvt-ngxa"), NetNs::new("hvt-ngxb"));
+    let ta = ha.run(|| {
+        let mut nl = Netlink::new().unwrap();
+        nl.create_veth("hvul", "hvulb").unwrap();
+        nl.move_to_netns("hvulb", &hb.open()).unwrap();
+        vxlan_host("hvul", [10, 92, 0, 1], [10, 92, 0, 2], "hvngxa")
+    });
+    let tb = hb.run(|| vxlan_host("hvulb", [10, 92, 0, 2], [10, 92, 0, 1], "hvngxb"));
+    // The TAPs stay in their hosts' namespaces; the VMs using them can run anywhere.
+    let args = |me: &str, peer: &str| format!("ip={me}/24 ping={peer} count=3 wait=60 serve=0");
+    let a = Guest::boot("a", ta, mac(0xa2), &args("10.93.0.1", "10.93.0.2"));
+    let b = Guest::boot("b", tb, mac(0xb2), &args("10.93.0.2", "10.93.0.1"));
+    assert_eq!(a.ping_result("ping", "10.93.0.2"), "ok 3/3", "{:#?}", a.lines());
+    assert_eq!(b.ping_result("ping", "10.93.0.1"), "ok 3/3", "{:#?}", b.lines());
+    // The guests' frames really crossed the underlay as VXLAN.
+    let vx = ha.exec_ok(&["ip", "-s", "link", "show", "hvvx"]);
+    a.stop();
+    b.stop();
+    let tx_packets: u64 = vx
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("TX:"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(tx_packets >= 3, "VXLAN link carried the pings:\n{vx}");
+}

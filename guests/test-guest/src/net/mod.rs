@@ -159,6 +159,8 @@ pub struct Stack {
     pub answered: u64,
     /// TSC ticks per second.
     pub hz: u64,
+    /// The sequence number of our last echo request.
+    seq: u16,
 }
 
 impl Stack {
@@ -178,6 +180,7 @@ impl Stack {
             dhcp_in: None,
             answered: 0,
             hz: tsc_hz(),
+            seq: 0,
         }
     }
 
@@ -361,7 +364,11 @@ impl Stack {
     /// Returns the replies received.
     pub fn ping(&mut self, ip: Ip, count: u16, wait_ms: u64) -> u16 {
         let mut ok = 0;
-        for seq in 1..=count {
+        for _ in 0..count {
+            // Sequence numbers run on across calls, so a late reply to an earlier ping is
+            // never taken for this one.
+            self.seq = self.seq.wrapping_add(1);
+            let seq = self.seq;
             let give_up = self.deadline_ms(wait_ms);
             let mut resend = 0u64;
             loop {
