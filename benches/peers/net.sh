@@ -113,7 +113,7 @@ run_rx() {
     vmm "$vmm" "test=net-bench mode=rx count=$COUNT_RX idle=2" >"$out" 2>&1 &
     pid=$!
     for ((i = 0; i < 600; i++)); do
-        grep -q 'hvtest: net-bench start' "$out" && break
+        grep -qs 'hvtest: net-bench start' "$out" && break
         sleep 0.05
     done
     gen=$(in_ns "$WORK/net_gen" "$TAP" "$GUEST_MAC" 64 "$COUNT_RX" 2>&1) || true

@@ -219,8 +219,14 @@ fn nat_guest_reaches_an_upstream_peer_that_sees_the_gateway() {
         mgr.attach_port("nat", t.name()).unwrap();
 
         let g = Guest::boot("g", t, mac(0x01), "ip=dhcp ping=10.82.0.1,10.83.0.2 count=3 wait=20");
+        // An address from the range, the gateway as router, and our server's lease agrees.
         let lease = g.line("net lease ");
-        assert!(lease.starts_with("net lease 10.82.0.1") && lease.ends_with("/24 gw 10.82.0.1"));
+        let ip = lease["net lease ".len()..].split('/').next().unwrap().to_string();
+        assert_eq!(lease, format!("net lease {ip}/24 gw 10.82.0.1"));
+        let last: u8 = ip.strip_prefix("10.82.0.").and_then(|n| n.parse().ok()).unwrap();
+        assert!((100..=150).contains(&last), "{lease}");
+        let leases = dhcp.leases();
+        assert!(leases.iter().any(|l| l.mac == mac(0x01) && l.ip.to_string() == ip), "{leases:?}");
         assert_eq!(g.ping_result("ping", "10.82.0.1"), "ok 3/3", "{:#?}", g.lines());
         assert_eq!(g.ping_result("ping", "10.83.0.2"), "ok 3/3", "{:#?}", g.lines());
         g.line("done");

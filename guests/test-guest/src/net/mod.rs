@@ -184,7 +184,7 @@ impl Stack {
         }
     }
 
-    /// The TSC `secs` seconds from now (`secs` may be fractional through `millis`).
+    /// The TSC value `millis` milliseconds from now.
     pub fn deadline_ms(&self, millis: u64) -> u64 {
         rdtsc().wrapping_add(self.hz / 1000 * millis)
     }
