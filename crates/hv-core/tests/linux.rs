@@ -86,6 +86,20 @@ fn minimal_kernel_boots_through_init_with_two_cpus() {
     milestone(&out, start, "Linux version");
     milestone(&out, start, "smp: Brought up 1 node, 2 CPUs");
     milestone(&out, start, "Run /init as init process");
+    // The kernel set its clock from our CMOS RTC: the host's date (now or at boot, in case
+    // the boot straddled midnight).
+    let date = |t: std::time::SystemTime| {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let d = hv_core::devices::cmos::DateTime::from_unix(secs);
+        format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+    };
+    let boot_wall = std::time::SystemTime::now() - start.elapsed();
+    let text = out.text();
+    let rtc = text.lines().find(|l| l.contains("setting system clock to")).unwrap_or_default();
+    assert!(
+        rtc.contains(&date(boot_wall)) || rtc.contains(&date(std::time::SystemTime::now())),
+        "the RTC line does not carry the host's date:\n{text}"
+    );
     let reason = vm.wait_timeout(BOOT_TIMEOUT).expect("the guest stops by itself");
     eprintln!("milestone {:>7.2}s  {reason}", start.elapsed().as_secs_f64());
     if vm.host().is_hardware_virt() {
