@@ -11,7 +11,9 @@
 //!   network (with forwarding on, so only the networks' own rules stop it);
 //! - a guest whose port is pinned to its MAC and IP loses its pings once it forges either,
 //!   while its real traffic flows (and without port security the same forged pings pass);
-//! - two "hosts" joined by a VXLAN link over a veth underlay carry a guest-to-guest ping.
+//! - two "hosts" joined by a VXLAN link over a veth underlay carry a guest-to-guest ping;
+//! - the benchmark mode (`test=net-bench`, which `benches/peers/net.sh` times) moves exactly
+//!   the frames it says, counted on the TAP, both ways.
 //!
 //! Every guest prints what it did (`hvtest: net ...`, protocol in `guests/README.md`); the
 //! tests read those lines. The guest's code runs at CPL0, emulated on PVM hosts, so the packet
@@ -59,14 +61,20 @@ struct Guest {
 }
 
 impl Guest {
+    /// Boots `test=net ARGS`.
     fn boot(name: &'static str, tap: Tap, mac: MacAddr, args: &str) -> Guest {
+        Self::boot_raw(name, tap, mac, &format!("test=net {args}"))
+    }
+
+    /// Boots the test guest with command line `cmdline`.
+    fn boot_raw(name: &'static str, tap: Tap, mac: MacAddr, cmdline: &str) -> Guest {
         let backend = TapBackend::new(tap).expect("TAP backend");
         let (dev, net) = VirtioNet::new(NetConfig::new(mac), Box::new(backend));
         let console = Capture::new();
         let mut vm = VmBuilder::new()
             .kernel(test_guest())
             .memory_mib(64)
-            .cmdline(format!("test=net {args}"))
+            .cmdline(cmdline.to_string())
             .serial_output(console.clone())
             .virtio_device(Box::new(dev))
             .build()
@@ -389,4 +397,57 @@ fn guests_on_two_hosts_ping_over_vxlan() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(tx_packets >= 3, "VXLAN link carried the pings:\n{vx}");
+}
+
+/// A TAP counter from sysfs as namespace `ns` sees it (`ip netns exec` mounts its own /sys;
+/// the test process's /sys shows its original namespace).
+fn tap_stat(ns: &NetNs, tap: &str, counter: &str) -> u64 {
+    let path = format!("/sys/class/net/{tap}/statistics/{counter}");
+    ns.exec_ok(&["cat", &path]).trim().parse().unwrap()
+}
+
+#[test]
+fn bench_mode_frames_are_counted_on_the_tap_both_ways() {
+    need_all!();
+    let ns = NetNs::new("hvt-ngb");
+    ns.run(|| {
+        // Guest -> host: every frame the guest's TX loop sends shows up on the TAP.
+        let t = tap("hvngb0");
+        nl_port_up(t.name());
+        let before = tap_stat(&ns, "hvngb0", "rx_packets");
+        let g = Guest::boot_raw("tx", t, mac(0x20), "test=net-bench mode=tx size=100 count=5000");
+        assert_eq!(g.line("net-bench done"), "net-bench done 5000", "{:#?}", g.lines());
+        let sent = tap_stat(&ns, "hvngb0", "rx_packets") - before;
+        assert_eq!(g.net.stats().tx_frames, 5000);
+        g.stop();
+        assert_eq!(sent, 5000, "frames seen on the TAP");
+
+        // Host -> guest: pings to a static neighbour entry for the guest's MAC reach its RX
+        // loop (which only counts them).
+        let t = tap("hvngb1");
+        nl_port_up(t.name());
+        let mut nl = Netlink::new().unwrap();
+        nl.add_address("hvngb1", "10.87.0.1".parse().unwrap(), 24).unwrap();
+        let g = Guest::boot_raw("rx", t, mac(0x21), "test=net-bench mode=rx count=20 idle=5");
+        g.line("net-bench start mode=rx");
+        ns.exec_ok(&[
+            "ip",
+            "neigh",
+            "replace",
+            "10.87.0.2",
+            "lladdr",
+            "52:54:00:6e:67:21",
+            "dev",
+            "hvngb1",
+        ]);
+        // No replies come (the guest only counts), so ping's own status is failure.
+        let _ = ns.exec(&["ping", "-n", "-q", "-c", "20", "-i", "0.01", "-W", "1", "10.87.0.2"]);
+        assert_eq!(g.line("net-bench done"), "net-bench done 20", "{:#?}", g.lines());
+        g.stop();
+    });
+}
+
+/// Sets `port` up (no bridge).
+fn nl_port_up(port: &str) {
+    Netlink::new().unwrap().set_up(port).unwrap();
 }
