@@ -184,7 +184,7 @@ fn reset_gives_the_backend_back_for_the_next_activation() {
         acked_features: plain_features(),
         queues: vec![ActiveQueue {
             index: 0,
-            queue: TestQueue::rx(ram.memory()).queue,
+            queue: TestQueue::rx(ram.memory()).into_queue(),
             notify: EventFd::new(0).unwrap(),
         }],
         interrupt: Interrupt::disconnected().unwrap(),

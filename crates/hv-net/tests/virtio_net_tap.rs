@@ -77,6 +77,27 @@ fn udp_bad_checksum(port: u8) -> Vec<u8> {
     udp
 }
 
+/// Opens TAP `name` (with the vnet header or not) in the current namespace, with IPv6 off and
+/// the host address, and brings it up.
+fn host_tap(name: &str, vnet_hdr: bool) -> Tap {
+    let tap = Tap::builder(name).vnet_hdr(vnet_hdr).open().unwrap();
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    let mut nl = Netlink::new().unwrap();
+    nl.add_address(name, Ipv4Addr::from(HOST_IP).into(), 24).unwrap();
+    nl.set_up(name).unwrap();
+    tap
+}
+
+/// Posts `n` RX buffers of 2048 bytes; returns their (head, address).
+fn post_rx_buffers(rx: &mut TestQueue, n: usize) -> Vec<(u16, u64)> {
+    (0..n)
+        .map(|_| {
+            let (head, a) = rx.post_rx(&[2048]);
+            (head, a[0])
+        })
+        .collect()
+}
+
 /// Processes RX until a frame matching `want` arrives; returns its header and frame.
 fn wait_rx(
     h: &mut NetQueueHandler,
@@ -87,7 +108,8 @@ fn wait_rx(
 ) -> (NetHeader, Vec<u8>) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        h.process_rx(&mut rx.queue, rx.mem).unwrap();
+        let mem = rx.mem;
+        h.process_rx(&mut rx.queue, mem).unwrap();
         while *seen < rx.used_idx() {
             let (head, len) = rx.used(*seen);
             *seen += 1;
@@ -114,11 +136,7 @@ fn the_host_stack_answers_the_guest_through_a_tap() {
     hv_test_support::require!(hv_test_support::netns::have_netns_tools(), "ip is not installed");
     let ns = NetNs::new("hvt-vnet");
     ns.run(|| {
-        let tap = Tap::builder("hvvnet0").open().unwrap();
-        let _ = std::fs::write("/proc/sys/net/ipv6/conf/hvvnet0/disable_ipv6", "1");
-        let mut nl = Netlink::new().unwrap();
-        nl.add_address("hvvnet0", Ipv4Addr::from(HOST_IP).into(), 24).unwrap();
-        nl.set_up("hvvnet0").unwrap();
+        let tap = host_tap("hvvnet0", true);
 
         let ram = ram();
         let backend = TapBackend::new(tap).unwrap();
@@ -126,12 +144,7 @@ fn the_host_stack_answers_the_guest_through_a_tap() {
         h.apply_offloads().unwrap();
         let mut rx = TestQueue::rx(ram.memory());
         let mut tx = TestQueue::tx(ram.memory());
-        let bufs: Vec<(u16, u64)> = (0..48)
-            .map(|_| {
-                let (head, a) = rx.post_rx(&[2048]);
-                (head, a[0])
-            })
-            .collect();
+        let bufs = post_rx_buffers(&mut rx, 48);
         let mut seen = 0;
 
         // ARP: the host learns the guest and answers with its own MAC.
@@ -186,11 +199,7 @@ fn a_tap_without_the_vnet_header_carries_bare_frames() {
     hv_test_support::require!(hv_test_support::netns::have_netns_tools(), "ip is not installed");
     let ns = NetNs::new("hvt-vnb");
     ns.run(|| {
-        let tap = Tap::builder("hvvnb0").vnet_hdr(false).open().unwrap();
-        let _ = std::fs::write("/proc/sys/net/ipv6/conf/hvvnb0/disable_ipv6", "1");
-        let mut nl = Netlink::new().unwrap();
-        nl.add_address("hvvnb0", Ipv4Addr::from(HOST_IP).into(), 24).unwrap();
-        nl.set_up("hvvnb0").unwrap();
+        let tap = host_tap("hvvnb0", false);
         let backend = TapBackend::new(tap).unwrap();
         assert!(!hv_net::virtio_net::NetBackend::has_vnet_hdr(&backend));
         let ram = ram();
@@ -198,12 +207,7 @@ fn a_tap_without_the_vnet_header_carries_bare_frames() {
         h.apply_offloads().unwrap();
         let mut rx = TestQueue::rx(ram.memory());
         let mut tx = TestQueue::tx(ram.memory());
-        let bufs: Vec<(u16, u64)> = (0..16)
-            .map(|_| {
-                let (head, a) = rx.post_rx(&[2048]);
-                (head, a[0])
-            })
-            .collect();
+        let bufs = post_rx_buffers(&mut rx, 16);
         let mut seen = 0;
         tx.send(&NetHeader::default(), &arp_request(), &[]);
         h.process_tx(&mut tx.queue, ram.memory()).unwrap();

@@ -208,17 +208,7 @@ fn qcow2_read_only_and_backing_chain_of_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let (mid, _base) = qcow2_over_raw(dir.path(), MIB, 8);
     let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        mid.to_str().unwrap(),
-        "-F",
-        "qcow2",
-        top.to_str().unwrap(),
-    ]);
+    qcow2_overlay(&mid, "qcow2", &top, None);
     let mut disk = open_disk(&top, DiskOptions { read_only: true, ..Default::default() }).unwrap();
     let ram = ram();
     let mem = ram.memory();
@@ -362,18 +352,7 @@ fn a_pinned_raw_format_ignores_a_guest_written_qcow2_header() {
     // A "raw" disk whose guest wrote a qcow2 header naming a host file as backing file.
     let secret = raw_file(dir.path(), "host-secret", 65536, 77);
     let disk = dir.path().join("guest.raw");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        secret.to_str().unwrap(),
-        "-F",
-        "raw",
-        disk.to_str().unwrap(),
-        "64K",
-    ]);
+    qcow2_overlay(&secret, "raw", &disk, Some("64K"));
     let raw = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
     let opened = open_disk(&disk, raw).unwrap();
     assert_eq!(opened.size(), std::fs::metadata(&disk).unwrap().len(), "opened as raw bytes");

@@ -16,7 +16,7 @@ use hv_storage::virtio_blk::{
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
 };
 use virtio_queue::QueueT;
 
@@ -24,7 +24,6 @@ const MIB: usize = 1 << 20;
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
-const N: u16 = VRING_DESC_F_NEXT as u16;
 
 fn config() -> BlockConfig {
     BlockConfig { queue_size: QUEUE_SIZE, ..BlockConfig::default() }.with_serial("hv-serial-0001")

@@ -1,5 +1,6 @@
 //! Shared helpers for hv tests: prerequisite checks that skip locally and fail loudly in CI,
-//! the test guest, and the guest kit (kernels, initramfs).
+//! the test guest, the guest kit (kernels, initramfs), network namespaces, and split
+//! virtqueues built by hand in guest memory ([`virtq`]).
 //!
 //! A test that needs KVM, root or a guest kernel starts with [`require!`]:
 //!
@@ -21,6 +22,7 @@
 use std::path::PathBuf;
 
 pub mod netns;
+pub mod virtq;
 
 mod guest;
 

@@ -1,17 +1,17 @@
 //! Shared helpers for the virtio-net tests: guest memory, split virtqueues the test fills by
-//! hand (well-formed or not), frames, and feature sets.
+//! hand (well-formed or not; [`hv_test_support::virtq::TestQueue`]) with RX/TX helpers,
+//! frames, and feature sets.
 #![allow(dead_code)]
 
-use hv_mem::{GuestMemory, GuestRam, MemoryConfig};
+use hv_mem::{GuestMemory, GuestRam};
 use hv_net::virtio_net::{NetHeader, NET_HDR_LEN};
+use hv_test_support::virtq;
+#[allow(unused_imports)] // Not every test uses every flag.
+pub use hv_test_support::virtq::{N, R, W};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::*;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::Queue;
 
 /// Guest RAM size for tests.
 pub const RAM_SIZE: u64 = 16 << 20;
@@ -26,15 +26,9 @@ pub const RX_DATA: u64 = 0x10_0000;
 /// Where TX buffers are allocated from.
 pub const TX_DATA: u64 = 0x50_0000;
 
-/// Device-writable descriptor flag.
-pub const W: u16 = VRING_DESC_F_WRITE as u16;
-/// Device-readable (no flags).
-pub const R: u16 = 0;
-/// The NEXT flag.
-pub const N: u16 = VRING_DESC_F_NEXT as u16;
-
+/// Guest RAM of [`RAM_SIZE`] bytes.
 pub fn ram() -> GuestRam {
-    GuestRam::new(&MemoryConfig::new(RAM_SIZE)).expect("guest RAM")
+    virtq::ram(RAM_SIZE)
 }
 
 /// Features of a guest that takes everything (offloads included).
@@ -70,45 +64,16 @@ pub fn with_event_idx(features: u64) -> u64 {
     features | 1 << VIRTIO_RING_F_EVENT_IDX
 }
 
-/// A split queue the tests fill by hand: descriptor table at `base`, avail ring at
-/// `base + 0x1000`, used ring at `base + 0x2000`.
-pub struct TestQueue<'a> {
-    pub mem: &'a GuestMemory,
-    desc_table: u64,
-    avail_ring: u64,
-    used_ring: u64,
-    next_desc: u16,
-    avail: u16,
-    next_addr: u64,
-    pub queue: Queue,
-}
+hv_test_support::test_queue_wrapper!(
+    /// The shared test queue ([`QUEUE_SIZE`] entries) with virtio-net helpers; everything else
+    /// comes from [`virtq::TestQueue`] through `Deref`.
+    TestQueue
+);
 
 impl<'a> TestQueue<'a> {
     /// A queue at `base`, allocating buffers from `data_base` upwards.
     pub fn new(mem: &'a GuestMemory, base: u64, data_base: u64) -> Self {
-        let (desc_table, avail_ring, used_ring) = (base, base + 0x1000, base + 0x2000);
-        mem.write_slice(&[0u8; 0x3000], GuestAddress(base)).expect("clear queue memory");
-        let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
-        queue.set_size(QUEUE_SIZE);
-        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (lo, hi) = split(desc_table);
-        queue.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(avail_ring);
-        queue.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(used_ring);
-        queue.set_used_ring_address(lo, hi);
-        queue.set_ready(true);
-        assert!(queue.is_valid(mem), "test queue layout");
-        Self {
-            mem,
-            desc_table,
-            avail_ring,
-            used_ring,
-            next_desc: 0,
-            avail: 0,
-            next_addr: data_base,
-            queue,
-        }
+        Self(virtq::TestQueue::new(mem, QUEUE_SIZE, base, data_base))
     }
 
     /// The RX queue of the standard layout.
@@ -122,62 +87,13 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Turns EVENT_IDX on for the device side.
-    pub fn event_idx(mut self) -> Self {
-        self.queue.set_event_idx(true);
-        self
+    pub fn event_idx(self) -> Self {
+        Self(self.0.event_idx())
     }
 
-    /// Allocates `len` bytes of guest memory (64-byte aligned).
-    pub fn alloc(&mut self, len: u64) -> u64 {
-        let a = self.next_addr;
-        self.next_addr += len.div_ceil(64).max(1) * 64;
-        a
-    }
-
-    /// Writes raw descriptors at table indices starting at the next free one (`next` fields
-    /// below the queue size are relative to that start; others are kept as they are);
-    /// makes `head` (relative) available.
-    pub fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)], head: u16) -> u16 {
-        let base = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let idx = (base + i as u16) % QUEUE_SIZE;
-            let next = if next >= QUEUE_SIZE { next } else { (next + base) % QUEUE_SIZE };
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = GuestAddress(self.desc_table + 16 * u64::from(idx));
-            self.mem.write_obj(d, at).expect("store desc");
-        }
-        self.next_desc = (base + descs.len() as u16) % QUEUE_SIZE;
-        let head = (base + head) % QUEUE_SIZE;
-        self.push_avail(head);
-        head
-    }
-
-    /// Makes a table index available without touching the table.
-    pub fn push_avail(&mut self, head: u16) {
-        let slot = u64::from(self.avail % QUEUE_SIZE);
-        let at = GuestAddress(self.avail_ring + 4 + 2 * slot);
-        self.mem.write_obj(head.to_le(), at).expect("avail slot");
-        self.avail = self.avail.wrapping_add(1);
-        self.mem.write_obj(self.avail.to_le(), GuestAddress(self.avail_ring + 2)).expect("idx");
-    }
-
-    /// Adds a well-linked chain of `(addr, len, flags)`; returns its head index.
-    pub fn add_chain(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let n = descs.len();
-        let raw: Vec<_> = descs
-            .iter()
-            .enumerate()
-            .map(
-                |(i, &(a, l, f))| {
-                    if i + 1 < n {
-                        (a, l, f | N, i as u16 + 1)
-                    } else {
-                        (a, l, f & !N, 0)
-                    }
-                },
-            )
-            .collect();
-        self.add_raw(&raw, 0)
+    /// The device side, for an activation that takes the queue by value.
+    pub fn into_queue(self) -> Queue {
+        self.0.into_queue()
     }
 
     /// Posts an RX buffer made of writable pieces of `lens` bytes; returns (head, addresses).
@@ -209,59 +125,6 @@ impl<'a> TestQueue<'a> {
         }
         assert_eq!(at, bytes.len(), "split must cover header and frame");
         self.add_chain(&descs)
-    }
-
-    /// The used ring's index.
-    pub fn used_idx(&self) -> u16 {
-        u16::from_le(self.mem.read_obj(GuestAddress(self.used_ring + 2)).expect("used idx"))
-    }
-
-    /// Used element `i`: (descriptor head, length).
-    pub fn used(&self, i: u16) -> (u32, u32) {
-        let at = self.used_ring + 4 + 8 * u64::from(i % QUEUE_SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
-        (u32::from_le(id), u32::from_le(len))
-    }
-
-    /// Every used element so far.
-    pub fn all_used(&self) -> Vec<(u32, u32)> {
-        (0..self.used_idx()).map(|i| self.used(i)).collect()
-    }
-
-    /// Sets the avail ring flags (e.g. VRING_AVAIL_F_NO_INTERRUPT).
-    pub fn set_avail_flags(&self, flags: u16) {
-        self.mem.write_obj(flags.to_le(), GuestAddress(self.avail_ring)).expect("avail flags");
-    }
-
-    /// Sets `used_event` (EVENT_IDX), the field after the avail ring's entries.
-    pub fn set_used_event(&self, v: u16) {
-        let addr = self.avail_ring + 4 + 2 * u64::from(QUEUE_SIZE);
-        self.mem.write_obj(v.to_le(), GuestAddress(addr)).expect("used_event");
-    }
-
-    pub fn read_guest(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).expect("read guest");
-        v
-    }
-
-    pub fn write_guest(&self, addr: u64, data: &[u8]) {
-        self.mem.write_slice(data, GuestAddress(addr)).expect("write guest");
-    }
-
-    /// The bytes the device wrote into an RX buffer of pieces at `addrs` with `lens`, up to
-    /// `used` bytes.
-    pub fn gather(&self, addrs: &[u64], lens: &[u32], used: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (&a, &l) in addrs.iter().zip(lens) {
-            let n = (l as usize).min(used - out.len());
-            out.extend(self.read_guest(a, n));
-            if out.len() == used {
-                break;
-            }
-        }
-        out
     }
 }
 
