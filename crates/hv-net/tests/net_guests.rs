@@ -5,8 +5,9 @@
 //!
 //! - two guests on one network get their reserved leases from our DHCP server and ping each
 //!   other;
-//! - a guest on a NAT network pings an upstream peer that has no route back, and the peer's
-//!   own nftables counters see the echo requests come from the gateway's upstream address;
+//! - a guest on a NAT network pings an upstream peer that has no route back and opens a TCP
+//!   connection to a listener there (SYN, SYN-ACK), and the peer's own nftables counters see
+//!   the echo requests and the SYN come from the gateway's upstream address;
 //! - a guest on one isolated network reaches its gateway but not a guest on another isolated
 //!   network (with forwarding on, so only the networks' own rules stop it);
 //! - a guest whose port is pinned to its MAC and IP loses its pings once it forges either,
@@ -185,6 +186,50 @@ fn two_guests_on_one_network_get_leases_and_ping_each_other() {
     });
 }
 
+/// A `busybox nc -l` on a port inside a namespace, killed on drop; `None` without busybox.
+struct Listener(std::process::Child);
+
+impl Listener {
+    fn start(ns: &NetNs, port: u16) -> Option<Listener> {
+        // Spawned from a thread inside the namespace (`ip netns exec` would put a process of
+        // its own between us and nc, which a kill would miss).
+        let child = ns.run(|| {
+            std::process::Command::new("busybox")
+                .args(["nc", "-l", "-p", &port.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })?;
+        let listener = Listener(child);
+        // Wait until it listens: LISTEN (state 0A) on the port in /proc/net/tcp or tcp6.
+        let needle = format!(":{port:04X}");
+        let listening = || {
+            ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+                let out = ns.exec(&["cat", f]);
+                String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() > 3 && cols[1].ends_with(&needle) && cols[3] == "0A"
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening() {
+            assert!(Instant::now() < deadline, "busybox nc did not start listening on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(listener)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The `counter packets N` of the rule commented `comment` in table `ip seen` of `ns`.
 fn peer_counter(ns: &NetNs, comment: &str) -> u64 {
     let listing = ns.exec_ok(&["nft", "list", "table", "ip", "seen"]);
@@ -214,6 +259,12 @@ fn nat_guest_reaches_an_upstream_peer_that_sees_the_gateway() {
         "nft",
         "add rule ip seen input ip saddr 10.82.0.0/24 counter comment \"guests\"",
     ]);
+    upstream.exec_ok(&[
+        "nft",
+        "add rule ip seen input ip saddr 10.83.0.1 tcp dport 8080 counter comment \"tcp\"",
+    ]);
+    // A TCP listener on the peer (busybox nc), answering the guest's SYN with a SYN-ACK.
+    let listener = Listener::start(&upstream, 8080);
     NetNs::new("hvt-ngn").run(|| {
         let mut nl = Netlink::new().unwrap();
         let mgr = NetworkManager::open(dir.path()).unwrap();
@@ -226,7 +277,12 @@ fn nat_guest_reaches_an_upstream_peer_that_sees_the_gateway() {
         let t = tap("hvngn");
         mgr.attach_port("nat", t.name()).unwrap();
 
-        let g = Guest::boot("g", t, mac(0x01), "ip=dhcp ping=10.82.0.1,10.83.0.2 count=3 wait=20");
+        let g = Guest::boot(
+            "g",
+            t,
+            mac(0x01),
+            "ip=dhcp ping=10.82.0.1,10.83.0.2 count=3 wait=20 tcp=10.83.0.2:8080",
+        );
         // An address from the range, the gateway as router, and our server's lease agrees.
         let lease = g.line("net lease ");
         let ip = lease["net lease ".len()..].split('/').next().unwrap().to_string();
@@ -237,12 +293,19 @@ fn nat_guest_reaches_an_upstream_peer_that_sees_the_gateway() {
         assert!(leases.iter().any(|l| l.mac == mac(0x01) && l.ip.to_string() == ip), "{leases:?}");
         assert_eq!(g.ping_result("ping", "10.82.0.1"), "ok 3/3", "{:#?}", g.lines());
         assert_eq!(g.ping_result("ping", "10.83.0.2"), "ok 3/3", "{:#?}", g.lines());
+        // TCP too: a SYN-ACK from the listener, or a RST from the peer's stack if busybox is
+        // missing; either way the peer's TCP answered through the NAT.
+        let tcp = g.line("net tcp ");
+        let want = if listener.is_some() { "open" } else { "closed" };
+        assert_eq!(tcp, format!("net tcp 10.83.0.2:8080 {want}"), "{:#?}", g.lines());
         g.line("done");
         g.stop();
         dhcp.stop().unwrap();
         mgr.destroy("nat").unwrap();
     });
+    drop(listener);
     assert!(peer_counter(&upstream, "gw") >= 3, "the peer saw the echoes from the gateway");
+    assert!(peer_counter(&upstream, "tcp") >= 1, "and the SYN from the gateway");
     assert_eq!(peer_counter(&upstream, "guests"), 0, "the peer never saw a guest address");
 }
 

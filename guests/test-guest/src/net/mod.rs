@@ -28,6 +28,13 @@ pub const BROADCAST_MAC: Mac = [0xff; 6];
 const ETH_ARP: u16 = 0x0806;
 pub(crate) const ETH_IPV4: u16 = 0x0800;
 const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+/// TCP flags.
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// The source port of our TCP probes.
+const TCP_PORT: u16 = 40000;
 pub(crate) const PROTO_UDP: u8 = 17;
 /// The ICMP echo identifier of our own pings.
 const ECHO_ID: u16 = 0x4876;
@@ -155,6 +162,8 @@ pub struct Stack {
     pub echo_reply: Option<(Ip, u16)>,
     /// The last DHCP reply seen.
     pub dhcp_in: Option<dhcp::Reply>,
+    /// The answer to our last TCP SYN: (from, port, flags).
+    pub tcp_answer: Option<(Ip, u16, u8)>,
     /// Echo requests and ARP requests we answered.
     pub answered: u64,
     /// TSC ticks per second.
@@ -178,6 +187,7 @@ impl Stack {
             arp_next: 0,
             echo_reply: None,
             dhcp_in: None,
+            tcp_answer: None,
             answered: 0,
             hz: tsc_hz(),
             seq: 0,
@@ -301,6 +311,11 @@ impl Stack {
                 }
                 _ => {}
             },
+            PROTO_TCP if to_us && end >= l4 + 20 && be16(f, l4 + 2) == TCP_PORT => {
+                let mut src = [0u8; 4];
+                src.copy_from_slice(&f[26..30]);
+                self.tcp_answer = Some((src, be16(f, l4), f[l4 + 13]));
+            }
             PROTO_UDP if (to_us || broadcast || self.ip == [0; 4]) && end >= l4 + 8 => {
                 if be16(f, l4 + 2) == dhcp::CLIENT_PORT {
                     if let Some(r) = dhcp::parse(&f[l4 + 8..end]) {
@@ -357,6 +372,64 @@ impl Stack {
         let c = checksum(icmp);
         put16(icmp, 2, c);
         self.nic.send(slot, 34 + len);
+    }
+
+    /// Sends a TCP SYN to `ip`:`port` (no options, checksum over the pseudo-header).
+    fn send_syn(&mut self, next_hop: Mac, ip: Ip, port: u16) {
+        let (mac, src) = (self.mac, self.ip);
+        let Some((slot, t)) = self.nic.tx_frame() else { return };
+        put_eth(t, next_hop, mac, ETH_IPV4);
+        put_ipv4(t, src, ip, PROTO_TCP, 20);
+        // The pseudo-header (addresses, protocol, length) in front of the segment, for the
+        // checksum; the Ethernet header's tail is free to hold it.
+        let mut pseudo = [0u8; 32];
+        pseudo[0..4].copy_from_slice(&src);
+        pseudo[4..8].copy_from_slice(&ip);
+        pseudo[9] = PROTO_TCP;
+        pseudo[11] = 20;
+        let tcp = &mut pseudo[12..32];
+        put16(tcp, 0, TCP_PORT);
+        put16(tcp, 2, port);
+        tcp[4..8].copy_from_slice(&0x4876_0000u32.to_be_bytes()); // sequence number
+        tcp[12] = 5 << 4; // 20-byte header
+        tcp[13] = TCP_SYN;
+        put16(tcp, 14, 64240); // window
+        let c = checksum(&pseudo);
+        put16(&mut pseudo[12..32], 16, c);
+        t[34..54].copy_from_slice(&pseudo[12..32]);
+        self.nic.send(slot, 60);
+    }
+
+    /// Opens (half of) a TCP connection to `ip`:`port`: a SYN, resent every second, until a
+    /// SYN-ACK (`Some(true)`: a listener answered) or a RST (`Some(false)`: the host answered,
+    /// nothing listens) comes back, or `wait_ms` pass (`None`). No connection is completed.
+    pub fn tcp_probe(&mut self, ip: Ip, port: u16, wait_ms: u64) -> Option<bool> {
+        let give_up = self.deadline_ms(wait_ms);
+        let mut resend = 0u64;
+        self.tcp_answer = None;
+        loop {
+            self.poll();
+            if let Some((from, from_port, flags)) = self.tcp_answer.take() {
+                if from == ip && from_port == port {
+                    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                        return Some(true);
+                    }
+                    if flags & TCP_RST != 0 {
+                        return Some(false);
+                    }
+                }
+            }
+            if Self::passed(give_up) {
+                return None;
+            }
+            if Self::passed(resend) {
+                resend = self.deadline_ms(1000);
+                match self.resolve(ip) {
+                    Some(mac) => self.send_syn(mac, ip, port),
+                    None => resend = self.deadline_ms(200),
+                }
+            }
+        }
     }
 
     /// Pings `ip` `count` times, each echo waiting up to `wait_ms` for its reply (resending

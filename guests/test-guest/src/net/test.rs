@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! test=net ip=dhcp|A.B.C.D/NN [gw=G] [ping=X[,Y...]] [count=N] [wait=S]
-//!          [spoof_ip=A.B.C.D] [spoof_mac=aa:bb:cc:dd:ee:ff] [serve=S]
+//!          [tcp=X:PORT] [spoof_ip=A.B.C.D] [spoof_mac=aa:bb:cc:dd:ee:ff] [serve=S]
 //! ```
 //!
 //! Prints `net mac=<mac>`, then `net lease <ip>/<prefix>[ gw <router>]` (DHCP) or
 //! `net ip <ip>/<prefix>`; for each ping target `net ping <X> ok <replies>/<N>` or
-//! `net ping <X> lost 0/<N>` (each echo waits up to `wait` seconds, default 10). With
+//! `net ping <X> lost 0/<N>` (each echo waits up to `wait` seconds, default 10). `tcp=X:PORT`
+//! sends a SYN and prints `net tcp <X>:<PORT> open` (SYN-ACK), `closed` (RST) or `timeout`. With
 //! `spoof_ip=` the targets are pinged again from that source address (`net spoof-ip ping ...`),
 //! with `spoof_mac=` from that source MAC (`net spoof-mac ping ...`), then once more with the
 //! real ones. `serve=S` then answers ARP and pings for S seconds (0: until the VM is stopped),
@@ -106,6 +107,22 @@ pub fn run(cmdline: &[u8]) {
     let wait_ms = arg_u64(cmdline, b"wait", 10).max(1) * 1000;
     let targets = arg(cmdline, b"ping").unwrap_or(b"");
     ping_all(&mut s, targets, "ping", count, wait_ms);
+    if let Some(spec) = arg(cmdline, b"tcp") {
+        let colon = spec.iter().position(|&b| b == b':').unwrap_or(spec.len());
+        let ip = parse_ip(&spec[..colon]);
+        let port = spec.get(colon + 1..).and_then(crate::virtio::parse_number);
+        match (ip, port.filter(|p| (1..=65535).contains(p))) {
+            (Some(ip), Some(port)) => {
+                let answer = match s.tcp_probe(ip, port as u16, wait_ms) {
+                    Some(true) => " open",
+                    Some(false) => " closed",
+                    None => " timeout",
+                };
+                ip_str(Line::new().s("net tcp "), ip).s(":").dec(port).s(answer).print();
+            }
+            _ => Line::new().s("net: bad tcp=").bytes(spec).print(),
+        }
+    }
 
     let mut forged = false;
     if let Some(ip) = arg(cmdline, b"spoof_ip").and_then(parse_ip) {
