@@ -184,8 +184,10 @@ fn benches(c: &mut Criterion) {
         }
     }
     bench_request(c, "block_write_4k_raw", &raw, Engine::Sync, VIRTIO_BLK_T_OUT, 4096);
+    bench_request(c, "block_write_1m_raw", &raw, Engine::Sync, VIRTIO_BLK_T_OUT, 1 << 20);
     if let Some(qcow2) = &qcow2 {
         bench_request(c, "block_write_4k_qcow2", qcow2, Engine::Sync, VIRTIO_BLK_T_OUT, 4096);
+        bench_request(c, "block_write_1m_qcow2", qcow2, Engine::Sync, VIRTIO_BLK_T_OUT, 1 << 20);
         std::fs::remove_file(qcow2).ok();
     }
     std::fs::remove_file(&raw).ok();
