@@ -13,7 +13,7 @@
 # counted on the host side of the TAP (/sys/class/net/NAME/statistics/rx_packets, rx_bytes)
 # over the run; time is wall time between the guest's `net-bench start` and `net-bench done`
 # lines, stamped by the host as they arrive (VMM start-up and guest boot are left out).
-# Mbit/s counts Ethernet frame bytes (no preamble, no FCS).
+# Mbit/s counts Ethernet frame bytes (no preamble, no FCS). Runs alternate between the VMMs.
 #
 # Host -> guest (RX): net_gen.c (built here with cc) sends COUNT_RX 64-byte frames to the
 # guest's MAC out of the TAP's host side as fast as it can (AF_PACKET, sendmmsg); the TAP drops
@@ -130,12 +130,14 @@ run_rx() {
 
 median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else print v[int((NR+1)/2)]}'; }
 
+# Runs alternate between the VMMs (hv, QEMU, hv, ...) so that a change in the machine's load
+# during the script hits both alike.
 declare -A PPS MBPS
 for case in "64:$COUNT_SMALL" "1514:$COUNT_LARGE"; do
     IFS=: read -r size count <<<"$case"
-    for vmm in hv qemu; do
-        pps=() mbps=()
-        for ((i = 0; i < RUNS; i++)); do
+    declare -A pps=() mbps=()
+    for ((i = 0; i < RUNS; i++)); do
+        for vmm in hv qemu; do
             r=$(run "$vmm" "$size" "$count")
             if [ "$r" = FAIL ]; then
                 echo "net.sh: $vmm size $size failed; see $LOG" >&2
@@ -145,31 +147,35 @@ for case in "64:$COUNT_SMALL" "1514:$COUNT_LARGE"; do
             if [ "$frames" -lt "$count" ]; then
                 echo "net.sh: $vmm size $size: the TAP saw $frames of $count frames" >&2
             fi
-            pps+=("$(awk -v n="$frames" -v t="$t" 'BEGIN {printf "%.0f", n / t}')")
-            mbps+=("$(awk -v b="$bytes" -v t="$t" 'BEGIN {printf "%.0f", b * 8 / t / 1e6}')")
+            pps[$vmm]+="$(awk -v n="$frames" -v t="$t" 'BEGIN {printf "%.0f", n / t}') "
+            mbps[$vmm]+="$(awk -v b="$bytes" -v t="$t" 'BEGIN {printf "%.0f", b * 8 / t / 1e6}') "
         done
-        PPS[$vmm,$size]=$(printf '%s\n' "${pps[@]}" | median)
-        MBPS[$vmm,$size]=$(printf '%s\n' "${mbps[@]}" | median)
-        echo "$vmm ${size}B: pps ${pps[*]}; Mbit/s ${mbps[*]}" >&2
     done
+    for vmm in hv qemu; do
+        PPS[$vmm,$size]=$(tr ' ' '\n' <<<"${pps[$vmm]:-}" | grep . | median)
+        MBPS[$vmm,$size]=$(tr ' ' '\n' <<<"${mbps[$vmm]:-}" | grep . | median)
+        echo "$vmm ${size}B: pps ${pps[$vmm]:-}; Mbit/s ${mbps[$vmm]:-}" >&2
+    done
+    unset pps mbps
 done
 
-declare -A RX OFFERED
-for vmm in hv qemu; do
-    rx=() offered=()
-    for ((i = 0; i < RUNS; i++)); do
+declare -A RX OFFERED rx=() offered=()
+for ((i = 0; i < RUNS; i++)); do
+    for vmm in hv qemu; do
         r=$(run_rx "$vmm")
         if [ "$r" = FAIL ]; then
             echo "net.sh: $vmm rx failed; see $LOG" >&2
             continue
         fi
         read -r got secs sent <<<"$r"
-        rx+=("$(awk -v n="$got" -v t="$secs" 'BEGIN {printf "%.0f", n / t}')")
-        offered+=("$(awk -v n="$sent" -v t="$secs" 'BEGIN {printf "%.0f", n / t}')")
+        rx[$vmm]+="$(awk -v n="$got" -v t="$secs" 'BEGIN {printf "%.0f", n / t}') "
+        offered[$vmm]+="$(awk -v n="$sent" -v t="$secs" 'BEGIN {printf "%.0f", n / t}') "
     done
-    RX[$vmm]=$(printf '%s\n' "${rx[@]}" | median)
-    OFFERED[$vmm]=$(printf '%s\n' "${offered[@]}" | median)
-    echo "$vmm rx 64B: delivered pps ${rx[*]}; offered pps ${offered[*]}" >&2
+done
+for vmm in hv qemu; do
+    RX[$vmm]=$(tr ' ' '\n' <<<"${rx[$vmm]:-}" | grep . | median)
+    OFFERED[$vmm]=$(tr ' ' '\n' <<<"${offered[$vmm]:-}" | grep . | median)
+    echo "$vmm rx 64B: delivered pps ${rx[$vmm]:-}; offered pps ${offered[$vmm]:-}" >&2
 done
 
 ratio() { awk -v h="$1" -v q="$2" 'BEGIN {if (q + 0 > 0) printf "%.2f", h / q; else print "-"}'; }
