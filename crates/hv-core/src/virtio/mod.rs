@@ -26,10 +26,34 @@ use crate::devices::IrqLine;
 
 pub use mmio::MmioTransport;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let mut d = [0xffu8; 4];
+        super::read_config_space(&[1, 2, 3], 1, &mut d);
+        assert_eq!(d, [2, 3, 0, 0]);
+        super::read_config_space(&[1, 2, 3], u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+}
+
 /// Interrupt status bit: a used buffer was added.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
 /// Interrupt status bit: the configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x2;
+
+/// Serves a guest read of `data.len()` bytes at `offset` from a device's configuration space
+/// `config`; bytes past its end read as zero, so no offset a guest chooses can fault.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if start >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
 
 /// A device's way to interrupt the guest.
 #[derive(Clone, Debug)]

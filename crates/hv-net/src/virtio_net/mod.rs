@@ -177,14 +177,7 @@ pub fn config_bytes(config: &virtio_net_config) -> [u8; std::mem::size_of::<virt
 
 /// Serves a guest read of `data.len()` bytes at `offset`; bytes past the end read as zero.
 pub fn read_config(config: &virtio_net_config, offset: u64, data: &mut [u8]) {
-    let bytes = config_bytes(config);
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
-    if start >= bytes.len() {
-        return;
-    }
-    let n = data.len().min(bytes.len() - start);
-    data[..n].copy_from_slice(&bytes[start..start + n]);
+    hv_core::virtio::read_config_space(&config_bytes(config), offset, data);
 }
 
 /// The device's counters, shared between its worker and [`NetHandle`]s (relaxed atomics: each

@@ -188,14 +188,7 @@ pub fn config_bytes(config: &virtio_blk_config) -> Vec<u8> {
 /// Serves a guest read of `data.len()` bytes at `offset` in the configuration space; bytes past
 /// its end read as zero.
 pub fn read_config(config: &virtio_blk_config, offset: u64, data: &mut [u8]) {
-    let bytes = config_bytes(config);
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
-    if start >= bytes.len() {
-        return;
-    }
-    let n = data.len().min(bytes.len() - start);
-    data[..n].copy_from_slice(&bytes[start..start + n]);
+    hv_core::virtio::read_config_space(&config_bytes(config), offset, data);
 }
 
 #[cfg(test)]
