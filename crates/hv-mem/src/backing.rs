@@ -100,7 +100,7 @@ impl GuestRam {
     pub fn new(config: &MemoryConfig) -> Result<Self> {
         let layout = MemoryLayout::x86_64(config.size)?;
         if let Backing::HugeTlb(size) = config.backing {
-            if config.size % size.bytes() != 0 {
+            if !config.size.is_multiple_of(size.bytes()) {
                 return Err(Error::InvalidSize {
                     size: config.size,
                     reason: "hugetlb-backed RAM must be a multiple of the huge page size",

@@ -93,7 +93,7 @@ impl MemoryLayout {
                 reason: "guest RAM cannot be empty",
             });
         }
-        if ram_bytes % PAGE_SIZE != 0 {
+        if !ram_bytes.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidSize {
                 size: ram_bytes,
                 reason: "guest RAM must be a multiple of 4 KiB",

@@ -159,7 +159,7 @@ proptest! {
         prop_assert!(status <= 2, "status {status}");
         let total: u64 = bufs.iter().map(|&(l, _)| u64::from(l)).sum();
         let dirs_ok = |want: bool| bufs.iter().all(|&(_, w)| w == want);
-        let in_range = total % 512 == 0
+        let in_range = total.is_multiple_of(512)
             && total > 0
             && sector.checked_add(total / 512).is_some_and(|e| e <= (DISK / 512) as u64);
         let expect_ok = match t {

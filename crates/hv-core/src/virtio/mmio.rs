@@ -304,7 +304,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit; other widths read as zero.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }

@@ -82,9 +82,10 @@ impl RawFile {
     /// True when `offset` and every buffer are aligned as O_DIRECT needs (always when buffered).
     pub(crate) fn aligned_for_direct(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> bool {
         let Some(align) = self.direct_align else { return true };
-        offset % align == 0
+        offset.is_multiple_of(align)
             && bufs.iter().all(|s| {
-                (s.ptr_guard().as_ptr() as u64) % align == 0 && (s.len() as u64) % align == 0
+                (s.ptr_guard().as_ptr() as u64).is_multiple_of(align)
+                    && (s.len() as u64).is_multiple_of(align)
             })
     }
 

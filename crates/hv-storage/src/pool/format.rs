@@ -238,7 +238,7 @@ fn parse_qcow2_header(
             return Err(HeaderIssue::Bad(format!("refcount order {refcount_order} above 6")));
         }
         header_len = be32(head, 100) as usize;
-        if header_len < 104 || header_len % 8 != 0 || header_len > head.len() {
+        if header_len < 104 || !header_len.is_multiple_of(8) || header_len > head.len() {
             return Err(HeaderIssue::Bad(format!("header length {header_len}")));
         }
     }
@@ -268,7 +268,7 @@ fn parse_qcow2_header(
             }
             EXT_DATA_FILE => return Err(bad("external data files are not supported")),
             // imago indexes each 48-byte entry without checking its length.
-            EXT_FEATURE_NAMES if len % 48 != 0 => {
+            EXT_FEATURE_NAMES if !len.is_multiple_of(48) => {
                 return Err(bad("feature name table is not a whole number of entries"))
             }
             _ => {}

@@ -398,7 +398,7 @@ impl Request {
                 if total == 0 {
                     return Err(RequestError::NoData);
                 }
-                if total % SECTOR_SIZE != 0 {
+                if !total.is_multiple_of(SECTOR_SIZE) {
                     return Err(RequestError::NotSectorMultiple(total));
                 }
                 if total > u64::from(limits.max_data_bytes) {
@@ -535,7 +535,7 @@ fn parse_segments(
     } else {
         (limits.max_write_zeroes_seg, limits.max_write_zeroes_sectors)
     };
-    if total == 0 || total % u64::from(SEGMENT_LEN) != 0 {
+    if total == 0 || !total.is_multiple_of(u64::from(SEGMENT_LEN)) {
         return Err(RequestError::BadSegmentLength(total));
     }
     let count = total / u64::from(SEGMENT_LEN);
