@@ -6,9 +6,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
+use crate::lifecycle::{CrashReason, ExitReason};
 use crate::quirks::Emulated;
 use crate::vcpu::Exit;
-use crate::vm::{Context, CrashReason, ExitReason};
+use crate::vm::Context;
 
 /// What the run loop does after an exit.
 pub(crate) enum Step {

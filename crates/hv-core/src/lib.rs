@@ -30,6 +30,7 @@ pub mod cpuid;
 pub mod devices;
 mod exits;
 pub mod kvm;
+pub mod lifecycle;
 pub mod quirks;
 pub mod rate_limiter;
 mod signal;

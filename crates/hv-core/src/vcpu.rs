@@ -12,7 +12,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::boot::regs::{entry_regs, setup_sregs};
 use crate::boot::EntryPoint;
 use crate::exits::{self, Step};
-use crate::vm::{Context, CrashInfo, CrashReason, ExitReason};
+use crate::lifecycle::{CrashInfo, CrashReason, ExitReason};
+use crate::vm::Context;
 
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
