@@ -28,7 +28,7 @@ pub(crate) enum Step {
 }
 
 /// Classifies an exit, dispatching I/O to the buses.
-pub(crate) fn handle(ctx: &Context, vcpu: u8, exit: Exit<'_>) -> Step {
+pub(crate) fn handle(ctx: &Context, exit: Exit<'_>) -> Step {
     match exit {
         Exit::IoIn(port, data) => {
             ctx.pio.read(u64::from(port), data);
@@ -58,10 +58,7 @@ pub(crate) fn handle(ctx: &Context, vcpu: u8, exit: Exit<'_>) -> Step {
         Exit::InternalError => Step::InternalError,
         Exit::Intr | Exit::IrqWindowOpen => Step::Continue,
         Exit::IoapicEoi(_) => Step::Continue,
-        other => {
-            let _ = vcpu;
-            Step::Crash(CrashReason::UnexpectedExit(format!("{other:?}")))
-        }
+        other => Step::Crash(CrashReason::UnexpectedExit(format!("{other:?}"))),
     }
 }
 

@@ -178,7 +178,7 @@ pub fn run(mut vcpu: Vcpu) {
     };
     while ctx.control.gate(|| snapshot(&vcpu.fd)) {
         let step = match vcpu.fd.run() {
-            Ok(exit) => exits::handle(&ctx, vcpu.id, exit),
+            Ok(exit) => exits::handle(&ctx, exit),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
             Err(e) => Step::Stop(ExitReason::Failed { vcpu: vcpu.id, errno: e.errno() }),
         };

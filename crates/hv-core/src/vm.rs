@@ -446,7 +446,7 @@ impl VmBuilder {
         }
 
         // vCPUs.
-        let mut base_cpuid = hv
+        let base_cpuid = hv
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
@@ -466,7 +466,6 @@ impl VmBuilder {
                 kicker: Arc::new(Kicker::default()),
             });
         }
-        crate::cpuid::fixup(&mut base_cpuid, 0, self.vcpus as u8);
         *ctx.control.kickers.lock().unwrap_or_else(|e| e.into_inner()) =
             vcpus.iter().map(|v| v.kicker.clone()).collect();
 
