@@ -189,6 +189,16 @@ impl NetQueueHandler {
         self.last_error = Some(why.to_string());
     }
 
+    /// Whether a chain's head index is inside the queue; a guest-made head past it is counted
+    /// under `counter` and the chain is dropped.
+    fn head_in_queue(&mut self, head: u16, size: u16, counter: Counter) -> bool {
+        if head < size {
+            return true;
+        }
+        self.fail(counter, ChainError::BadHead { head, size });
+        false
+    }
+
     /// Sends every available TX chain (until the rate limiter says wait). Returns whether to
     /// interrupt the guest.
     pub fn process_tx(
@@ -210,11 +220,7 @@ impl NetQueueHandler {
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 popped = true;
                 let head = chain.head_index();
-                if head >= queue.size() {
-                    self.fail(
-                        Counter::TxMalformed,
-                        ChainError::BadHead { head, size: queue.size() },
-                    );
+                if !self.head_in_queue(head, queue.size(), Counter::TxMalformed) {
                     continue;
                 }
                 match TxFrame::parse(chain, mem) {
@@ -340,11 +346,7 @@ impl NetQueueHandler {
                 let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
                 popped = true;
                 let head = chain.head_index();
-                if head >= queue.size() {
-                    self.fail(
-                        Counter::RxMalformed,
-                        ChainError::BadHead { head, size: queue.size() },
-                    );
+                if !self.head_in_queue(head, queue.size(), Counter::RxMalformed) {
                     continue;
                 }
                 match RxBuffer::parse(chain, mem) {
