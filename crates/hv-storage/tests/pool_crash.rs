@@ -4,8 +4,8 @@
 //!    is made to "crash" in turn (the `failpoints` feature panics there, skipping all cleanup);
 //!    reopening the pool from disk must find every committed volume intact and either the
 //!    whole operation or none of it.
-//! 2. A real `kill -9`: this test binary re-runs itself as a child that creates, resizes and
-//!    deletes volumes in a loop; the parent kills it at random moments and checks the pool.
+//! 2. A real `kill -9`: a child process (`tests/support/pool_crash_child.rs`) creates, resizes
+//!    and deletes volumes in a loop; the parent kills it at random moments and checks the pool.
 
 mod pool_common;
 
@@ -186,55 +186,11 @@ fn pool_definitions_are_atomic_at_every_write_point() {
 
 // ---- kill -9 ----
 
-const CHILD_ENV: &str = "HV_POOL_CRASH_CHILD";
-
-/// The child: loops over volume operations on the pool named in the environment, printing
-/// `@@ begin OP NAME [SIZE]` before and `@@ done OP NAME [SIZE]` after each one. Only runs as the
-/// child of `kill_9_in_the_middle_of_metadata_updates`.
-#[test]
-#[ignore = "runs only as the child of kill_9_in_the_middle_of_metadata_updates"]
-fn crash_child_worker() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
-    let (state, pool_name, round) = {
-        let mut it = spec.split(',');
-        (
-            it.next().unwrap().to_string(),
-            it.next().unwrap().to_string(),
-            it.next().unwrap().to_string(),
-        )
-    };
-    let mgr = PoolManager::new(&state).unwrap();
-    let mut pool = mgr.open(&pool_name).unwrap();
-    let qcow2 = matches!(pool.def().kind, hv_storage::pool::PoolKind::Dir { .. });
-    for i in 0u64.. {
-        let name = format!("r{round}v{i}");
-        let size = (1 + i % 3) * MIB;
-        println!("@@ begin create {name} {size}");
-        let format = if qcow2 && i % 2 == 0 { VolFormat::Qcow2 } else { VolFormat::Raw };
-        let spec = VolumeSpec::builder(&name).format(format).capacity(size).build().unwrap();
-        pool.create_volume(&spec).unwrap();
-        let data = pattern(64 << 10, i);
-        pool.upload_volume(&name, &mut &data[..], 0, &mut |_, _| {}).unwrap();
-        println!("@@ done create {name} {size}");
-        println!("@@ begin resize {name} {}", size + MIB);
-        pool.resize_volume(&name, size + MIB, ResizeFlags::default()).unwrap();
-        println!("@@ done resize {name} {}", size + MIB);
-        if i % 3 == 2 {
-            let victim = format!("r{round}v{}", i - 1);
-            println!("@@ begin delete {victim}");
-            pool.delete_volume(&victim).unwrap();
-            println!("@@ done delete {victim}");
-        }
-    }
-}
-
 /// Runs one child on `pool` and kills it with SIGKILL after `delay` from its first line;
 /// returns its output lines.
 fn run_and_kill(state: &str, pool: &str, round: u32, delay: Duration) -> Vec<String> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "crash_child_worker", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{state},{pool},{round}"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hv-pool-crash-child"))
+        .args([state, pool, &round.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

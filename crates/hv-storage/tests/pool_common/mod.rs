@@ -58,18 +58,9 @@ impl Env {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../support/pattern.rs"]
+mod pattern_impl;
+pub use pattern_impl::pattern;
 
 /// True when `qemu-img` runs.
 pub fn have_qemu_img() -> bool {
