@@ -79,6 +79,11 @@ impl RawFile {
         move |source| BlockError::Io { op, offset, len, source }
     }
 
+    /// The logical block size the device advertises: the O_DIRECT alignment, else 512.
+    pub(crate) fn block_size(&self) -> u32 {
+        self.direct_align.map_or(512, |a| a as u32)
+    }
+
     /// True when `offset` and every buffer are aligned as O_DIRECT needs (always when buffered).
     pub(crate) fn aligned_for_direct(&self, offset: u64, bufs: &[GuestSlice<'_>]) -> bool {
         let Some(align) = self.direct_align else { return true };

@@ -133,7 +133,7 @@ impl BlockBackend for RawUringDisk {
     }
 
     fn block_size(&self) -> u32 {
-        self.raw.direct_align.map_or(512, |a| a as u32)
+        self.raw.block_size()
     }
 
     fn read_vectored(&mut self, offset: u64, bufs: &[GuestSlice<'_>]) -> Result<()> {

@@ -264,14 +264,7 @@ impl Pool for DirPool {
     }
 
     fn info(&self) -> Result<PoolInfo> {
-        let mut info = PoolInfo {
-            name: self.def.name.clone(),
-            uuid: self.def.uuid.clone(),
-            state: self.state(),
-            capacity: 0,
-            allocation: 0,
-            available: 0,
-        };
+        let mut info = PoolInfo::without_sizes(&self.def, self.state());
         if self.state() == PoolState::Running {
             let st =
                 statvfs(&self.target).map_err(|e| io_err("statvfs", &self.target)(e.into()))?;

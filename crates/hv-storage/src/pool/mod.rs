@@ -64,6 +64,21 @@ pub struct PoolInfo {
     pub available: u64,
 }
 
+impl PoolInfo {
+    /// The info of pool `def` in `state`, with the sizes still to be filled in (zero, as for an
+    /// inactive pool).
+    pub fn without_sizes(def: &PoolDef, state: PoolState) -> Self {
+        Self {
+            name: def.name.clone(),
+            uuid: def.uuid.clone(),
+            state,
+            capacity: 0,
+            allocation: 0,
+            available: 0,
+        }
+    }
+}
+
 /// How to build a pool (virsh `pool-build` flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BuildFlags {

@@ -214,14 +214,7 @@ impl Pool for LogicalPool {
     }
 
     fn info(&self) -> Result<PoolInfo> {
-        let mut info = PoolInfo {
-            name: self.def.name.clone(),
-            uuid: self.def.uuid.clone(),
-            state: self.state(),
-            capacity: 0,
-            allocation: 0,
-            available: 0,
-        };
+        let mut info = PoolInfo::without_sizes(&self.def, self.state());
         if let Some(vg) = &self.vg {
             let total: u64 = vg.meta.pvs.iter().map(|p| p.pe_count).sum();
             let free = alloc::free_extents(&vg.meta);
