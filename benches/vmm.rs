@@ -26,10 +26,10 @@ fn guest(cmdline: &str) -> VmBuilder {
 
 /// Runs the guest to power-off and returns how long its vCPUs ran.
 fn run(b: VmBuilder) -> Duration {
-    let mut vm = b.build().expect("build");
+    let vm = b.build().expect("build");
     let t = Instant::now();
     vm.start().expect("start");
-    let r = vm.wait();
+    let r = vm.wait().expect("wait");
     let d = t.elapsed();
     assert!(matches!(r, ExitReason::PoweredOff), "{r}");
     d
@@ -70,13 +70,12 @@ fn benches(c: &mut Criterion) {
             for _ in 0..iters {
                 let out = Capture::new();
                 let t = Instant::now();
-                let mut vm =
-                    guest("test=poweroff").serial_output(out.clone()).build().expect("build");
+                let vm = guest("test=poweroff").serial_output(out.clone()).build().expect("build");
                 vm.start().expect("start");
                 assert!(out.wait_for("hvtest: boot\n", Duration::from_secs(30)));
                 total += t.elapsed();
                 vm.kill().ok();
-                vm.wait();
+                let _ = vm.wait();
             }
             total
         })

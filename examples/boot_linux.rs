@@ -4,11 +4,17 @@
 //! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
 //!     [--vcpus N] [--mem-mib M] [--timeout-secs S] \
 //!     [--net tap=NAME[,mac=MAC][,queues=N]]... [--net network=NAME[,...]]... [--state-dir DIR] \
-//!     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]...
+//!     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]... [--seccomp trap|log|off]
 //! ```
 //!
 //! Each `--disk` adds a virtio-blk disk, format probed unless given (see `boot_linux/disk.rs`).
 //! Each `--net` adds a virtio-net NIC (see `boot_linux/net.rs`).
+//!
+//! Every thread is confined by a seccomp filter (`--seccomp trap`, the default): the vCPU and
+//! device threads by hv-core's, this main thread by the main-thread filter once the VM is
+//! built. A forbidden call ends the VM as crashed and names the call. `--seccomp log` lets
+//! such calls through and has the kernel log them; `--seccomp off` (or `--no-seccomp`)
+//! installs no filter, for debugging.
 //!
 //! Exits 0 when the guest powers off; otherwise prints the reason on stderr and exits 1
 //! (2 for bad arguments or a VM that cannot be built).
@@ -17,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use hv::core::seccomp::{self, SeccompMode};
 use hv::core::{ExitReason, VmBuilder};
 
 #[path = "boot_linux/disk.rs"]
@@ -34,12 +41,14 @@ struct Args {
     nets: Vec<net::NetArg>,
     disks: Vec<disk::DiskArg>,
     state_dir: PathBuf,
+    seccomp: SeccompMode,
 }
 
 const USAGE: &str = "usage: boot_linux --kernel K [--initrd I] [--cmdline C] [--vcpus N] \
                      [--mem-mib M] [--timeout-secs S] [--net tap=NAME[,mac=MAC]] \
                      [--net network=NAME[,mac=MAC]] [--state-dir DIR] \
-                     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]";
+                     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]] \
+                     [--seccomp trap|log|off] [--no-seccomp]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -54,6 +63,7 @@ fn parse() -> Result<Args, String> {
         nets: Vec::new(),
         disks: Vec::new(),
         state_dir: PathBuf::from("/var/lib/hv"),
+        seccomp: SeccompMode::Trap,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -70,6 +80,15 @@ fn parse() -> Result<Args, String> {
             "--net" => a.nets.push(net::parse_net(&value()?)?),
             "--disk" => a.disks.push(disk::parse_disk(&value()?)?),
             "--state-dir" => a.state_dir = PathBuf::from(value()?),
+            "--seccomp" => {
+                a.seccomp = match value()?.as_str() {
+                    "trap" => SeccompMode::Trap,
+                    "log" => SeccompMode::Log,
+                    "off" => SeccompMode::Off,
+                    other => return Err(format!("--seccomp: {other:?} is not trap, log or off")),
+                }
+            }
+            "--no-seccomp" => a.seccomp = SeccompMode::Off,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -91,7 +110,8 @@ fn main() -> ExitCode {
         .cmdline(&args.cmdline)
         .vcpus(args.vcpus)
         .memory_mib(args.mem_mib)
-        .serial_output(std::io::stdout());
+        .serial_output(std::io::stdout())
+        .seccomp(args.seccomp);
     if let Some(initrd) = &args.initrd {
         builder = builder.initrd(initrd);
     }
@@ -120,7 +140,7 @@ fn main() -> ExitCode {
         builder = builder.virtio_device(Box::new(nic.device));
         nic_handles.push(nic.handle);
     }
-    let mut vm = match builder.build() {
+    let vm = match builder.build() {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("boot_linux: cannot build the VM: {e}");
@@ -128,6 +148,11 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("boot_linux: host {:?}, cmdline: {}", vm.host(), vm.cmdline());
+    // From here on this thread only starts, watches and stops the VM.
+    if let Err(e) = seccomp::install_main_thread_filter(args.seccomp, &[]) {
+        eprintln!("boot_linux: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = vm.start() {
         eprintln!("boot_linux: cannot start the VM: {e}");
         return ExitCode::from(2);
@@ -148,11 +173,17 @@ fn main() -> ExitCode {
                     }
                 }
                 let _ = vm.kill();
-                vm.wait();
+                let _ = vm.wait();
                 return ExitCode::FAILURE;
             }
         },
-        None => vm.wait(),
+        None => match vm.wait() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("boot_linux: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     eprintln!("boot_linux: guest {reason}");
     for (i, h) in nic_handles.iter().enumerate() {

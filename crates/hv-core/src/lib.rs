@@ -9,7 +9,7 @@
 //! ```no_run
 //! use hv_core::{console::Capture, VmBuilder};
 //! let console = Capture::new();
-//! let mut vm = VmBuilder::new()
+//! let vm = VmBuilder::new()
 //!     .memory_mib(128)
 //!     .vcpus(2)
 //!     .kernel("vmlinux")
@@ -17,7 +17,7 @@
 //!     .serial_output(console.clone())
 //!     .build()?;
 //! vm.start()?;
-//! let reason = vm.wait();
+//! let reason = vm.wait()?;
 //! println!("guest stopped: {reason}");
 //! # Ok::<(), hv_core::Error>(())
 //! ```
@@ -33,6 +33,7 @@ pub mod kvm;
 pub mod lifecycle;
 pub mod quirks;
 pub mod rate_limiter;
+pub mod seccomp;
 mod signal;
 pub mod vcpu;
 pub mod virtio;

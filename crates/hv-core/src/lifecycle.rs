@@ -14,6 +14,7 @@ use crate::vcpu::Kicker;
 
 /// Where a VM is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VmState {
     /// Built, vCPUs not started.
     Created,
@@ -25,8 +26,9 @@ pub enum VmState {
     Stopped,
 }
 
-/// The lifecycle operations checked against [`VmState`].
+/// The lifecycle operations and events checked against [`VmState`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op {
     /// Start the vCPUs.
     Start,
@@ -38,20 +40,29 @@ pub enum Op {
     Shutdown,
     /// Stop the VM at once.
     Kill,
+    /// The VM ended on its own (power-off, reset, crash, a failed vCPU).
+    End,
 }
 
 impl VmState {
-    /// The single table of allowed transitions.
-    pub fn allows(self, op: Op) -> bool {
+    /// The single table of transitions: the state `op` leads to from `self`, or `None` when
+    /// `op` is not allowed in `self`.
+    pub fn next(self, op: Op) -> Option<VmState> {
         use {Op::*, VmState::*};
-        matches!(
-            (self, op),
-            (Created, Start)
-                | (Running, Pause)
-                | (Paused, Resume)
-                | (Running | Paused, Shutdown)
-                | (Created | Running | Paused, Kill)
-        )
+        Some(match (self, op) {
+            (Created, Start) => Running,
+            (Running, Pause) => Paused,
+            (Paused, Resume) => Running,
+            (Running, Shutdown) => Running,
+            (Paused, Shutdown) => Paused,
+            (Created | Running | Paused, Kill | End) => Stopped,
+            _ => return None,
+        })
+    }
+
+    /// Whether `op` is allowed in this state.
+    pub fn allows(self, op: Op) -> bool {
+        self.next(op).is_some()
     }
 }
 
@@ -68,6 +79,7 @@ impl fmt::Display for VmState {
 
 /// Why a guest crashed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CrashReason {
     /// A triple fault (KVM_EXIT_SHUTDOWN).
     TripleFault,
@@ -90,13 +102,22 @@ pub enum CrashReason {
     GuestPanic,
     /// An exit hv does not expect from a guest.
     UnexpectedExit(String),
+    /// A thread of the VM (a device model on a vCPU, a device worker) made a system call its
+    /// seccomp filter forbids (see [`crate::seccomp`]). The call failed; the VM was ended.
+    SeccompViolation {
+        /// The forbidden call.
+        violation: crate::seccomp::Violation,
+        /// The name of the thread that made it.
+        thread: String,
+    },
 }
 
 /// What a crash left behind.
 #[derive(Clone, Debug)]
 pub struct CrashInfo {
-    /// The vCPU that crashed.
-    pub vcpu: u8,
+    /// The vCPU that crashed (`None` when the crash came from a device: pvpanic, a device
+    /// worker's forbidden system call).
+    pub vcpu: Option<u8>,
     /// Why.
     pub reason: CrashReason,
     /// Its general registers, if they could be read.
@@ -107,6 +128,7 @@ pub struct CrashInfo {
 
 /// How a VM ended.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum ExitReason {
     /// The guest powered off (ACPI S5).
     PoweredOff,
@@ -153,7 +175,10 @@ impl fmt::Display for ExitReason {
                 std::io::Error::from_raw_os_error(*errno)
             ),
             ExitReason::Crashed(c) => {
-                write!(f, "crashed on vCPU {}: ", c.vcpu)?;
+                match c.vcpu {
+                    Some(vcpu) => write!(f, "crashed on vCPU {vcpu}: ")?,
+                    None => write!(f, "crashed: ")?,
+                }
                 match &c.reason {
                     CrashReason::TripleFault => write!(f, "triple fault")?,
                     CrashReason::EmulationFailure { insn } => {
@@ -167,6 +192,10 @@ impl fmt::Display for ExitReason {
                     }
                     CrashReason::GuestPanic => write!(f, "guest kernel panic")?,
                     CrashReason::UnexpectedExit(e) => write!(f, "unexpected exit {e}")?,
+                    CrashReason::SeccompViolation { violation, thread } => write!(
+                        f,
+                        "thread {thread} made {violation}, which its seccomp filter forbids"
+                    )?,
                 }
                 if let Some(r) = &c.regs {
                     write!(f, " at rip={:#x} rsp={:#x}", r.rip, r.rsp)?;
@@ -249,16 +278,25 @@ impl Control {
         }
     }
 
-    /// Records the VM's outcome (the first one wins) and stops every vCPU.
-    pub(crate) fn finish(&self, reason: ExitReason) {
+    /// Records the VM's outcome (the first one wins), moves it to `Stopped` through `op`
+    /// (`Kill` or `End`) and stops every vCPU.
+    pub(crate) fn end(&self, op: Op, reason: ExitReason) {
         {
             let mut g = self.lock();
             if g.outcome.is_none() {
-                g.outcome = Some(reason);
+                if let Some(next) = g.state.next(op) {
+                    g.state = next;
+                    g.outcome = Some(reason);
+                }
             }
             self.cond.notify_all();
         }
         self.kick_all();
+    }
+
+    /// The VM ended on its own for `reason` (the first outcome wins).
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        self.end(Op::End, reason);
     }
 
     pub(crate) fn vcpu_halted(&self) {
@@ -275,9 +313,6 @@ impl Control {
     pub(crate) fn vcpu_exited(&self) {
         let mut g = self.lock();
         g.alive -= 1;
-        if g.alive == 0 {
-            g.state = VmState::Stopped;
-        }
         self.cond.notify_all();
     }
 }
@@ -298,5 +333,23 @@ mod tests {
         assert!(VmState::Paused.allows(Kill));
         assert!(!VmState::Stopped.allows(Kill));
         assert!(!VmState::Stopped.allows(Start));
+        assert_eq!(VmState::Created.next(Start), Some(VmState::Running));
+        assert_eq!(VmState::Running.next(Pause), Some(VmState::Paused));
+        assert_eq!(VmState::Paused.next(Resume), Some(VmState::Running));
+        assert_eq!(VmState::Paused.next(Shutdown), Some(VmState::Paused));
+        assert_eq!(VmState::Running.next(Kill), Some(VmState::Stopped));
+        assert_eq!(VmState::Created.next(End), Some(VmState::Stopped));
+        assert_eq!(VmState::Stopped.next(End), None);
+    }
+
+    #[test]
+    fn the_first_outcome_wins_and_stops_the_vm() {
+        let c = Control::new(1);
+        c.lock().state = VmState::Running;
+        c.finish(ExitReason::PoweredOff);
+        c.end(Op::Kill, ExitReason::Killed);
+        let g = c.lock();
+        assert_eq!(g.state, VmState::Stopped);
+        assert!(matches!(g.outcome, Some(ExitReason::PoweredOff)));
     }
 }

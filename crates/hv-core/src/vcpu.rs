@@ -113,33 +113,22 @@ pub fn set_boot_state(fd: &VcpuFd, entry: &EntryPoint, boot_info: u64) -> Result
     Ok(())
 }
 
-/// Lets another thread kick a vCPU out of `KVM_RUN`.
+/// Lets another thread kick a vCPU out of `KVM_RUN`: it signals the vCPU's thread, whose
+/// handler sets `immediate_exit` in its own `kvm_run` (see [`crate::signal`]).
 #[derive(Debug, Default)]
 pub struct Kicker {
-    target: Mutex<Option<KickTarget>>,
+    thread: Mutex<Option<libc::pthread_t>>,
 }
-
-#[derive(Debug, Clone, Copy)]
-struct KickTarget {
-    thread: libc::pthread_t,
-    immediate_exit: *mut u8,
-}
-
-// SAFETY: the pointer is only dereferenced under the mutex while the vCPU thread that owns the
-// kvm_run mapping is alive (it clears the target before the mapping goes away).
-unsafe impl Send for KickTarget {}
 
 impl Kicker {
     /// Makes the vCPU leave `KVM_RUN` as soon as possible.
     pub fn kick(&self) {
-        let target = self.target.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = *target {
-            // SAFETY: the kvm_run mapping outlives the target (see KickTarget); immediate_exit
-            // is a plain byte KVM reads on entry.
-            unsafe { std::ptr::write_volatile(t.immediate_exit, 1) };
-            // SAFETY: the thread is alive while its target is set; the signal has a no-op
-            // handler installed by crate::signal::install.
-            unsafe { libc::pthread_kill(t.thread, crate::signal::kick_signal()) };
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = *thread {
+            // SAFETY: the thread is alive while it is recorded here (the vCPU thread clears it,
+            // under this lock, before it ends); the signal has a handler installed by
+            // crate::signal::install before any vCPU thread starts.
+            unsafe { libc::pthread_kill(t, crate::signal::kick_signal()) };
         }
     }
 }
@@ -154,20 +143,24 @@ pub struct Vcpu {
     pub(crate) kicker: Arc<Kicker>,
 }
 
-/// The vCPU thread's body: runs until the VM has an outcome.
-pub fn run(mut vcpu: Vcpu) {
+/// The vCPU thread's body: runs until the VM has an outcome (at once when `confined` is false:
+/// its seccomp filter could not be installed and the VM is being stopped).
+pub(crate) fn run(mut vcpu: Vcpu, confined: bool) {
     {
         let run = vcpu.fd.get_kvm_run();
-        let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
+        crate::signal::set_kick_target(std::ptr::addr_of_mut!(run.immediate_exit));
         // SAFETY: pthread_self has no preconditions.
         let thread = unsafe { libc::pthread_self() };
-        *vcpu.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(KickTarget { thread, immediate_exit });
+        *vcpu.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
     }
     let ctx = vcpu.ctx.clone();
     // However this thread ends, even by a panic in a device model, the VM learns of it and the
     // kicker stops pointing at this thread's kvm_run.
     let _guard = ExitGuard { ctx: &ctx, kicker: &vcpu.kicker, id: vcpu.id };
+    if !confined {
+        return;
+    }
+    crate::seccomp::set_owner(Some(Arc::downgrade(&ctx)));
     let snapshot = |fd: &VcpuFd| {
         let regs = fd.get_regs().ok().zip(fd.get_sregs().ok());
         if let Some(slot) =
@@ -198,6 +191,14 @@ pub fn run(mut vcpu: Vcpu) {
             Step::Crash(reason) => ctx.control.finish(crash(&vcpu.fd, vcpu.id, reason)),
             Step::Stop(reason) => ctx.control.finish(reason),
         }
+        // A device model on this thread made a call the vCPU filter forbids: it failed, and
+        // the VM ends here.
+        if let Some(violation) = crate::seccomp::take_violation() {
+            log::error!("vCPU {} made {violation}, which its seccomp filter forbids", vcpu.id);
+            let thread = format!("hv-vcpu{}", vcpu.id);
+            let reason = CrashReason::SeccompViolation { violation, thread };
+            ctx.control.finish(crash(&vcpu.fd, vcpu.id, reason));
+        }
     }
 }
 
@@ -209,8 +210,12 @@ struct ExitGuard<'a> {
 
 impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
-        *self.kicker.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.kicker.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        crate::signal::set_kick_target(std::ptr::null_mut());
         if std::thread::panicking() {
+            // The panic is what ended the thread; calls the panic machinery made while printing
+            // (a backtrace opens files) were refused and are forgotten.
+            let _ = crate::seccomp::take_violation();
             self.ctx.control.finish(ExitReason::Panicked { vcpu: self.id });
         }
         self.ctx.control.vcpu_exited();
@@ -219,7 +224,7 @@ impl Drop for ExitGuard<'_> {
 
 fn crash(fd: &VcpuFd, vcpu: u8, reason: CrashReason) -> ExitReason {
     ExitReason::Crashed(Box::new(CrashInfo {
-        vcpu,
+        vcpu: Some(vcpu),
         reason,
         regs: fd.get_regs().ok(),
         sregs: fd.get_sregs().ok(),

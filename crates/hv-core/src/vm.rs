@@ -34,12 +34,15 @@ use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Control, ControlState};
 pub use crate::lifecycle::{CrashInfo, CrashReason, ExitReason, Op, VmState};
 use crate::quirks::Quirks;
+use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
 use crate::vcpu::{self, Kicker, Vcpu};
+use crate::virtio::device_thread::{DeviceThread, StartError};
 use crate::virtio::mmio::{QUEUE_NOTIFY, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::virtio::{MmioTransport, VirtioDevice};
 
 /// Errors building or operating a VM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// KVM could not be opened.
     #[error(transparent)]
@@ -85,6 +88,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
     /// The operation is not allowed in the VM's current state.
     #[error("cannot {op} a VM that is {state}")]
     InvalidState {
@@ -131,6 +137,9 @@ fn virtio_slot(i: usize) -> (u64, u32) {
 /// Describes a VM; [`build`](VmBuilder::build) validates it and makes a [`Vm`].
 pub struct VmBuilder {
     memory: MemoryConfig,
+    /// A size asked for with `memory_mib`, checked at build.
+    memory_mib: Option<u64>,
+    seccomp: SeccompMode,
     vcpus: usize,
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
@@ -156,6 +165,8 @@ impl VmBuilder {
     pub fn new() -> Self {
         Self {
             memory: MemoryConfig::new(128 << 20),
+            memory_mib: None,
+            seccomp: SeccompMode::default(),
             vcpus: 1,
             kernel: None,
             initrd: None,
@@ -173,13 +184,22 @@ impl VmBuilder {
 
     /// Guest RAM in MiB (anonymous backing).
     pub fn memory_mib(mut self, mib: u64) -> Self {
-        self.memory.size = mib << 20;
+        self.memory_mib = Some(mib);
         self
     }
 
     /// Full control of guest RAM: size, backing, THP, KSM.
     pub fn memory(mut self, config: MemoryConfig) -> Self {
         self.memory = config;
+        self.memory_mib = None;
+        self
+    }
+
+    /// How the VM's vCPU and device threads are confined (default [`SeccompMode::Trap`]: each
+    /// kind of thread may make only the system calls it needs, and a forbidden call ends the
+    /// VM as crashed, naming the call). [`SeccompMode::Off`] is for debugging.
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
         self
     }
 
@@ -279,6 +299,13 @@ impl VmBuilder {
                 Error::Boot(boot::Error::InitrdFile { path: initrd.clone(), source })
             })?;
         }
+        if let Some(mib) = self.memory_mib {
+            self.memory.size = mib.checked_mul(1 << 20).ok_or_else(|| {
+                Self::invalid("memory_mib", format!("{mib} MiB does not fit in 64 bits of bytes"))
+            })?;
+        }
+        let vcpu_filters = Filters::new(ThreadKind::Vcpu, self.seccomp, &[])?;
+        let device_filters = Filters::new(ThreadKind::DeviceWorker, self.seccomp, &[])?;
         if self.vcpus == 0 || self.vcpus > 254 {
             return Err(Self::invalid("vcpus", format!("{} is not in 1..=254", self.vcpus)));
         }
@@ -412,7 +439,7 @@ impl VmBuilder {
                     VmRequest::PowerOff => ExitReason::PoweredOff,
                     VmRequest::Reset => ExitReason::Reset,
                     VmRequest::GuestPanic => ExitReason::Crashed(Box::new(CrashInfo {
-                        vcpu: 0,
+                        vcpu: None,
                         reason: CrashReason::GuestPanic,
                         regs: None,
                         sregs: None,
@@ -434,7 +461,20 @@ impl VmBuilder {
         let pm = Arc::new(Mutex::new(AcpiPm::new(requests.clone(), sci)));
         ctx.pio.insert(PM_BASE, PM_LEN, pm.clone())?;
         ctx.pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(requests.clone()))))?;
+        let device_thread = if transports.is_empty() {
+            None
+        } else {
+            let t = DeviceThread::spawn("hv-devices", device_filters, Arc::downgrade(&ctx))
+                .map_err(|e| match e {
+                    StartError::Spawn(source) => Error::Host { what: "device thread", source },
+                    StartError::Seccomp(e) => Error::Seccomp(e),
+                })?;
+            Some(t)
+        };
         for (base, t) in transports {
+            if let Some(runner) = &device_thread {
+                t.lock().unwrap_or_else(|e| e.into_inner()).set_runner(runner.clone());
+            }
             ctx.mmio.insert(base, VIRTIO_MMIO_SIZE, t)?;
         }
         for d in self.devices {
@@ -471,13 +511,14 @@ impl VmBuilder {
 
         Ok(Vm {
             host: hv.host(),
-            vm_fd: Arc::new(vm_fd),
+            vm_fd,
             ram,
             ctx,
             serial,
             pm,
-            pending: vcpus,
-            threads: Vec::new(),
+            pending: Mutex::new(vcpus),
+            threads: Mutex::new(Vec::new()),
+            vcpu_filters,
             cmdline,
             entry: loaded.entry,
             dirty_tracking: self.dirty_tracking,
@@ -494,16 +535,19 @@ impl VmBuilder {
     }
 }
 
-/// A VM: its memory, devices and vCPUs.
+/// A VM: its memory, devices and vCPUs. Every operation takes `&self`, so one thread may
+/// [`wait`](Vm::wait) while another pauses or kills (share it in an `Arc`).
 pub struct Vm {
     host: HostKind,
-    vm_fd: Arc<VmFd>,
+    /// Declared before `ram`: the VM (and its memslots) goes before the memory they map.
+    vm_fd: VmFd,
     ram: GuestRam,
     ctx: Arc<Context>,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<AcpiPm>>,
-    pending: Vec<Vcpu>,
-    threads: Vec<JoinHandle<()>>,
+    pending: Mutex<Vec<Vcpu>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    vcpu_filters: Filters,
     cmdline: String,
     entry: EntryPoint,
     dirty_tracking: bool,
@@ -545,8 +589,9 @@ impl Vm {
         &self.ram
     }
 
-    /// The KVM VM fd (for devices that register ioeventfds and irqfds).
-    pub fn vm_fd(&self) -> &Arc<VmFd> {
+    /// The KVM VM fd (for devices that register ioeventfds and irqfds), borrowed from the VM
+    /// so it cannot outlive the guest RAM its memslots map.
+    pub fn vm_fd(&self) -> &VmFd {
         &self.vm_fd
     }
 
@@ -581,48 +626,69 @@ impl Vm {
         self.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes)
     }
 
+    /// Checks `op` against the state table and moves the VM to the state it names; returns
+    /// the guard with the state already moved.
     fn transition(&self, op: Op, opname: &'static str) -> Result<MutexGuard<'_, ControlState>> {
-        let g = self.ctx.control.lock();
-        if !g.state.allows(op) || (g.outcome.is_some() && op != Op::Kill) {
-            let state = if g.outcome.is_some() { VmState::Stopped } else { g.state };
-            return Err(Error::InvalidState { op: opname, state });
+        let mut g = self.ctx.control.lock();
+        match g.state.next(op) {
+            Some(next) if op != Op::Kill && op != Op::End => {
+                g.state = next;
+                Ok(g)
+            }
+            Some(_) => Ok(g),
+            None => Err(Error::InvalidState { op: opname, state: g.state }),
         }
-        Ok(g)
     }
 
-    /// Starts one host thread per vCPU.
-    pub fn start(&mut self) -> Result<()> {
+    /// Starts one host thread per vCPU, each confined by the vCPU seccomp filter.
+    pub fn start(&self) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut g = self.transition(Op::Start, "start")?;
-            g.state = VmState::Running;
-            g.alive = self.pending.len();
+            g.alive = pending.len();
         }
         crate::signal::install();
-        for v in self.pending.drain(..) {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut failure = None;
+        for v in pending.drain(..) {
             let name = format!("hv-vcpu{}", v.id);
-            match std::thread::Builder::new().name(name).spawn(move || vcpu::run(v)) {
-                Ok(t) => self.threads.push(t),
+            let (filters, ready) = (self.vcpu_filters.clone(), ready_tx.clone());
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                let installed = filters.install(ThreadKind::Vcpu);
+                let ok = installed.is_ok();
+                let _ = ready.send(installed);
+                vcpu::run(v, ok);
+            });
+            match spawned {
+                Ok(t) => threads.push(t),
                 Err(source) => {
-                    // The vCPUs not started count as exited so waiting still ends.
-                    self.ctx.control.finish(ExitReason::Killed);
-                    let mut g = self.ctx.control.lock();
-                    g.alive = self.threads.len();
-                    if g.alive == 0 {
-                        g.state = VmState::Stopped;
-                    }
-                    return Err(Error::Host { what: "vCPU thread", source });
+                    failure = Some(Error::Host { what: "vCPU thread", source });
+                    break;
                 }
             }
+        }
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(Error::Seccomp(e))),
+                Err(_) => break,
+            }
+        }
+        if let Some(e) = failure {
+            // The vCPUs not started count as exited so waiting still ends.
+            self.ctx.control.end(Op::Kill, ExitReason::Killed);
+            self.ctx.control.lock().alive = threads.len();
+            self.ctx.control.cond.notify_all();
+            return Err(e);
         }
         Ok(())
     }
 
     /// Parks every vCPU outside KVM_RUN; returns once none is running guest code.
     pub fn pause(&self) -> Result<()> {
-        {
-            let mut g = self.transition(Op::Pause, "pause")?;
-            g.state = VmState::Paused;
-        }
+        drop(self.transition(Op::Pause, "pause")?);
         self.ctx.control.kick_all();
         let mut g = self.ctx.control.lock();
         while g.parked < g.alive && g.outcome.is_none() {
@@ -642,8 +708,7 @@ impl Vm {
 
     /// Lets paused vCPUs run again.
     pub fn resume(&self) -> Result<()> {
-        let mut g = self.transition(Op::Resume, "resume")?;
-        g.state = VmState::Running;
+        let _g = self.transition(Op::Resume, "resume")?;
         self.ctx.control.cond.notify_all();
         Ok(())
     }
@@ -659,31 +724,39 @@ impl Vm {
 
     /// Stops the VM at once; [`wait`](Vm::wait) then returns [`ExitReason::Killed`].
     pub fn kill(&self) -> Result<()> {
-        let created = {
-            let g = self.transition(Op::Kill, "kill")?;
-            g.state == VmState::Created
-        };
-        self.ctx.control.finish(ExitReason::Killed);
-        if created {
-            self.ctx.control.lock().state = VmState::Stopped;
-        }
+        drop(self.transition(Op::Kill, "kill")?);
+        self.ctx.control.end(Op::Kill, ExitReason::Killed);
         Ok(())
     }
 
-    /// Waits for the VM to stop and returns why.
-    pub fn wait(&mut self) -> ExitReason {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+    /// Waits for the VM to stop (every vCPU thread ended) and returns why. Other threads may
+    /// pause, resume or kill the VM meanwhile. Waiting for a VM that was never started (nor
+    /// killed) is an [`Error::InvalidState`]: it could never stop.
+    pub fn wait(&self) -> Result<ExitReason> {
+        loop {
+            if let Some(r) = self.wait_timeout(Duration::from_secs(3600)) {
+                return Ok(r);
+            }
+            let state = self.state();
+            if state == VmState::Created {
+                return Err(Error::InvalidState { op: "wait for", state });
+            }
         }
-        self.ctx.control.lock().outcome.clone().unwrap_or(ExitReason::Killed)
     }
 
-    /// Waits at most `timeout` for the VM to stop.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
+    /// Waits at most `timeout` for the VM to stop; `None` if it has not (a VM never started
+    /// does not stop).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitReason> {
         let deadline = Instant::now() + timeout;
-        {
+        let outcome = {
             let mut g = self.ctx.control.lock();
-            while g.state != VmState::Stopped {
+            loop {
+                if g.state == VmState::Created {
+                    return None;
+                }
+                if let (VmState::Stopped, 0, Some(outcome)) = (g.state, g.alive, &g.outcome) {
+                    break outcome.clone();
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     return None;
@@ -696,16 +769,21 @@ impl Vm {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
+        };
+        // Every vCPU thread has left its loop; reap them.
+        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = t.join();
         }
-        Some(self.wait())
+        Some(outcome)
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.ctx.control.finish(ExitReason::Killed);
-            for t in self.threads.drain(..) {
+        let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !threads.is_empty() {
+            self.ctx.control.end(Op::Kill, ExitReason::Killed);
+            for t in threads {
                 let _ = t.join();
             }
         }

@@ -21,7 +21,7 @@ fn guest(test: &str) -> (VmBuilder, Capture) {
 }
 
 fn run(b: VmBuilder) -> ExitReason {
-    let mut vm = b.build().expect("build");
+    let vm = b.build().expect("build");
     vm.start().expect("start");
     let r = vm.wait_timeout(TIMEOUT).expect("guest did not stop in time");
     assert_eq!(vm.state(), VmState::Stopped);
@@ -114,7 +114,7 @@ fn triple_fault_is_a_crash_with_vcpu_state() {
     let r = run(b);
     let ExitReason::Crashed(info) = &r else { panic!("expected a crash, got {r}") };
     assert_eq!(info.reason, CrashReason::TripleFault);
-    assert_eq!(info.vcpu, 0);
+    assert_eq!(info.vcpu, Some(0));
     let regs = info.regs.expect("registers");
     assert!(regs.rip >= 0x10_0000, "rip {:#x} should be in the guest image", regs.rip);
     assert!(out.text().contains("hvtest: triple-faulting"));
@@ -157,7 +157,7 @@ fn four_vcpus_on_a_two_core_host_all_report_in() {
 fn pause_stops_the_guest_and_resume_continues_it() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (b, out) = guest("test=ticks count=400");
-    let mut vm = b.build().unwrap();
+    let vm = b.build().unwrap();
     assert!(matches!(vm.pause(), Err(Error::InvalidState { state: VmState::Created, .. })));
     vm.start().unwrap();
     assert!(out.wait_for("hvtest: tick 2\n", TIMEOUT), "{}", out.text());
@@ -179,7 +179,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 fn kill_stops_a_running_guest() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (b, out) = guest("test=ticks count=1000000");
-    let mut vm = b.vcpus(2).build().unwrap();
+    let vm = b.vcpus(2).build().unwrap();
     vm.start().unwrap();
     assert!(out.wait_for("hvtest: tick 1\n", TIMEOUT));
     vm.kill().unwrap();
@@ -193,8 +193,8 @@ fn one_vm_crashing_leaves_another_running() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (good, good_out) = guest("test=ticks count=50");
     let (bad, bad_out) = guest("test=triple");
-    let mut good = good.vcpus(2).build().unwrap();
-    let mut bad = bad.build().unwrap();
+    let good = good.vcpus(2).build().unwrap();
+    let bad = bad.build().unwrap();
     good.start().unwrap();
     bad.start().unwrap();
     let r = bad.wait_timeout(TIMEOUT).unwrap();
@@ -245,7 +245,7 @@ fn invalid_configurations_are_refused() {
 fn dirty_log_reports_pages_the_guest_wrote() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (b, _out) = guest("test=ticks count=3");
-    let mut vm = b.dirty_tracking(true).build().unwrap();
+    let vm = b.dirty_tracking(true).build().unwrap();
     // Boot data written by the VMM is in the VMM's own bitmap; clear it.
     let before = vm.dirty_log().unwrap();
     assert!(before.is_dirty(0xe0000), "the VMM wrote ACPI tables there");
@@ -267,7 +267,7 @@ fn dirty_log_reports_pages_the_guest_wrote() {
 fn shutdown_presses_the_acpi_power_button_and_the_guest_powers_off() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (b, out) = guest("test=power-button");
-    let mut vm = b.build().unwrap();
+    let vm = b.build().unwrap();
     assert!(matches!(vm.shutdown(), Err(Error::InvalidState { state: VmState::Created, .. })));
     vm.start().unwrap();
     assert!(out.wait_for("hvtest: waiting for the power button", TIMEOUT), "{}", out.text());
@@ -322,7 +322,7 @@ fn guests_run_on_every_memory_backing() {
     }
     for (name, config) in configs {
         let (b, out) = guest("test=smp");
-        let mut vm = b.memory(config).vcpus(2).build().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vm = b.memory(config).vcpus(2).build().unwrap_or_else(|e| panic!("{name}: {e}"));
         vm.start().unwrap();
         let r = vm.wait_timeout(TIMEOUT).unwrap();
         assert!(matches!(r, ExitReason::PoweredOff), "{name}: {r}");
@@ -352,7 +352,7 @@ impl BusDevice for Buggy {
 fn a_panicking_device_ends_its_vm_without_hanging_the_host() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let (b, _) = guest("test=pio");
-    let mut vm = b.vcpus(2).pio_device(0x6e0, 4, Arc::new(Mutex::new(Buggy))).build().unwrap();
+    let vm = b.vcpus(2).pio_device(0x6e0, 4, Arc::new(Mutex::new(Buggy))).build().unwrap();
     vm.start().unwrap();
     let r = vm.wait_timeout(TIMEOUT).expect("the VM stops");
     assert!(matches!(r, ExitReason::Panicked { vcpu: 0 }), "{r}");

@@ -30,7 +30,7 @@ fn stock_debian_kernel_sees_our_cmdline_e820_acpi_and_four_cpus() {
     require!(kernel.is_some(), "the guest kit has no stock kernel: run guests/kit.sh");
     let out = Capture::new();
     let start = Instant::now();
-    let mut vm = VmBuilder::new()
+    let vm = VmBuilder::new()
         .kernel(kernel.unwrap())
         .vcpus(4)
         .memory_mib(256)
@@ -63,7 +63,7 @@ fn stock_debian_kernel_sees_our_cmdline_e820_acpi_and_four_cpus() {
     }
     assert!(text.contains("HVVMM"), "our OEM id");
     vm.kill().unwrap();
-    assert!(matches!(vm.wait(), ExitReason::Killed));
+    assert!(matches!(vm.wait().unwrap(), ExitReason::Killed));
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn minimal_kernel_boots_through_init_with_two_cpus() {
     require!(kernel.is_some() && initrd.is_some(), "the guest kit is missing: run guests/kit.sh");
     let out = Capture::new();
     let start = Instant::now();
-    let mut vm = VmBuilder::new()
+    let vm = VmBuilder::new()
         .kernel(kernel.unwrap())
         .initrd(initrd.unwrap())
         .vcpus(2)

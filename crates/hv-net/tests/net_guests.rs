@@ -72,7 +72,7 @@ impl Guest {
         let backend = TapBackend::new(tap).expect("TAP backend");
         let (dev, net) = VirtioNet::new(NetConfig::new(mac), Box::new(backend));
         let console = Capture::new();
-        let mut vm = VmBuilder::new()
+        let vm = VmBuilder::new()
             .kernel(test_guest())
             .memory_mib(64)
             .cmdline(cmdline.to_string())
@@ -119,9 +119,9 @@ impl Guest {
     }
 
     /// Stops the guest and checks its device saw no malformed chains.
-    fn stop(mut self) {
+    fn stop(self) {
         let _ = self.vm.kill();
-        self.vm.wait();
+        let _ = self.vm.wait();
         let st = self.net.stats();
         assert_eq!(st.tx_malformed + st.rx_malformed, 0, "guest {}: {st:?}", self.name);
     }

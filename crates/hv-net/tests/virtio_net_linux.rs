@@ -57,7 +57,7 @@ fn linux_gets_a_dhcp_lease_through_virtio_net() {
         let (dev, handle) = VirtioNet::multi_queue(NetConfig::new(MAC), backends).unwrap();
 
         let console = Capture::new();
-        let mut vm = VmBuilder::new()
+        let vm = VmBuilder::new()
             .kernel(&kernel)
             .memory_mib(128)
             .vcpus(2)
@@ -75,7 +75,7 @@ fn linux_gets_a_dhcp_lease_through_virtio_net() {
         let text = console.text();
         if !leased {
             let _ = vm.kill();
-            vm.wait();
+            let _ = vm.wait();
             panic!("no DHCP lease after {elapsed:?}: {:?}\n{text}", handle.stats());
         }
         eprintln!("lease after {elapsed:?}");
@@ -92,7 +92,7 @@ fn linux_gets_a_dhcp_lease_through_virtio_net() {
         // The host reaches the guest's kernel.
         let pinged = ns.ping(ip, 3);
         let _ = vm.kill();
-        vm.wait();
+        let _ = vm.wait();
         assert!(pinged, "the guest at {ip} does not answer pings: {:?}", handle.stats());
 
         // Our DHCP server's lease file agrees.

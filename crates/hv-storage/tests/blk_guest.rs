@@ -48,11 +48,11 @@ fn run_guest(disks: Vec<VirtioBlock>, cmdline: &str) -> (ExitReason, Vec<String>
     for d in disks {
         b = b.virtio_device(Box::new(d));
     }
-    let mut vm = b.build().expect("build the VM");
+    let vm = b.build().expect("build the VM");
     vm.start().expect("start the VM");
     let reason = vm.wait_timeout(TIMEOUT).unwrap_or_else(|| {
         let _ = vm.kill();
-        vm.wait();
+        let _ = vm.wait();
         panic!("the guest did not finish in {TIMEOUT:?}:\n{}", console.text())
     });
     let text = console.text();

@@ -225,7 +225,7 @@ fn linux_finds_three_disks_and_their_partitions() {
         let config = BlockConfig::default().with_serial(&format!("linux-disk{i}"));
         b = b.virtio_device(Box::new(VirtioBlock::new(d, config)));
     }
-    let mut vm = b.build().unwrap();
+    let vm = b.build().unwrap();
     let hardware = vm.host().is_hardware_virt();
     let start = Instant::now();
     vm.start().unwrap();
@@ -259,7 +259,7 @@ fn linux_finds_three_disks_and_their_partitions() {
     }
     let elapsed = start.elapsed();
     let _ = vm.kill();
-    vm.wait();
+    let _ = vm.wait();
     let log = console.text();
     assert!(seen, "not every disk and partition table showed up after {elapsed:?}:\n{log}");
     eprintln!("disks and partitions seen after {elapsed:?} (hardware virt: {hardware})");

@@ -129,3 +129,20 @@ pub fn debian_modules() -> Option<PathBuf> {
     let p = kit_dir().join("debian-modules");
     p.is_dir().then_some(p)
 }
+
+/// Every thread of this process as (name, seccomp mode from `/proc/self/task/*/status`:
+/// 0 none, 1 strict, 2 filter).
+pub fn thread_seccomp_modes() -> Vec<(String, u8)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let field = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned())
+        };
+        let name = field("Name:").unwrap_or_default();
+        let mode = field("Seccomp:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.push((name, mode));
+    }
+    out
+}

@@ -14,11 +14,23 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
 };
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES,
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL, VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS,
+    VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY,
+    VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY,
+    VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW,
+    VIRTIO_MMIO_SHM_LEN_HIGH, VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID,
+    VIRTIO_MMIO_VERSION,
+};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, ActiveQueue, Interrupt, VirtioDevice};
+use super::device_thread::DeviceThread;
+use super::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::devices::IrqLine;
 
@@ -27,12 +39,17 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd100_0000;
 /// Size of each device's window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register (where ioeventfds are matched).
-pub const QUEUE_NOTIFY: u64 = 0x50;
+pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
 const MAGIC: u32 = 0x7472_6976;
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x0000_4856; // "HV"
-const CONFIG_SPACE: u64 = 0x100;
+const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+/// A register offset from virtio-bindings as the `u64` bus offsets are.
+const fn reg(offset: u32) -> u64 {
+    offset as u64
+}
 
 /// The transport: registers, queues and the device behind them.
 pub struct MmioTransport {
@@ -49,6 +66,30 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    /// Where activation and reset run (the VM's device thread), if not on the caller.
+    runner: Option<Arc<DeviceThread>>,
+}
+
+/// Stands in for the device while its activation or reset runs on the device thread (the
+/// transport stays locked by the waiting vCPU, so nothing else sees it).
+struct Detached;
+
+impl VirtioDevice for Detached {
+    fn device_type(&self) -> u32 {
+        0
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        Vec::new()
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, _: Activation) -> Result<(), ActivateError> {
+        Err(ActivateError::Device("the device was lost on its device thread".into()))
+    }
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -92,7 +133,28 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            runner: None,
         })
+    }
+
+    /// Runs activation and reset on `runner` instead of the calling (vCPU) thread.
+    pub(crate) fn set_runner(&mut self, runner: Arc<DeviceThread>) {
+        self.runner = Some(runner);
+    }
+
+    /// Runs `f` on the device, on the device thread when there is one.
+    fn on_device<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut dyn VirtioDevice) -> R + Send + 'static,
+    ) -> Option<R> {
+        let Some(runner) = &self.runner else { return Some(f(self.device.as_mut())) };
+        let mut device = std::mem::replace(&mut self.device, Box::new(Detached));
+        let (device, r) = runner.run(move || {
+            let r = f(device.as_mut());
+            (device, r)
+        })?;
+        self.device = device;
+        Some(r)
     }
 
     /// The device's feature bits as offered to the driver.
@@ -122,7 +184,9 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated {
-            self.device.reset();
+            if self.on_device(|d| d.reset()).is_none() {
+                log::error!("virtio device reset failed on the device thread");
+            }
             self.activated = false;
         }
         for q in &mut self.queues {
@@ -184,28 +248,41 @@ impl MmioTransport {
             queues,
             interrupt: Interrupt::new(self.interrupt_status.clone(), self.irq.clone()),
         };
-        match self.device.activate(activation) {
+        let device_type = self.device.device_type();
+        let result = self.on_device(move |d| d.activate(activation)).unwrap_or_else(|| {
+            Err(ActivateError::Device("the device thread failed while activating".into()))
+        });
+        match result {
             Ok(()) => {
                 self.activated = true;
                 true
             }
             Err(e) => {
-                log::warn!(
-                    "virtio device type {} failed to activate: {e}",
-                    self.device.device_type()
-                );
+                log::warn!("virtio device type {device_type} failed to activate: {e}");
                 false
             }
         }
     }
 
     fn read_reg(&mut self, offset: u64) -> u32 {
+        const MAGIC_VALUE: u64 = reg(VIRTIO_MMIO_MAGIC_VALUE);
+        const VERSION_REG: u64 = reg(VIRTIO_MMIO_VERSION);
+        const DEVICE_ID: u64 = reg(VIRTIO_MMIO_DEVICE_ID);
+        const VENDOR: u64 = reg(VIRTIO_MMIO_VENDOR_ID);
+        const DEVICE_FEATURES: u64 = reg(VIRTIO_MMIO_DEVICE_FEATURES);
+        const QUEUE_NUM_MAX: u64 = reg(VIRTIO_MMIO_QUEUE_NUM_MAX);
+        const QUEUE_READY: u64 = reg(VIRTIO_MMIO_QUEUE_READY);
+        const INTERRUPT_STATUS: u64 = reg(VIRTIO_MMIO_INTERRUPT_STATUS);
+        const STATUS: u64 = reg(VIRTIO_MMIO_STATUS);
+        const SHM_LEN_LOW: u64 = reg(VIRTIO_MMIO_SHM_LEN_LOW);
+        const SHM_LEN_HIGH: u64 = reg(VIRTIO_MMIO_SHM_LEN_HIGH);
+        const CONFIG_GENERATION: u64 = reg(VIRTIO_MMIO_CONFIG_GENERATION);
         match offset {
-            0x00 => MAGIC,
-            0x04 => VERSION,
-            0x08 => self.device.device_type(),
-            0x0c => VENDOR_ID,
-            0x10 => {
+            MAGIC_VALUE => MAGIC,
+            VERSION_REG => VERSION,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR => VENDOR_ID,
+            DEVICE_FEATURES => {
                 let f = self.offered_features();
                 match self.device_features_sel {
                     0 => f as u32,
@@ -213,22 +290,36 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
-            0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            0x60 => self.interrupt_status.load(Ordering::SeqCst),
-            0x70 => self.status,
+            QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            STATUS => self.status,
             // No shared memory regions: length reads as all ones.
-            0xb0 | 0xb4 => u32::MAX,
-            0xfc => self.config_generation,
+            SHM_LEN_LOW | SHM_LEN_HIGH => u32::MAX,
+            CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
     }
 
     fn write_reg(&mut self, offset: u64, v: u32) {
+        const DEVICE_FEATURES_SEL: u64 = reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL);
+        const DRIVER_FEATURES: u64 = reg(VIRTIO_MMIO_DRIVER_FEATURES);
+        const DRIVER_FEATURES_SEL: u64 = reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL);
+        const QUEUE_SEL: u64 = reg(VIRTIO_MMIO_QUEUE_SEL);
+        const QUEUE_NUM: u64 = reg(VIRTIO_MMIO_QUEUE_NUM);
+        const QUEUE_READY: u64 = reg(VIRTIO_MMIO_QUEUE_READY);
+        const INTERRUPT_ACK: u64 = reg(VIRTIO_MMIO_INTERRUPT_ACK);
+        const STATUS: u64 = reg(VIRTIO_MMIO_STATUS);
+        const DESC_LOW: u64 = reg(VIRTIO_MMIO_QUEUE_DESC_LOW);
+        const DESC_HIGH: u64 = reg(VIRTIO_MMIO_QUEUE_DESC_HIGH);
+        const AVAIL_LOW: u64 = reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW);
+        const AVAIL_HIGH: u64 = reg(VIRTIO_MMIO_QUEUE_AVAIL_HIGH);
+        const USED_LOW: u64 = reg(VIRTIO_MMIO_QUEUE_USED_LOW);
+        const USED_HIGH: u64 = reg(VIRTIO_MMIO_QUEUE_USED_HIGH);
         match offset {
-            0x14 => self.device_features_sel = v,
+            DEVICE_FEATURES_SEL => self.device_features_sel = v,
             // Driver features are frozen once FEATURES_OK is set.
-            0x20 if self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 => {
+            DRIVER_FEATURES if self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 => {
                 match self.driver_features_sel {
                     0 => {
                         self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
@@ -240,9 +331,9 @@ impl MmioTransport {
                     _ => {}
                 }
             }
-            0x24 => self.driver_features_sel = v,
-            0x30 => self.queue_sel = v,
-            0x38 if self.queue_config_allowed() => {
+            DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM if self.queue_config_allowed() => {
                 if let Some(q) = self.selected_queue() {
                     let size = v as u16;
                     if v <= u32::from(q.max_size()) && size.is_power_of_two() {
@@ -250,28 +341,33 @@ impl MmioTransport {
                     }
                 }
             }
-            0x44 if self.queue_config_allowed() => {
+            QUEUE_READY if self.queue_config_allowed() => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 }
             }
-            0x50 => {
+            QUEUE_NOTIFY => {
                 // Normally consumed by the ioeventfd; a notification that reaches us (no
                 // ioeventfd registered) is forwarded the same way.
                 if let Some(evt) = self.notify.get(v as usize) {
                     let _ = evt.write(1);
                 }
             }
-            0x64 => {
+            INTERRUPT_ACK => {
                 self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
             }
-            0x70 => self.set_status(v),
-            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if self.queue_config_allowed() => {
+            STATUS => self.set_status(v),
+            DESC_LOW | DESC_HIGH | AVAIL_LOW | AVAIL_HIGH | USED_LOW | USED_HIGH
+                if self.queue_config_allowed() =>
+            {
                 if let Some(q) = self.selected_queue() {
-                    let (lo, hi) = if offset & 4 == 0 { (Some(v), None) } else { (None, Some(v)) };
-                    match offset & !4 {
-                        0x80 => q.set_desc_table_address(lo, hi),
-                        0x90 => q.set_avail_ring_address(lo, hi),
+                    let (lo, hi) = match offset {
+                        DESC_LOW | AVAIL_LOW | USED_LOW => (Some(v), None),
+                        _ => (None, Some(v)),
+                    };
+                    match offset {
+                        DESC_LOW | DESC_HIGH => q.set_desc_table_address(lo, hi),
+                        AVAIL_LOW | AVAIL_HIGH => q.set_avail_ring_address(lo, hi),
                         _ => q.set_used_ring_address(lo, hi),
                     }
                 }

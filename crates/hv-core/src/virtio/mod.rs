@@ -12,6 +12,7 @@
 //! memory and raises its interrupt through an irqfd ([`Interrupt`]). The vCPU thread does no
 //! device work.
 
+pub(crate) mod device_thread;
 pub mod mmio;
 pub mod worker;
 
@@ -38,10 +39,7 @@ mod tests {
     }
 }
 
-/// Interrupt status bit: a used buffer was added.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
-/// Interrupt status bit: the configuration changed.
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x2;
+pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
 /// Serves a guest read of `data.len()` bytes at `offset` from a device's configuration space
 /// `config`; bytes past its end read as zero, so no offset a guest chooses can fault.

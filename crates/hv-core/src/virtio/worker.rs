@@ -1,6 +1,10 @@
 //! A device worker thread: waits on the queues' notification eventfds (and any extra fds the
 //! device names, such as a TAP) with epoll, and calls the device's handler for each event,
 //! until it is stopped.
+//!
+//! A worker works for the VM of the thread that started it (a VM's device thread): if its
+//! seccomp filter refuses a call the handler made, the worker ends that VM as crashed and
+//! stops (see [`crate::seccomp`]).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
@@ -29,7 +33,9 @@ impl Worker {
         for (fd, token) in fds.iter().copied().chain([(stop.as_raw_fd(), STOP_TOKEN)]) {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
         }
+        let owner = crate::seccomp::owner();
         let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            crate::seccomp::set_owner(owner);
             let mut events = vec![EpollEvent::default(); 16];
             loop {
                 let n = match epoll.wait(-1, &mut events) {
@@ -42,6 +48,9 @@ impl Worker {
                         return;
                     }
                     handler(ev.data());
+                    if crate::seccomp::report_violation().is_some() {
+                        return;
+                    }
                 }
             }
         })?;
