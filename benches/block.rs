@@ -14,7 +14,7 @@ use std::process::Command;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hv_mem::vm_memory::{Bytes, GuestAddress};
 use hv_mem::{GuestMemory, GuestRam, MemoryConfig};
-use hv_storage::block::{open_disk, DiskOptions, Engine};
+use hv_storage::block::{open_disk, DiskFormat, DiskOptions, Engine};
 use hv_storage::virtio_blk::request::{Request, RequestLimits};
 use hv_storage::virtio_blk::virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -107,7 +107,7 @@ fn qcow2_image(raw: &Path) -> Option<PathBuf> {
 fn bench_request(c: &mut Criterion, name: &str, path: &Path, engine: Engine, type_: u32, len: u32) {
     let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
     let mem = ram.memory();
-    let Ok(disk) = open_disk(path, DiskOptions { engine, ..Default::default() }) else {
+    let Ok(disk) = open_disk(path, DiskFormat::Raw, DiskOptions { engine, ..Default::default() }) else {
         eprintln!("skipping {name}: cannot open {} with {engine:?}", path.display());
         return;
     };

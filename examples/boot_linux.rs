@@ -4,10 +4,12 @@
 //! cargo run --release --example boot_linux -- --kernel K [--initrd I] [--cmdline "C"] \
 //!     [--vcpus N] [--mem-mib M] [--timeout-secs S] \
 //!     [--net tap=NAME[,mac=MAC][,queues=N]]... [--net network=NAME[,...]]... [--state-dir DIR] \
-//!     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]]... [--seccomp trap|log|off]
+//!     [--disk PATH[,ro][,format=raw|qcow2|auto][,allow=PATH]...[,serial=S]]... \
+//!     [--seccomp trap|log|off]
 //! ```
 //!
-//! Each `--disk` adds a virtio-blk disk, format probed unless given (see `boot_linux/disk.rs`).
+//! Each `--disk` adds a virtio-blk disk, raw unless `format=` says otherwise; backing files
+//! open only where `allow=` says (see `boot_linux/disk.rs`).
 //! Each `--net` adds a virtio-net NIC (see `boot_linux/net.rs`).
 //!
 //! Every thread is confined by a seccomp filter (`--seccomp trap`, the default): the vCPU and
@@ -47,7 +49,7 @@ struct Args {
 const USAGE: &str = "usage: boot_linux --kernel K [--initrd I] [--cmdline C] [--vcpus N] \
                      [--mem-mib M] [--timeout-secs S] [--net tap=NAME[,mac=MAC]] \
                      [--net network=NAME[,mac=MAC]] [--state-dir DIR] \
-                     [--disk PATH[,ro][,format=raw|qcow2][,serial=S]] \
+                     [--disk PATH[,ro][,format=raw|qcow2|auto][,allow=PATH]...[,serial=S]] \
                      [--seccomp trap|log|off] [--no-seccomp]";
 
 fn parse() -> Result<Args, String> {

@@ -311,11 +311,20 @@ fn run_verb(state_dir: &Path, verb: &str, args: &[String]) -> VerbResult {
                 None => (false, text.strip_prefix('+').unwrap_or(text)),
             };
             let n = size_arg(text)?;
-            let capacity = match (a.has("--delta"), negative) {
+            // virsh: with --delta, the value is added, or subtracted when --shrink is given
+            // (a leading '-' says the same); without --delta it is the new capacity.
+            let shrink = a.has("--shrink");
+            if negative && !shrink {
+                return Err("a negative capacity needs --shrink".into());
+            }
+            let capacity = match (a.has("--delta"), negative || shrink) {
                 (true, false) => current.checked_add(n).ok_or("capacity overflows")?,
                 (true, true) => current.checked_sub(n).ok_or("cannot shrink below zero")?,
                 (false, false) => n,
-                (false, true) => return Err("a negative capacity needs --delta --shrink".into()),
+                (false, true) if negative => {
+                    return Err("a negative capacity needs --delta --shrink".into())
+                }
+                (false, true) => n,
             };
             pool.resize_volume(vol, capacity, ResizeFlags { allow_shrink: a.has("--shrink") })
                 .map_err(e)?;

@@ -4,5 +4,6 @@
 //! - [`pool`]: pools and volumes (`Pool`, `PoolManager`, `DirPool`, `LogicalPool`).
 
 pub mod block;
+pub mod format;
 pub mod pool;
 pub mod virtio_blk;

@@ -12,7 +12,7 @@ use hv_core::devices::IrqLine;
 use hv_core::rate_limiter::{BucketConfig, RateLimiter};
 use hv_core::virtio::MmioTransport;
 use hv_core::vmm_sys_util::eventfd::EventFd;
-use hv_storage::block::{open_disk, DiskOptions};
+use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_config::{
@@ -82,7 +82,7 @@ fn transport(dev: VirtioBlock, mem: &hv_mem::GuestMemory) -> MmioTransport {
 fn a_driver_reads_and_writes_through_the_mmio_transport() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_file(dir.path(), "disk.raw", MIB, 40);
-    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
     let config = BlockConfig { queue_size: QUEUE_SIZE, ..Default::default() }.with_serial("dev");
     let ram = ram();
     let mem = ram.memory();
@@ -132,7 +132,7 @@ fn a_driver_reads_and_writes_through_the_mmio_transport() {
 fn a_throttled_device_finishes_its_requests_later() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_file(dir.path(), "disk.raw", MIB, 42);
-    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
     let config = BlockConfig { queue_size: QUEUE_SIZE, ..Default::default() };
     // One operation per 20 ms.
     let rl = RateLimiter::new(None, Some(BucketConfig::new(1, Duration::from_millis(20)))).unwrap();

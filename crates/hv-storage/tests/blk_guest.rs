@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hv_core::console::Capture;
 use hv_core::{ExitReason, VmBuilder};
-use hv_storage::block::{open_disk, BlockBackend, DiskOptions, ImageFormat, SegmentDisk};
+use hv_storage::block::{open_disk, BlockBackend, DiskFormat, DiskOptions, SegmentDisk};
 use hv_storage::pool::{
     BuildFlags, ManagedPool, Pool, PoolDef, PoolManager, VolFormat, VolumeSpec,
 };
@@ -137,9 +137,8 @@ fn guest_writes_a_raw_volume_of_a_dir_pool() {
     let mut pool = env.dir_pool("images");
     let spec = VolumeSpec::builder("disk0").format(VolFormat::Raw).capacity(8 * MIB).build();
     pool.create_volume(&spec.unwrap()).unwrap();
-    let path = pool.volume_path("disk0").unwrap();
-    let opts = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
-    let disk = open_disk(&path, opts).unwrap();
+    // Opened as a VM disk through the pool: in its recorded format (raw).
+    let disk = pool.open_disk("disk0", DiskOptions::default()).unwrap();
 
     let (sector, count, seed) = (2047, 64, 11);
     let (r, lines) = run_guest(
@@ -174,11 +173,12 @@ fn guest_writes_a_qcow2_overlay_and_the_base_stays_untouched() {
     pool.create_volume(&overlay.unwrap()).unwrap();
     let base_path = pool.volume_path("base").unwrap();
     let overlay_path = pool.volume_path("vm1").unwrap();
+    assert!(overlay_path.exists());
     let base_before = std::fs::read(&base_path).unwrap();
 
     // The guest writes across the end of the base's data: part over it, part past it.
     let (sector, count, seed) = (4000, 160, 5);
-    let disk = open_disk(&overlay_path, DiskOptions::default()).unwrap();
+    let disk = pool.open_disk("vm1", DiskOptions::default()).unwrap();
     assert_eq!(disk.size(), 16 * MIB);
     let (r, lines) = run_guest(
         vec![dev(disk, "vm1-root")],
@@ -275,9 +275,8 @@ fn read_only_disk_refuses_the_guest_write_with_ioerr() {
     let path = env.path("ro.raw");
     let content = pattern(3, 0, 2048);
     std::fs::write(&path, &content).unwrap();
-    let opts =
-        DiskOptions { read_only: true, format: Some(ImageFormat::Raw), ..Default::default() };
-    let disk = open_disk(&path, opts).unwrap();
+    let opts = DiskOptions { read_only: true, ..Default::default() };
+    let disk = open_disk(&path, DiskFormat::Raw, opts).unwrap();
     let (r, lines) = run_guest(vec![dev(disk, "ro")], "test=blk sector=10 count=4 seed=8");
     assert!(matches!(r, ExitReason::PoweredOff), "{r}: {lines:#?}");
     for w in [
@@ -299,8 +298,7 @@ fn second_disk_is_picked_with_dev_and_the_bench_loop_completes() {
     let mk = |name: &str| {
         let p = env.path(name);
         File::create(&p).unwrap().set_len(4 * MIB).unwrap();
-        let opts = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
-        dev(open_disk(&p, opts).unwrap(), name)
+        dev(open_disk(&p, DiskFormat::Raw, DiskOptions::default()).unwrap(), name)
     };
     // The request loop runs at CPL3 by default (native on PVM hosts), at CPL0 with cpl3=0.
     for (mode, bs, cpl) in [("randread", 4096, 3), ("seqwrite", 65536, 3), ("seqread", 1 << 20, 0)]

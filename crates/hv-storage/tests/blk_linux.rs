@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use hv_core::console::Capture;
 use hv_core::VmBuilder;
-use hv_storage::block::{
-    open_disk, DiskOptions, ImageFormat, Segment as BlockSegment, SegmentDisk,
-};
+use hv_storage::block::{DiskOptions, Segment as BlockSegment, SegmentDisk};
 use hv_storage::pool::{
     BuildFlags, ManagedPool, Pool, PoolDef, PoolManager, VolFormat, VolumeSpec,
 };
@@ -207,10 +205,9 @@ fn linux_finds_three_disks_and_their_partitions() {
         });
     }
 
-    let raw_opts = DiskOptions { format: Some(ImageFormat::Raw), ..Default::default() };
     let disks = [
-        open_disk(images.volume_path("raw").unwrap(), raw_opts).unwrap(),
-        open_disk(images.volume_path("vm1").unwrap(), DiskOptions::default()).unwrap(),
+        images.open_disk("raw", DiskOptions::default()).unwrap(),
+        images.open_disk("vm1", DiskOptions::default()).unwrap(),
         Box::new(SegmentDisk::new(block_segs, false).unwrap()),
     ];
     let console = Capture::new();

@@ -6,7 +6,7 @@
 mod blk_common;
 
 use blk_common::*;
-use hv_storage::block::{open_disk, DiskOptions};
+use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::request::{Request, RequestLimits};
 use hv_storage::virtio_blk::{BlockConfig, BlockQueueHandler};
 use proptest::prelude::*;
@@ -83,7 +83,7 @@ fn header() -> impl Strategy<Value = (u32, u64)> {
 
 fn handler(dir: &std::path::Path) -> BlockQueueHandler {
     let path = raw_file(dir, "disk.raw", DISK, 1);
-    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
     let cfg = BlockConfig { queue_size: QUEUE_SIZE, max_discard_seg: 4, ..Default::default() };
     BlockQueueHandler::new(disk, &cfg)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use blk_common::*;
 use hv_core::rate_limiter::{BucketConfig, RateLimiter};
-use hv_storage::block::{open_disk, DiskOptions};
+use hv_storage::block::{open_disk, Confinement, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::queue_handler::handlers_for_queues;
 use hv_storage::virtio_blk::{
     config_space, device_features, BlockConfig, BlockQueueHandler, QueueHandlerError, SERIAL_LEN,
@@ -30,7 +30,17 @@ fn config() -> BlockConfig {
 }
 
 fn handler(path: &std::path::Path, read_only: bool) -> BlockQueueHandler {
-    let disk = open_disk(path, DiskOptions { read_only, ..Default::default() }).unwrap();
+    let disk =
+        open_disk(path, DiskFormat::Raw, DiskOptions { read_only, ..Default::default() }).unwrap();
+    BlockQueueHandler::new(disk, &config())
+}
+
+/// A handler on a qcow2 overlay whose (raw) backing file `base` is allowed.
+fn qcow2_handler(overlay: &std::path::Path, base: &std::path::Path) -> BlockQueueHandler {
+    let confinement = Confinement::none().allow_file(base).unwrap();
+    let disk =
+        open_disk(overlay, DiskFormat::Qcow2, DiskOptions { confinement, ..Default::default() })
+            .unwrap();
     BlockQueueHandler::new(disk, &config())
 }
 
@@ -98,7 +108,7 @@ fn qcow2_disk_serves_every_request_type_and_stays_valid() {
     let dir = tempfile::tempdir().unwrap();
     let (overlay, base) = qcow2_over_raw(dir.path(), MIB, 12);
     {
-        let mut h = handler(&overlay, false);
+        let mut h = qcow2_handler(&overlay, &base);
         let d = dir.path().to_path_buf();
         let o = overlay.clone();
         all_request_types(&mut h, &move || qemu_img_contents(&o, &d), 12);
@@ -134,7 +144,7 @@ fn read_only_disk_answers_writes_with_ioerr() {
 fn features_and_config_space() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_file(dir.path(), "disk.raw", 3 * MIB, 0);
-    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
     let cfg = config().with_queues(4);
     let feats = device_features(disk.as_ref(), &cfg);
     for bit in [
@@ -162,7 +172,7 @@ fn several_queues_share_one_disk() {
     let raw = raw_file(dir.path(), "disk.raw", MIB, 14);
     let (overlay, _) = qcow2_over_raw(dir.path(), MIB, 15);
     for path in [raw, overlay] {
-        let disk = open_disk(&path, DiskOptions::default()).unwrap();
+        let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
         let mut hs = handlers_for_queues(disk, &config().with_queues(2), None).unwrap();
         assert_eq!(hs.len(), 2);
         let ram = ram();
@@ -445,7 +455,7 @@ fn backend_errors_become_ioerr() {
 fn queues_of_one_device_share_its_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_file(dir.path(), "disk.raw", MIB, 22);
-    let disk = open_disk(&path, DiskOptions::default()).unwrap();
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
     // Three operations per hour for the whole device.
     let rl = RateLimiter::new(None, Some(BucketConfig::new(3, Duration::from_secs(3600)))).unwrap();
     let mut hs = handlers_for_queues(disk, &config().with_queues(2), Some(rl)).unwrap();

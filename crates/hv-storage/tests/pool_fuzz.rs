@@ -8,8 +8,10 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use hv_storage::block::open::open_qcow2;
+use hv_storage::block::DiskOptions;
 use hv_storage::pool::format::{probe_path, FormatError, Probed};
-use hv_storage::pool::image::{create_qcow2, Qcow2Io, VolumeIo};
+use hv_storage::pool::image::{create_qcow2, VolumeIo};
 use hv_storage::pool::logical::alloc;
 use hv_storage::pool::logical::label::Label;
 use hv_storage::pool::logical::metadata::{LvMeta, PvMeta, VgMetadata};
@@ -23,11 +25,13 @@ fn probe_and_open(dir: &Path, bytes: &[u8]) {
     fs::write(&path, bytes).unwrap();
     match probe_path(&path) {
         Ok(Probed::Qcow2(h)) => {
-            // Never follow a random backing file name: the pool only opens files it probed.
-            if h.backing_file.is_some() {
-                return;
+            // The confined opener refuses any backing or data file (none is allowed here).
+            let opts = DiskOptions { read_only: true, ..Default::default() };
+            let opened = open_qcow2(&path, &opts);
+            if h.backing_file.is_some() || h.data_file.is_some() {
+                assert!(opened.is_err(), "a backing or data file was followed");
             }
-            if let Ok(img) = Qcow2Io::open(&path, false) {
+            if let Ok(img) = opened {
                 let mut buf = vec![0u8; 4096];
                 for off in [0, img.size() / 2, img.size().saturating_sub(4096)] {
                     let n = (img.size() - off).min(4096) as usize;
@@ -47,7 +51,7 @@ fn valid_qcow2() -> Vec<u8> {
     let path = dir.path().join("q");
     fs::File::create(&path).unwrap();
     create_qcow2(&path, 8 << 20, None).unwrap();
-    let img = Qcow2Io::open(&path, true).unwrap();
+    let img = open_qcow2(&path, &DiskOptions::default()).unwrap();
     img.write_at(&[7u8; 70000], 12345).unwrap();
     img.flush().unwrap();
     drop(img);

@@ -162,6 +162,17 @@ fn dir_pool_verbs() {
     assert_eq!(field(&ctl.ok(&["vol-info", "raw", "--pool", "default"]), "Capacity"), "2.00 GiB");
     ctl.fails(&["vol-resize", "raw", "1M", "--pool", "default"], "needs the shrink flag");
     ctl.ok(&["vol-resize", "raw", "1M", "--shrink", "--pool", "default"]);
+    let cap = |ctl: &Ctl| field(&ctl.ok(&["vol-info", "raw", "--pool", "default"]), "Capacity");
+    // As virsh: --delta --shrink subtracts (it used to add).
+    ctl.ok(&["vol-resize", "raw", "32M", "--delta", "--pool", "default"]);
+    ctl.ok(&["vol-resize", "raw", "16M", "--delta", "--shrink", "--pool", "default"]);
+    assert_eq!(cap(&ctl), "17.00 MiB");
+    ctl.ok(&["vol-resize", "raw", "-8M", "--delta", "--shrink", "--pool", "default"]);
+    assert_eq!(cap(&ctl), "9.00 MiB");
+    // Fractions of a byte are refused, as virsh refuses them.
+    for bad in ["1.5", "1.9"] {
+        ctl.fails(&["vol-create-as", "default", "frac", bad], "whole number of bytes");
+    }
     assert_eq!(
         ctl.ok(&["vol-clone", "vm1", "vm2", "--pool", "default"]),
         "Vol vm2 cloned from vm1\n"

@@ -10,15 +10,17 @@
 //! - [`qcow2`]: a qcow2 image (with its backing chain, read-only) through `imago`.
 //! - [`segments`]: a logical volume, an extent list over files or block devices.
 //!
-//! [`open_disk`] probes the format from the file's first bytes (never from the name) and picks
-//! the engine:
+//! [`open_disk`] (in [`open`]) is the one confined opener: the caller names the format (probing
+//! only on request), backing and data files open only where [`Confinement`] allows, and every
+//! qcow2 header is checked by hv's own parser before imago reads it:
 //!
 //! ```no_run
-//! use hv_storage::block::{open_disk, DiskOptions};
-//! let disk = open_disk("/var/lib/hv/vm1.img", DiskOptions::default()).unwrap();
+//! use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
+//! let disk = open_disk("/var/lib/hv/vm1.img", DiskFormat::Raw, DiskOptions::default()).unwrap();
 //! println!("{} bytes", disk.size());
 //! ```
 
+pub mod open;
 pub mod qcow2;
 pub mod raw_sync;
 pub mod raw_uring;
@@ -27,10 +29,11 @@ pub mod segments;
 mod raw_io;
 
 use std::fmt::Debug;
-use std::fs::File;
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
+pub use crate::format::{ImageFormat, QCOW2_MAGIC};
+pub use open::{open_disk, Confinement, DiskFormat};
 pub use qcow2::Qcow2Disk;
 pub use raw_sync::RawSyncDisk;
 pub use raw_uring::RawUringDisk;
@@ -40,9 +43,6 @@ pub use segments::{Segment, SegmentDisk};
 /// [`hv_mem::GuestMemory`], so writes into guest RAM are logged as dirty).
 pub type GuestSlice<'a> =
     vm_memory::VolatileSlice<'a, vm_memory::bitmap::BS<'a, vm_memory::bitmap::AtomicBitmap>>;
-
-/// The qcow2 magic, `QFI\xfb`, at offset 0 of every qcow2 image.
-pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Errors from block backends.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,73 @@ pub enum BlockError {
         /// Required alignment in bytes.
         align: u64,
     },
+    /// hv's own parser refused a qcow2 header (before imago saw it).
+    #[error("{path} has a bad qcow2 header: {reason}")]
+    BadHeader {
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image is in a known format hv does not handle.
+    #[error("{path} is in format '{format}', which hv does not handle (raw and qcow2 only)")]
+    UnsupportedFormat {
+        /// The image path.
+        path: PathBuf,
+        /// The format found.
+        format: &'static str,
+    },
+    /// A backing file or data file named by an image is not one the caller allowed.
+    #[error("{image} names {what} {file}, which may not be opened: {reason}")]
+    NotAllowed {
+        /// The image whose header names the file.
+        image: PathBuf,
+        /// `backing file` or `data file`.
+        what: &'static str,
+        /// The file as named (resolved against the image's directory).
+        file: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A backing file's format is neither stated in the image nor recorded by its pool.
+    #[error(
+        "{image} names backing file {backing} without a backing format, and no pool records \
+         one (hv never probes a backing file)"
+    )]
+    BackingFormatUnknown {
+        /// The image.
+        image: PathBuf,
+        /// The backing file (resolved).
+        backing: PathBuf,
+    },
+    /// The backing format an image states differs from the one the pool recorded.
+    #[error("{image} says backing file {backing} is {stated}, but the pool recorded {recorded}")]
+    BackingFormatMismatch {
+        /// The image.
+        image: PathBuf,
+        /// The backing file (resolved).
+        backing: PathBuf,
+        /// What the image header says.
+        stated: ImageFormat,
+        /// What the pool recorded.
+        recorded: ImageFormat,
+    },
+    /// A backing chain refers back to one of its own files.
+    #[error("{image} has backing file {backing}, which is already in its chain")]
+    BackingLoop {
+        /// The image.
+        image: PathBuf,
+        /// The repeated file.
+        backing: PathBuf,
+    },
+    /// A backing chain is deeper than hv follows.
+    #[error("the backing chain of {path} is deeper than {max} images")]
+    BackingTooDeep {
+        /// The top image.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
     /// The image does not have the format the caller pinned.
     #[error("{path} was expected to be {expected:?} but looks like {probed:?}")]
     FormatMismatch {
@@ -144,15 +211,6 @@ pub enum BlockError {
 /// Result type of the block backends.
 pub type Result<T> = std::result::Result<T, BlockError>;
 
-/// Image formats [`open_disk`] recognises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// Bytes as they are: a raw file or a block device.
-    Raw,
-    /// QEMU copy-on-write v2/v3.
-    Qcow2,
-}
-
 /// How raw disks do their I/O.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Engine {
@@ -163,8 +221,8 @@ pub enum Engine {
     Uring,
 }
 
-/// How to open a disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How to open a disk (the format is [`open_disk`]'s own argument).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskOptions {
     /// Refuse writes, discards and write-zeroes; the file is opened read-only.
     pub read_only: bool,
@@ -172,13 +230,8 @@ pub struct DiskOptions {
     pub direct: bool,
     /// The I/O engine for raw disks (qcow2 always goes through imago's synchronous engine).
     pub engine: Engine,
-    /// The format the caller knows the image has (e.g. recorded by the pool when the volume
-    /// was created). `None` probes it from the file's first bytes.
-    ///
-    /// Probing is only safe for images whose first sector no guest could write: a guest on a
-    /// raw disk can write a qcow2 header naming any host file as its backing file, and a
-    /// later probing open would then show that file to the guest. Pin `Raw` for raw volumes.
-    pub format: Option<ImageFormat>,
+    /// The backing files and external data files a qcow2 image may open (default: none).
+    pub confinement: Confinement,
 }
 
 /// A guest disk: bytes at offsets, moved directly between the disk and guest RAM.
@@ -230,52 +283,4 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
 /// Total length of a slice list.
 pub fn slices_len(bufs: &[GuestSlice<'_>]) -> u64 {
     bufs.iter().map(|s| s.len() as u64).sum()
-}
-
-/// Reads the format from the first bytes of `file` (qcow2 by its magic, anything else raw).
-pub fn probe_format(file: &File) -> io::Result<ImageFormat> {
-    let mut magic = [0u8; 4];
-    let mut reader = file;
-    let mut got = 0;
-    // `Read for &File` reads at the current position; probe before any other use.
-    while got < magic.len() {
-        match reader.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(if got == 4 && magic == QCOW2_MAGIC { ImageFormat::Qcow2 } else { ImageFormat::Raw })
-}
-
-/// Probes the format of the image at `path` from its first bytes.
-pub fn probe_path(path: &Path) -> Result<ImageFormat> {
-    let file =
-        File::open(path).map_err(|source| BlockError::Open { path: path.to_path_buf(), source })?;
-    probe_format(&file).map_err(|source| BlockError::Probe { path: path.to_path_buf(), source })
-}
-
-/// Opens a guest disk: probes its format from its contents (checked against
-/// [`DiskOptions::format`] when the caller pins one) and opens it with the engine `options`
-/// asks for.
-pub fn open_disk(path: impl AsRef<Path>, options: DiskOptions) -> Result<Box<dyn BlockBackend>> {
-    let path = path.as_ref();
-    let probed = probe_path(path)?;
-    let format = match options.format {
-        None => probed,
-        // A raw image may legitimately start with anything, the qcow2 magic included.
-        Some(ImageFormat::Raw) => ImageFormat::Raw,
-        Some(expected) if expected == probed => expected,
-        Some(expected) => {
-            return Err(BlockError::FormatMismatch { path: path.to_path_buf(), expected, probed })
-        }
-    };
-    Ok(match format {
-        ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, options.read_only, options.direct)?),
-        ImageFormat::Raw => match options.engine {
-            Engine::Sync => Box::new(RawSyncDisk::open(path, options.read_only, options.direct)?),
-            Engine::Uring => Box::new(RawUringDisk::open(path, options.read_only, options.direct)?),
-        },
-    })
 }

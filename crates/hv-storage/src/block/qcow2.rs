@@ -1,7 +1,10 @@
-//! The qcow2 backend, over the `imago` crate (synchronous build).
+//! The qcow2 backend, over the `imago` crate (synchronous build): the one qcow2 wrapper, for
+//! guest disks ([`BlockBackend`]) and pool volume access ([`VolumeIo`]) alike.
 //!
-//! The image named by the caller is opened read-write (unless read-only is asked for); its
-//! backing chain, as the image header names it, is opened read-only by imago. Guest buffers are
+//! It is opened only through the confined opener ([`super::open`]), which has checked every
+//! header of the chain with hv's own parser and hands imago a gate that opens exactly the
+//! validated backing and data files. The image named by the caller is opened read-write
+//! (unless read-only is asked for); backing files read-only. Guest buffers are
 //! handed to imago as I/O vectors over guest memory, so data clusters move disk <-> guest RAM
 //! without a copy; imago marks the guest pages dirty when it reads into them.
 //!
@@ -15,9 +18,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
+use imago::{FormatAccess, FormatDriverBuilder, Storage, StorageOpenOptions};
 
+use super::open::ChainGate;
 use super::{check_range, slices_len, BlockBackend, BlockError, GuestSlice, Result};
+use crate::pool::image::VolumeIo;
 
 type Image = FormatAccess<imago::file::File>;
 
@@ -41,13 +46,22 @@ impl std::fmt::Debug for Qcow2Disk {
 }
 
 impl Qcow2Disk {
-    /// Opens the qcow2 image at `path` and its backing chain (backing files read-only).
-    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self> {
+    /// Opens the qcow2 image at `path` with its validated chain (see [`super::open`]).
+    pub(crate) fn open_gated(
+        path: &Path,
+        read_only: bool,
+        direct: bool,
+        gate: ChainGate,
+    ) -> Result<Self> {
         let qcow2 = guarded(|| {
-            Qcow2::<imago::file::File>::builder_path(path)
+            // The top image is opened explicitly (not through the gate, which only knows the
+            // chain below it).
+            let opts = StorageOpenOptions::new().filename(path).write(!read_only).direct(direct);
+            let file = <imago::file::File as Storage>::open(opts)?;
+            Qcow2::<imago::file::File>::builder(file)
                 .write(!read_only)
                 .storage_open_options(StorageOpenOptions::new().direct(direct))
-                .open(PermissiveImplicitOpenGate::default())
+                .open(gate)
         })
         .map_err(|source| BlockError::Qcow2Open { path: path.to_path_buf(), source })?;
         let image = FormatAccess::new(qcow2);
@@ -58,6 +72,18 @@ impl Qcow2Disk {
     /// The image path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Grows the virtual size to `new_size` (new space reads as zeroes).
+    pub fn grow(&mut self, new_size: u64) -> io::Result<()> {
+        let image = self.exclusive();
+        guarded(|| {
+            image.resize_grow(new_size, imago::format::PreallocateMode::Zero)?;
+            image.flush()
+        })?;
+        drop(image);
+        self.size = new_size;
+        Ok(())
     }
 
     fn shared(&self) -> RwLockReadGuard<'_, Image> {
@@ -77,9 +103,10 @@ impl Qcow2Disk {
     }
 }
 
-/// Runs an imago call, turning a panic inside it into an `InvalidData` error: imago 0.2.6
-/// indexes some metadata without bounds checks (a short feature-name table panics it), and a
-/// damaged image must cost one request or one open, never the VMM.
+/// Runs an imago call, turning a panic inside it into an `InvalidData` error. This is only a
+/// second line: under `panic=abort` nothing unwinds, so the defence is hv's header check
+/// ([`crate::format`]) before imago parses anything (imago 0.2.6 slices a short feature-name
+/// table entry without a length check).
 fn guarded<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(io::Error::new(io::ErrorKind::InvalidData, "qcow2 metadata could not be parsed"))
@@ -149,5 +176,32 @@ impl BlockBackend for Qcow2Disk {
 
     fn try_clone(&self) -> Result<Box<dyn BlockBackend>> {
         Ok(Box::new(self.clone()))
+    }
+}
+
+impl VolumeIo for Qcow2Disk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(offset, buf.len() as u64, self.size).map_err(io::Error::other)?;
+        guarded(|| self.shared().read(buf, offset))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writable("write").map_err(io::Error::other)?;
+        check_range(offset, buf.len() as u64, self.size).map_err(io::Error::other)?;
+        guarded(|| self.shared().write(buf, offset))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable("write-zeroes").map_err(io::Error::other)?;
+        check_range(offset, len, self.size).map_err(io::Error::other)?;
+        guarded(|| self.shared().write_zeroes(offset, len))
+    }
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let image = self.shared();
+        guarded(|| image.flush().and_then(|()| image.sync()))
     }
 }

@@ -4,10 +4,14 @@
 //! (`.NAME.part.PID`), fsynced, then hard-linked to its name (which fails rather than replace an
 //! existing volume) and the directory fsynced. A crash leaves either no volume or a complete
 //! one; leftover temporary files are removed when the pool starts or is refreshed.
+//!
+//! Each volume's format is recorded ([`super::record`]) and used from then on; files are opened
+//! through the one confined opener ([`crate::block::open`]), whose backing files must be
+//! recorded volumes of this pool. Volume files are created `0600`, as libvirt does.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::statvfs::statvfs;
@@ -16,11 +20,16 @@ use super::copy;
 use super::def::{validate_name, PoolDef, PoolKind};
 use super::error::{io_err, PoolError, Result};
 use super::failpoint;
-use super::format::{probe_path, Probed};
-use super::image::{create_qcow2, Qcow2Io, RawIo, VolumeIo};
-use super::persist::sync_dir;
+use super::image::{create_qcow2, RawIo, VolumeIo};
+use super::persist::{clean_temp_files, sync_dir};
+use super::record::{Records, RECORD_FILE};
 use super::volume::{ResizeFlags, VolFormat, VolumeInfo, VolumeSpec};
 use super::{copy_err, BuildFlags, Lifecycle, Pool, PoolInfo, PoolOp, PoolState};
+use crate::block::{self, BlockBackend, Confinement, DiskOptions};
+use crate::format::{probe_path, Probed};
+
+/// Mode of new volume files: owner only, as libvirt creates them.
+const VOLUME_MODE: u32 = 0o600;
 
 /// A directory pool.
 #[derive(Debug)]
@@ -63,17 +72,81 @@ impl DirPool {
         move |source| PoolError::Image { pool, volume, what, source }
     }
 
-    /// An existing volume's path, probed format.
+    /// An existing volume's path and what it is, per its recorded format (recorded now, from
+    /// a probe, if the pool had never seen the file).
     fn existing(&self, name: &str) -> Result<(PathBuf, Probed)> {
+        let mut records = Records::load(&self.target)?;
+        let found = self.existing_in(&mut records, name)?;
+        if found.2 {
+            records.save(&self.target)?;
+        }
+        Ok((found.0, found.1))
+    }
+
+    /// Like [`Self::existing`] with the record loaded; the flag says the record changed.
+    fn existing_in(&self, records: &mut Records, name: &str) -> Result<(PathBuf, Probed, bool)> {
         let path = self.vol_path(name)?;
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => {}
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
             Ok(_) => return Err(self.not_found(name)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(name)),
             Err(e) => return Err(io_err("stat", &path)(e)),
+        };
+        match records.get(name) {
+            // Recorded raw: raw, whatever its bytes say now.
+            Some(VolFormat::Raw) => Ok((path, Probed::Raw { size: meta.len() }, false)),
+            Some(VolFormat::Qcow2) => match probe_path(&path)? {
+                p @ Probed::Qcow2(_) => Ok((path, p, false)),
+                Probed::Raw { .. } => Err(PoolError::Open {
+                    pool: self.def.name.clone(),
+                    volume: name.to_string(),
+                    source: Box::new(block::BlockError::FormatMismatch {
+                        path,
+                        expected: VolFormat::Qcow2,
+                        probed: VolFormat::Raw,
+                    }),
+                }),
+            },
+            // First sight of a file placed by hand: probe it once and record the result.
+            None => {
+                let probed = probe_path(&path)?;
+                records.set(name, probed.format());
+                Ok((path, probed, true))
+            }
         }
-        let probed = probe_path(&path)?;
-        Ok((path, probed))
+    }
+
+    /// What the confined opener may open for this pool's volumes: its recorded volumes.
+    fn confinement(&self) -> Result<Confinement> {
+        let records = Records::load(&self.target)?;
+        Confinement::none()
+            .allow_pool(&self.target, records.to_map())
+            .map_err(io_err("resolve", &self.target))
+    }
+
+    fn open_err(&self, volume: &str) -> impl FnOnce(block::BlockError) -> PoolError {
+        let (pool, volume) = (self.def.name.clone(), volume.to_string());
+        move |source| PoolError::Open { pool, volume, source: Box::new(source) }
+    }
+
+    /// Records every volume file not yet recorded and forgets records of files gone.
+    fn record_all(&self) -> Result<()> {
+        let mut records = Records::load(&self.target)?;
+        let mut changed = records.retain_existing(&self.target);
+        for e in fs::read_dir(&self.target).map_err(io_err("read directory", &self.target))? {
+            let e = e.map_err(io_err("read directory", &self.target))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if validate_name("volume", &name).is_err() || records.get(&name).is_some() {
+                continue;
+            }
+            if let Ok((_, _, c)) = self.existing_in(&mut records, &name) {
+                changed |= c;
+            }
+        }
+        if changed {
+            records.save(&self.target)?;
+        }
+        Ok(())
     }
 
     fn info_of(&self, name: &str, path: PathBuf, probed: &Probed) -> Result<VolumeInfo> {
@@ -102,12 +175,14 @@ impl DirPool {
                 let _ = fs::remove_file(e.path());
             }
         }
+        clean_temp_files(&self.target);
     }
 
     /// Makes volume `name` by filling a temporary file with `fill`, then linking it into place.
     fn make_volume(
         &mut self,
         name: &str,
+        format: VolFormat,
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<VolumeInfo> {
         let path = self.vol_path(name)?;
@@ -123,11 +198,18 @@ impl DirPool {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(VOLUME_MODE)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
+        let mut recorded = false;
         let result = fill(&tmp).and_then(|()| {
             failpoint::point("dir.create.fsync");
             File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync", &tmp))?;
+            // Recorded before it exists under its name: no crash leaves it unrecorded.
+            let mut records = Records::load(&self.target)?;
+            records.set(name, format);
+            records.save(&self.target)?;
+            recorded = true;
             failpoint::point("dir.create.link");
             fs::hard_link(&tmp, &path).map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
@@ -141,14 +223,21 @@ impl DirPool {
             })
         });
         let _ = fs::remove_file(&tmp);
-        result?;
+        if let Err(e) = result {
+            if recorded && !matches!(e, PoolError::VolumeExists { .. }) {
+                let mut records = Records::load(&self.target)?;
+                records.remove(name);
+                records.save(&self.target)?;
+            }
+            return Err(e);
+        }
         failpoint::point("dir.create.fsync_dir");
         sync_dir(&self.target)?;
-        let probed = probe_path(&path)?;
+        let (path, probed) = self.existing(name)?;
         self.info_of(name, path, &probed)
     }
 
-    /// Opens a volume for data access.
+    /// Opens a volume for data access, in its recorded format.
     fn open_io(
         &self,
         name: &str,
@@ -160,10 +249,14 @@ impl DirPool {
             Probed::Raw { .. } => {
                 Box::new(RawIo::open(path, writable).map_err(self.image_err(name, "open"))?)
             }
-            Probed::Qcow2(_) => Box::new(
-                Qcow2Io::open_confined(path, writable, &self.target)
-                    .map_err(self.image_err(name, "open"))?,
-            ),
+            Probed::Qcow2(_) => {
+                let options = DiskOptions {
+                    read_only: !writable,
+                    confinement: self.confinement()?,
+                    ..Default::default()
+                };
+                Box::new(block::open::open_qcow2(path, &options).map_err(self.open_err(name))?)
+            }
         })
     }
 }
@@ -208,7 +301,7 @@ impl Pool for DirPool {
         let r = match fs::metadata(&self.target) {
             Ok(m) if m.is_dir() => {
                 self.clean_partial_files();
-                Ok(())
+                self.record_all()
             }
             Ok(_) => Err(PoolError::Invalid {
                 name: self.def.name.clone(),
@@ -232,7 +325,7 @@ impl Pool for DirPool {
         let r = match fs::metadata(&self.target) {
             Ok(m) if m.is_dir() => {
                 self.clean_partial_files();
-                Ok(())
+                self.record_all()
             }
             Ok(_) => {
                 Err(io_err("open", &self.target)(io::Error::from(io::ErrorKind::NotADirectory)))
@@ -248,6 +341,13 @@ impl Pool for DirPool {
 
     fn delete(&mut self) -> Result<()> {
         let before = self.life.begin(PoolOp::Delete)?;
+        // The format record goes with the last volume.
+        let only_record = fs::read_dir(&self.target)
+            .map(|d| d.flatten().all(|e| e.file_name() == RECORD_FILE))
+            .unwrap_or(false);
+        if only_record {
+            let _ = fs::remove_file(self.target.join(RECORD_FILE));
+        }
         let r = match fs::remove_dir(&self.target) {
             Ok(()) => match self.target.parent() {
                 Some(p) => sync_dir(p),
@@ -279,6 +379,8 @@ impl Pool for DirPool {
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
         self.life.require(PoolOp::Volumes)?;
         let mut out = vec![];
+        let mut records = Records::load(&self.target)?;
+        let mut changed = false;
         for e in fs::read_dir(&self.target).map_err(io_err("read directory", &self.target))? {
             let e = e.map_err(io_err("read directory", &self.target))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -286,9 +388,13 @@ impl Pool for DirPool {
                 continue; // hidden, temporary or unusable names
             }
             // Files whose format we cannot use are left out, as libvirt does.
-            if let Ok((path, probed)) = self.existing(&name) {
+            if let Ok((path, probed, c)) = self.existing_in(&mut records, &name) {
+                changed |= c;
                 out.push(self.info_of(&name, path, &probed)?);
             }
+        }
+        if changed {
+            records.save(&self.target)?;
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -311,14 +417,19 @@ impl Pool for DirPool {
                 Some((bpath, probed))
             }
         };
-        let capacity = spec.capacity.or(backing.as_ref().map(|(_, p)| p.capacity())).unwrap_or(0);
+        let mut capacity =
+            spec.capacity.or(backing.as_ref().map(|(_, p)| p.capacity())).unwrap_or(0);
+        if spec.format == VolFormat::Qcow2 {
+            // qcow2 sizes are whole 512-byte sectors: round up, as libvirt does.
+            capacity = round_up_sector(capacity)?;
+        }
         match (spec.format, backing) {
             (VolFormat::Raw, Some(_)) => Err(PoolError::Unsupported {
                 pool: self.def.name.clone(),
                 what: "a raw volume with a backing volume (use --format qcow2 for an overlay)"
                     .into(),
             }),
-            (VolFormat::Raw, None) => self.make_volume(&spec.name, |tmp| {
+            (VolFormat::Raw, None) => self.make_volume(&spec.name, VolFormat::Raw, |tmp| {
                 failpoint::point("dir.create.set_len");
                 let f = OpenOptions::new().write(true).open(tmp).map_err(io_err("open", tmp))?;
                 f.set_len(capacity).map_err(io_err("set length of", tmp))
@@ -327,7 +438,7 @@ impl Pool for DirPool {
                 let err = self.image_err(&spec.name, "create qcow2 image");
                 let backing =
                     backing.map(|(p, probed)| (p.display().to_string(), probed.format().as_str()));
-                self.make_volume(&spec.name, |tmp| {
+                self.make_volume(&spec.name, VolFormat::Qcow2, |tmp| {
                     failpoint::point("dir.create.qcow2");
                     create_qcow2(tmp, capacity, backing.as_ref().map(|(p, f)| (p.as_str(), *f)))
                         .map_err(err)
@@ -351,7 +462,13 @@ impl Pool for DirPool {
         failpoint::point("dir.delete.unlink");
         fs::remove_file(&path).map_err(io_err("remove", &path))?;
         failpoint::point("dir.delete.fsync_dir");
-        sync_dir(&self.target)
+        sync_dir(&self.target)?;
+        // A crash before this leaves a record of a missing file, which refresh drops.
+        let mut records = Records::load(&self.target)?;
+        if records.remove(name) {
+            records.save(&self.target)?;
+        }
+        Ok(())
     }
 
     fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
@@ -369,6 +486,10 @@ impl Pool for DirPool {
         self.life.require(PoolOp::Volumes)?;
         let (path, probed) = self.existing(name)?;
         let current = probed.capacity();
+        let capacity = match probed {
+            Probed::Qcow2(_) => round_up_sector(capacity)?,
+            Probed::Raw { .. } => capacity,
+        };
         if capacity < current && !flags.allow_shrink {
             return Err(PoolError::ShrinkRefused {
                 pool: self.def.name.clone(),
@@ -398,8 +519,10 @@ impl Pool for DirPool {
             }),
             Probed::Qcow2(_) => {
                 failpoint::point("dir.resize.qcow2");
-                let img = Qcow2Io::open_confined(&path, true, &self.target)
-                    .map_err(self.image_err(name, "open"))?;
+                let options =
+                    DiskOptions { confinement: self.confinement()?, ..Default::default() };
+                let mut img =
+                    block::open::open_qcow2(&path, &options).map_err(self.open_err(name))?;
                 img.grow(capacity).map_err(self.image_err(name, "grow"))
             }
         }
@@ -413,8 +536,7 @@ impl Pool for DirPool {
         let pool = self.def.name.clone();
         let capacity = probed.capacity();
         let format = probed.format();
-        let target = self.target.clone();
-        self.make_volume(new_name, |tmp| {
+        self.make_volume(new_name, format, |tmp| {
             let img_err = |what| {
                 let (pool, volume) = (pool.clone(), new_name.to_string());
                 move |source| PoolError::Image { pool, volume, what, source }
@@ -431,7 +553,11 @@ impl Pool for DirPool {
                 }
                 VolFormat::Qcow2 => {
                     create_qcow2(tmp, capacity, None).map_err(img_err("create qcow2 image"))?;
-                    Box::new(Qcow2Io::open_confined(tmp, true, &target).map_err(img_err("open"))?)
+                    let options = DiskOptions::default();
+                    Box::new(block::open::open_qcow2(tmp, &options).map_err(|source| {
+                        let (pool, volume) = (pool.clone(), new_name.to_string());
+                        PoolError::Open { pool, volume, source: Box::new(source) }
+                    })?)
                 }
             };
             copy::copy(src.as_ref(), dst.as_ref(), &mut |_, _| {})
@@ -445,4 +571,20 @@ impl Pool for DirPool {
         let (path, probed) = self.existing(name)?;
         self.open_io(name, &path, &probed, writable)
     }
+
+    fn open_disk(&self, name: &str, options: DiskOptions) -> Result<Box<dyn BlockBackend>> {
+        self.life.require(PoolOp::Volumes)?;
+        let (path, probed) = self.existing(name)?;
+        let options = DiskOptions { confinement: self.confinement()?, ..options };
+        block::open_disk(&path, probed.format().into(), options).map_err(self.open_err(name))
+    }
+}
+
+/// Rounds a qcow2 capacity up to a whole 512-byte sector (libvirt does; qemu-img reads a
+/// header size of 1000 as 512).
+fn round_up_sector(capacity: u64) -> Result<u64> {
+    capacity.checked_next_multiple_of(512).ok_or_else(|| PoolError::Invalid {
+        name: capacity.to_string(),
+        reason: "the capacity overflows when rounded up to 512 bytes".into(),
+    })
 }

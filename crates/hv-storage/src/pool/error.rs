@@ -183,6 +183,18 @@ pub enum PoolError {
         /// The process holding it, if known.
         holder: Option<u32>,
     },
+    /// The confined opener refused or failed to open a volume (a backing file outside the
+    /// pool, a bad qcow2 header, ...).
+    #[error("volume '{volume}' in pool '{pool}': {source}")]
+    Open {
+        /// The pool.
+        pool: String,
+        /// The volume.
+        volume: String,
+        /// What the opener said.
+        #[source]
+        source: Box<crate::block::BlockError>,
+    },
     /// A logical volume has no host path (there is no device-mapper to make one).
     #[error("volume '{volume}' in pool '{pool}' has no host path: open it through the pool (logical volumes are extent maps)")]
     NoHostPath {

@@ -1,8 +1,9 @@
 //! Byte-level access to a volume's virtual disk, whatever its format, and qcow2 creation.
 //!
 //! [`VolumeIo`] is what upload, download, clone and wipe use; raw files go straight to the
-//! file, qcow2 images through `imago` (which reads compressed clusters and backing chains),
-//! logical volumes through their extent map (`logical::LvDevice`).
+//! file, qcow2 images through the one confined qcow2 wrapper ([`crate::block::Qcow2Disk`],
+//! opened by [`crate::block::open`]), logical volumes through their extent map
+//! (`logical::LvDevice`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -10,11 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use imago::file::File as ImagoFile;
-use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, Storage,
+    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage,
     StorageOpenOptions,
 };
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -114,112 +114,6 @@ impl VolumeIo for RawIo {
     }
 }
 
-/// A qcow2 image opened through imago, with its backing chain.
-pub struct Qcow2Io {
-    image: FormatAccess<ImagoFile>,
-}
-
-impl Qcow2Io {
-    /// Opens the qcow2 image at `path` and its backing chain (read-only backing files).
-    ///
-    /// Callers probe the file first ([`super::format::probe_path`]), which rejects the header
-    /// shapes imago is known to panic on; a panic while parsing is still turned into an error
-    /// here rather than taking the process down.
-    pub fn open(path: &Path, writable: bool) -> io::Result<Qcow2Io> {
-        let open = || {
-            Qcow2::<ImagoFile>::builder_path(path)
-                .write(writable)
-                .open(PermissiveImplicitOpenGate::default())
-        };
-        let q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "the qcow2 metadata could not be parsed")
-        })??;
-        Ok(Qcow2Io { image: FormatAccess::new(q) })
-    }
-
-    /// Like [`Qcow2Io::open`], but every file of the backing chain must lie in `dir` (after
-    /// resolving symlinks): a qcow2 header written by a guest or a user cannot make the host
-    /// open an arbitrary file (such as `/etc/shadow`) as a backing file.
-    pub fn open_confined(path: &Path, writable: bool, dir: &Path) -> io::Result<Qcow2Io> {
-        let gate = ConfinedGate { dir: dir.canonicalize()? };
-        let open = || Qcow2::<ImagoFile>::builder_path(path).write(writable).open(gate);
-        let q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "the qcow2 metadata could not be parsed")
-        })??;
-        Ok(Qcow2Io { image: FormatAccess::new(q) })
-    }
-
-    /// Grows the virtual size to `new_size` (new space reads as zeroes).
-    pub fn grow(&self, new_size: u64) -> io::Result<()> {
-        self.image.resize_grow(new_size, imago::format::PreallocateMode::Zero)?;
-        self.image.flush()
-    }
-}
-
-impl VolumeIo for Qcow2Io {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_bounds(self.size(), offset, buf.len() as u64)?;
-        self.image.read(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_bounds(self.size(), offset, buf.len() as u64)?;
-        self.image.write(buf, offset)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.image.write_zeroes(offset, len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.image.flush()?;
-        self.image.sync()
-    }
-}
-
-/// Opens implicitly referenced files (backing files) only inside one directory.
-#[derive(Debug, Clone)]
-struct ConfinedGate {
-    dir: std::path::PathBuf,
-}
-
-impl ImplicitOpenGate<ImagoFile> for ConfinedGate {
-    fn open_format<F: FormatDriverBuilder<ImagoFile>>(
-        &mut self,
-        builder: F,
-    ) -> io::Result<FormatAccess<ImagoFile>> {
-        if let Some(p) = builder.get_image_path() {
-            self.check(&p)?;
-        }
-        Ok(FormatAccess::new(builder.open(self.clone())?))
-    }
-
-    fn open_storage(&mut self, opts: StorageOpenOptions) -> io::Result<ImagoFile> {
-        if let Some(p) = opts.get_filename() {
-            self.check(p)?;
-        }
-        <ImagoFile as Storage>::open(opts)
-    }
-}
-
-impl ConfinedGate {
-    fn check(&self, path: &Path) -> io::Result<()> {
-        let real = path.canonicalize()?;
-        if real.starts_with(&self.dir) && real.is_file() {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "backing file {} is outside the pool directory {}",
-                    path.display(),
-                    self.dir.display()
-                ),
-            ))
-        }
-    }
-}
-
 /// Formats the (new, empty) file `path` as a qcow2 image of `size` bytes, optionally over a
 /// backing file (its name as stored in the header, and its format).
 pub fn create_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) -> io::Result<()> {
@@ -235,6 +129,7 @@ pub fn create_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) -> io
 
 /// Opens a raw image through imago (used by tests that compare imago's view with ours).
 pub fn open_raw_imago(path: &Path) -> io::Result<FormatAccess<ImagoFile>> {
-    let raw = Raw::<ImagoFile>::builder_path(path).open(PermissiveImplicitOpenGate::default())?;
+    let file = <ImagoFile as Storage>::open(StorageOpenOptions::new().filename(path))?;
+    let raw = Raw::<ImagoFile>::builder(file).open(DenyImplicitOpenGate::default())?;
     Ok(FormatAccess::new(raw))
 }

@@ -286,6 +286,13 @@ impl Pool for ManagedPool {
     fn open_volume(&self, name: &str, writable: bool) -> Result<Box<dyn VolumeIo>> {
         self.pool.open_volume(name, writable)
     }
+    fn open_disk(
+        &self,
+        name: &str,
+        options: crate::block::DiskOptions,
+    ) -> Result<Box<dyn crate::block::BlockBackend>> {
+        self.pool.open_disk(name, options)
+    }
     fn as_logical(&self) -> Option<&LogicalPool> {
         self.pool.as_logical()
     }

@@ -29,15 +29,16 @@ pub mod def;
 pub mod dir;
 pub mod error;
 pub mod failpoint;
-pub mod format;
 pub mod image;
 pub mod lifecycle;
 pub mod logical;
 pub mod manager;
 pub mod persist;
+pub mod record;
 pub mod size;
 pub mod volume;
 
+pub use crate::format;
 pub use def::{PoolDef, PoolDefBuilder, PoolKind};
 pub use dir::DirPool;
 pub use error::{PoolError, Result};
@@ -127,6 +128,13 @@ pub trait Pool {
     fn clone_volume(&mut self, name: &str, new_name: &str) -> Result<VolumeInfo>;
     /// Opens a volume's guest-visible bytes.
     fn open_volume(&self, name: &str, writable: bool) -> Result<Box<dyn VolumeIo>>;
+    /// Opens a volume as a VM disk, in its recorded format, its backing chain confined to
+    /// this pool's volumes (`options.confinement` is replaced by the pool's).
+    fn open_disk(
+        &self,
+        name: &str,
+        options: crate::block::DiskOptions,
+    ) -> Result<Box<dyn crate::block::BlockBackend>>;
     /// The logical pool behind this pool, if it is one.
     fn as_logical(&self) -> Option<&LogicalPool> {
         None

@@ -22,12 +22,16 @@ pub enum SizeError {
         /// The unit part.
         unit: String,
     },
+    /// The value is not a whole number of bytes (virsh refuses `1.5` as well).
+    #[error("invalid size '{0}': not a whole number of bytes")]
+    Fraction(String),
     /// The value does not fit in 64 bits.
     #[error("size '{0}' is too large")]
     Overflow(String),
 }
 
-/// Parses a virsh-style size (`10G`, `512M`, `1GiB`, `1000000`, `1.5G`) into bytes.
+/// Parses a virsh-style size (`10G`, `512M`, `1GiB`, `1000000`, `1.5G`) into bytes. A value that
+/// is not a whole number of bytes (`1.5`, `1.9`, `0.3K`) is refused, as virsh refuses it.
 ///
 /// ```
 /// use hv_storage::pool::size::parse_size;
@@ -70,12 +74,19 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         Some((int, frac)) => {
             let n: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| overflow())? };
             let whole = n.checked_mul(scale).ok_or_else(overflow)?;
-            // Fractional part, truncated to whole bytes.
-            let digits = &frac[..frac.len().min(18)];
+            // The fractional part must come to whole bytes.
+            let digits = frac.trim_end_matches('0');
+            if digits.len() > 18 {
+                return Err(SizeError::Fraction(text.to_string()));
+            }
             let f: u128 =
                 if digits.is_empty() { 0 } else { digits.parse().map_err(|_| overflow())? };
-            let part = f * scale as u128 / 10u128.pow(digits.len() as u32);
-            whole.checked_add(part as u64).ok_or_else(overflow)
+            let num = f * scale as u128;
+            let den = 10u128.pow(digits.len() as u32);
+            if !num.is_multiple_of(den) {
+                return Err(SizeError::Fraction(text.to_string()));
+            }
+            whole.checked_add((num / den) as u64).ok_or_else(overflow)
         }
     }
 }
@@ -123,5 +134,16 @@ mod tests {
         assert!(matches!(parse_size("-1"), Err(SizeError::Invalid(_))));
         assert!(matches!(parse_size("16E"), Err(SizeError::Overflow(_))));
         assert!(matches!(parse_size("99999999999999999999"), Err(SizeError::Overflow(_))));
+    }
+
+    #[test]
+    fn refuses_fractions_of_a_byte_as_virsh_does() {
+        for s in ["1.5", "1.9", "0.3K", "1.0000000000000000001G"] {
+            assert!(matches!(parse_size(s), Err(SizeError::Fraction(_))), "{s}");
+        }
+        assert_eq!(parse_size("1.0").unwrap(), 1);
+        assert_eq!(parse_size("1.500").unwrap_err(), SizeError::Fraction("1.500".into()));
+        assert_eq!(parse_size("0.5K").unwrap(), 512);
+        assert_eq!(parse_size("2.25KiB").unwrap(), 2304);
     }
 }

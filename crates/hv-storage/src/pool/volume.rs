@@ -1,39 +1,12 @@
 //! Volume types: formats, the creation spec and its builder, volume info.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 
 use super::def::validate_name;
 use super::error::{PoolError, Result};
 
-/// A volume format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VolFormat {
-    /// Raw bytes: a sparse file, or a logical volume.
-    Raw,
-    /// QEMU's copy-on-write format, optionally over a backing volume.
-    Qcow2,
-}
-
-impl VolFormat {
-    /// The name virsh and qemu-img use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolFormat::Raw => "raw",
-            VolFormat::Qcow2 => "qcow2",
-        }
-    }
-}
-
-impl fmt::Display for VolFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::format::VolFormat;
 
 impl FromStr for VolFormat {
     type Err = PoolError;

@@ -152,3 +152,19 @@ pub fn qcow2_over_raw(dir: &Path, len: usize, seed: u8) -> (PathBuf, PathBuf) {
     qcow2_overlay(&base, "raw", &overlay, None);
     (overlay, base)
 }
+
+/// True when files in `dir` can be opened with O_DIRECT (tmpfs cannot).
+pub fn direct_io_supported(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".o_direct_probe");
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}

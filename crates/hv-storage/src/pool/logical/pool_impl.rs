@@ -281,6 +281,43 @@ impl Pool for LogicalPool {
         Ok(Box::new(self.open_lv(name, writable)?))
     }
 
+    fn open_disk(
+        &self,
+        name: &str,
+        options: crate::block::DiskOptions,
+    ) -> Result<Box<dyn crate::block::BlockBackend>> {
+        // Logical volumes are raw extent maps: no header, nothing to probe, no backing file.
+        let segs = self.lv_segments(name)?;
+        let mut files: Vec<(PathBuf, std::sync::Arc<std::fs::File>)> = Vec::new();
+        let mut out = Vec::with_capacity(segs.len());
+        for s in segs {
+            let file = match files.iter().find(|(p, _)| *p == s.pv_path) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(!options.read_only)
+                        .open(&s.pv_path)
+                        .map_err(crate::pool::error::io_err("open", &s.pv_path))?;
+                    let f = std::sync::Arc::new(f);
+                    files.push((s.pv_path.clone(), f.clone()));
+                    f
+                }
+            };
+            out.push(crate::block::Segment {
+                disk_offset: s.lv_offset,
+                len: s.len,
+                file,
+                file_offset: s.pv_offset,
+            });
+        }
+        let disk = crate::block::SegmentDisk::new(out, options.read_only).map_err(|source| {
+            let (pool, volume) = (self.def.name.clone(), name.to_string());
+            PoolError::Open { pool, volume, source: Box::new(source) }
+        })?;
+        Ok(Box::new(disk))
+    }
+
     fn as_logical(&self) -> Option<&LogicalPool> {
         Some(self)
     }

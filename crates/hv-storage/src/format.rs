@@ -1,15 +1,58 @@
-//! Format probing: what an image file is, read from its first bytes, never from its name.
+//! Image formats and hv's own qcow2 header check.
 //!
-//! qcow2 headers are parsed and checked here before the image library sees the file, so a
-//! malformed header is a typed [`FormatError`] naming the file.
+//! Probing (what an image file is, read from its first bytes, never from its name) happens only
+//! where a caller asks for it: a pool when it first sees a file placed by hand, `open_disk` with
+//! [`crate::block::DiskFormat::Auto`]. Everywhere else the format is explicit or recorded.
+//!
+//! Every qcow2 header is parsed and checked here before the image library (imago) sees the
+//! file, so a malformed header is a typed [`FormatError`] naming the file, never a panic inside
+//! the library (imago 0.2.6 slices a feature-name table entry without checking its length).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::volume::VolFormat;
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ImageFormat {
+    /// Bytes as they are: a raw file, a block device, a logical volume.
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name qemu-img, virsh and the qcow2 backing-format extension use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The format a qcow2 backing-format extension names (`file` is QEMU's name for raw).
+    pub fn from_backing_name(name: &str) -> Option<Self> {
+        match name {
+            "raw" | "file" => Some(ImageFormat::Raw),
+            "qcow2" => Some(ImageFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The format of a volume (the same type: pools record it per volume).
+pub type VolFormat = ImageFormat;
 
 /// qcow2's magic, `QFI\xfb`.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -78,7 +121,10 @@ pub struct Qcow2Header {
     /// The backing file name as stored (relative names are relative to the image).
     pub backing_file: Option<String>,
     /// The backing format extension, if present.
-    pub backing_format: Option<String>,
+    pub backing_format: Option<ImageFormat>,
+    /// The external data file name extension, if present (relative names are relative to the
+    /// image).
+    pub data_file: Option<String>,
 }
 
 /// The result of probing a file.
@@ -188,7 +234,7 @@ fn parse_qcow2_header(
     }
     let cluster_size = 1u64 << cluster_bits;
     let size = be64(head, 24);
-    if size > super::volume::MAX_CAPACITY {
+    if size > crate::pool::volume::MAX_CAPACITY {
         return Err(HeaderIssue::Bad(format!("virtual size {size} is too large")));
     }
     if be32(head, 32) != 0 {
@@ -244,6 +290,7 @@ fn parse_qcow2_header(
     }
     // Header extensions, up to the end of the first cluster (or what we have read of it).
     let mut backing_format = None;
+    let mut data_file = None;
     let mut pos = header_len;
     let limit = head.len().min(cluster_size as usize);
     loop {
@@ -264,12 +311,25 @@ fn parse_qcow2_header(
             EXT_BACKING_FORMAT => {
                 let s = std::str::from_utf8(&head[pos..end])
                     .map_err(|_| bad("backing format is not UTF-8"))?;
-                backing_format = Some(s.to_string());
+                backing_format = Some(ImageFormat::from_backing_name(s).ok_or_else(|| {
+                    HeaderIssue::Bad(format!("backing format '{s}' is not raw or qcow2"))
+                })?);
             }
-            EXT_DATA_FILE => return Err(bad("external data files are not supported")),
-            // imago indexes each 48-byte entry without checking its length.
+            EXT_DATA_FILE => {
+                let s = std::str::from_utf8(&head[pos..end])
+                    .map_err(|_| bad("data file name is not UTF-8"))?;
+                if s.is_empty() || s.contains('\0') {
+                    return Err(bad("data file name is empty or contains a NUL byte"));
+                }
+                data_file = Some(s.to_string());
+            }
+            // imago 0.2.6 slices each 48-byte entry as `entry[2..]` without checking its
+            // length (qcow2/metadata.rs:1027): a table whose length is not a whole number of
+            // entries would panic it.
             EXT_FEATURE_NAMES if !len.is_multiple_of(48) => {
-                return Err(bad("feature name table is not a whole number of entries"))
+                return Err(HeaderIssue::Bad(format!(
+                    "feature name table of {len} bytes is not a whole number of 48-byte entries"
+                )))
             }
             _ => {}
         }
@@ -296,10 +356,5 @@ fn parse_qcow2_header(
     if backing_format.is_some() && backing_file.is_none() {
         return Err(bad("a backing format without a backing file"));
     }
-    if let Some(f) = &backing_format {
-        if f != "raw" && f != "qcow2" && f != "file" {
-            return Err(HeaderIssue::Bad(format!("backing format '{f}' is not raw or qcow2")));
-        }
-    }
-    Ok(Qcow2Header { version, size, cluster_bits, backing_file, backing_format })
+    Ok(Qcow2Header { version, size, cluster_bits, backing_file, backing_format, data_file })
 }
