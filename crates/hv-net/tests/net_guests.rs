@@ -385,7 +385,7 @@ fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
         let ps = PortSecurity::new(nft.clone());
         let t = port();
         ps.apply(&PortSpec {
-            port: "hvngp0".into(),
+            port: "hvngp0".parse().unwrap(),
             mac: mac(0x10),
             ips: vec!["10.86.0.10".parse().unwrap()],
             rules: vec![
@@ -402,7 +402,7 @@ fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
         assert_eq!(g.ping_result("spoof-ip ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
         assert_eq!(g.ping_result("spoof-mac ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
         g.stop();
-        ps.remove("hvngp0").unwrap();
+        ps.remove(&"hvngp0".parse().unwrap()).unwrap();
         drop(nl.delete_link("hvngp"));
     });
 }
