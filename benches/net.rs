@@ -267,10 +267,11 @@ fn tap_backend(ns: &hv_test_support::netns::NetNs) -> TapBackend {
 }
 
 fn tap_benches(c: &mut Criterion) {
-    if !hv_test_support::is_root() || !hv_test_support::netns::have_netns_tools() {
-        eprintln!("skipping the TAP benchmarks: they need root and iproute2");
-        return;
-    }
+    hv_test_support::require!(hv_test_support::is_root(), "the TAP benchmarks need root");
+    hv_test_support::require!(
+        hv_test_support::netns::have_netns_tools(),
+        "the TAP benchmarks need iproute2 (apt-get install iproute2)"
+    );
     let ns = hv_test_support::netns::NetNs::new("hvb-net");
     for (len, tag) in [(64, "64b"), (1500, "1500b")] {
         // Each benchmark gets its own TAP, gone when its backend is dropped. The TAP and the

@@ -228,7 +228,7 @@ fn print_info(n: &NetworkInfo) {
     row("Active", if n.state == NetworkState::Active { "yes" } else { "no" }.into());
     row("Persistent", "yes".into());
     row("Autostart", "no".into());
-    row("Bridge", d.bridge.clone());
+    row("Bridge", d.bridge.to_string());
     if let Some(ip) = d.ip {
         row("IP", ip.to_string());
     }

@@ -14,7 +14,9 @@
 //!   while its real traffic flows (and without port security the same forged pings pass);
 //! - two "hosts" joined by a VXLAN link over a veth underlay carry a guest-to-guest ping;
 //! - the benchmark mode (`test=net-bench`, which `benches/peers/net.sh` times) moves exactly
-//!   the frames it says, counted on the TAP, both ways.
+//!   the frames it says, counted on the TAP, both ways;
+//! - a transmit-only driver (`test=net-txonly`, the receive queue never made ready) gets the
+//!   device live (no DEVICE_NEEDS_RESET) and every frame onto the TAP.
 //!
 //! Every guest prints what it did (`hvtest: net ...`, protocol in `guests/README.md`); the
 //! tests read those lines. The guest's code runs at CPL0, emulated on PVM hosts, so the packet
@@ -383,7 +385,7 @@ fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
         let ps = PortSecurity::new(nft.clone());
         let t = port();
         ps.apply(&PortSpec {
-            port: "hvngp0".into(),
+            port: "hvngp0".parse().unwrap(),
             mac: mac(0x10),
             ips: vec!["10.86.0.10".parse().unwrap()],
             rules: vec![
@@ -400,7 +402,7 @@ fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
         assert_eq!(g.ping_result("spoof-ip ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
         assert_eq!(g.ping_result("spoof-mac ping", "10.86.0.1"), "lost 0/2", "{lines:#?}");
         g.stop();
-        ps.remove("hvngp0").unwrap();
+        ps.remove(&"hvngp0".parse().unwrap()).unwrap();
         drop(nl.delete_link("hvngp"));
     });
 }
@@ -507,6 +509,31 @@ fn bench_mode_frames_are_counted_on_the_tap_both_ways() {
         let _ = ns.exec(&["ping", "-n", "-q", "-c", "20", "-i", "0.01", "-W", "1", "10.87.0.2"]);
         assert_eq!(g.line("net-bench done"), "net-bench done 20", "{:#?}", g.lines());
         g.stop();
+    });
+}
+
+#[test]
+fn a_transmit_only_driver_gets_every_frame_onto_the_tap() {
+    need_all!();
+    let ns = NetNs::new("hvt-ngtx");
+    ns.run(|| {
+        // The guest's driver makes only the TX queue ready (legal, and QEMU runs it): the
+        // device activates with that queue, and every frame reaches the TAP.
+        let t = tap("hvngtx0");
+        nl_port_up(t.name());
+        let before = tap_stat(&ns, "hvngtx0", "rx_packets");
+        let g = Guest::boot_raw("txonly", t, mac(0x30), "test=net-txonly count=300 size=80");
+        let status = g.line("net-txonly status");
+        assert_eq!(status, "net-txonly status 0x0f", "DRIVER_OK without NEEDS_RESET");
+        assert_eq!(g.line("net-txonly sent"), "net-txonly sent 300", "{:#?}", g.lines());
+        let st = g.net.stats();
+        assert_eq!((st.tx_frames, st.rx_frames), (300, 0));
+        assert_eq!(st.tx_bytes, 300 * 80);
+        let seen = tap_stat(&ns, "hvngtx0", "rx_packets") - before;
+        let bytes = tap_stat(&ns, "hvngtx0", "rx_bytes");
+        g.stop();
+        assert_eq!(seen, 300, "frames seen on the TAP");
+        assert!(bytes >= 300 * 80, "{bytes} bytes on the TAP");
     });
 }
 

@@ -11,11 +11,12 @@ use hv_net::network::{
 };
 use hv_net::nft::{Family, Nft};
 use hv_test_support::netns::NetNs;
+use hv_test_support::require;
 
 mod common;
 
 fn have_nft() -> bool {
-    hv_test_support::check(Nft::locate().is_ok(), "nft binary (apt-get install nftables)")
+    Nft::locate().is_ok()
 }
 
 fn forwarding() -> bool {
@@ -35,9 +36,7 @@ fn nat_def(name: &str, cidr: &str) -> NetworkDef {
 #[test]
 fn nat_start_creates_and_destroy_removes_everything() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let dir = tempfile::tempdir().unwrap();
     NetNs::new("hvt-nat").run(|| {
         let mut nl = Netlink::new().unwrap();
@@ -56,8 +55,11 @@ fn nat_start_creates_and_destroy_removes_everything() {
         assert!(br.up);
         let gw: IpAddr = "10.50.0.1".parse().unwrap();
         assert!(nl.addresses(Some("hvn1")).unwrap().iter().any(|a| a.ip == gw && a.prefix == 24));
-        assert!(nft.has_table(Family::Inet, "hv_n1").unwrap());
-        assert!(nft.list_table(Family::Inet, "hv_n1").unwrap().contains("masquerade"));
+        assert!(nft.has_table(Family::Inet, &"hv_n1".parse().unwrap()).unwrap());
+        assert!(nft
+            .list_table(Family::Inet, &"hv_n1".parse().unwrap())
+            .unwrap()
+            .contains("masquerade"));
         assert!(forwarding());
 
         // State machine: no second start, no undefine while active.
@@ -125,9 +127,7 @@ fn reachability(def: NetworkDef, open_path: bool) -> (bool, bool) {
 #[test]
 fn nat_guest_reaches_upstream_through_masquerade() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let (gw, up) = reachability(nat_def("nat", "10.50.0.1/24"), false);
     assert!(gw, "guest reaches its gateway");
     assert!(up, "guest reaches a peer with no route back: masquerade works");
@@ -136,9 +136,7 @@ fn nat_guest_reaches_upstream_through_masquerade() {
 #[test]
 fn isolated_guest_reaches_gateway_only() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let def = NetworkDef::builder("iso", NetworkMode::Isolated)
         .ip("10.50.0.1/24".parse().unwrap())
         .dhcp_range("10.50.0.100".parse().unwrap(), "10.50.0.200".parse().unwrap())
@@ -173,9 +171,7 @@ fn bridge_mode_joins_an_existing_bridge_only() {
 #[test]
 fn dhcp_process_is_stopped_by_destroy() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let dir = tempfile::tempdir().unwrap();
     NetNs::new("hvt-dhcpp").run(|| {
         let mgr = NetworkManager::open(dir.path()).unwrap();
@@ -198,9 +194,7 @@ fn dhcp_process_is_stopped_by_destroy() {
 #[test]
 fn ports_join_and_in_process_dhcp_serves_an_active_network() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let dir = tempfile::tempdir().unwrap();
     NetNs::new("hvt-dhcpi").run(|| {
         let mgr = NetworkManager::open(dir.path()).unwrap();
@@ -234,15 +228,14 @@ fn have_udhcpc() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).contains("udhcpc"))
         .unwrap_or(false);
-    hv_test_support::check(ok, "busybox with udhcpc (apt-get install busybox)")
+    ok
 }
 
 #[test]
 fn nat_network_hands_out_reserved_and_dynamic_leases() {
     need_root!();
-    if !have_nft() || !have_udhcpc() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
+    require!(have_udhcpc(), "busybox with udhcpc (apt-get install busybox)");
     let dir = tempfile::tempdir().unwrap();
     let guest = NetNs::new("hvt-dg");
     NetNs::new("hvt-dh").run(|| {
@@ -303,9 +296,7 @@ fn nat_network_hands_out_reserved_and_dynamic_leases() {
 #[test]
 fn leftovers_of_a_crashed_start_are_cleaned_up() {
     need_root!();
-    if !have_nft() {
-        return;
-    }
+    require!(have_nft(), "nft binary (apt-get install nftables)");
     let dir = tempfile::tempdir().unwrap();
     NetNs::new("hvt-crash").run(|| {
         let mut nl = Netlink::new().unwrap();
@@ -317,13 +308,14 @@ fn leftovers_of_a_crashed_start_are_cleaned_up() {
         // objects, and its intent record with the network still inactive.
         let leave_debris = |nl: &mut Netlink| {
             nl.create_bridge("hvc1").unwrap();
-            hv_net::nft::network::apply_nat(&nft, "c1", "hvc1", def.ip.unwrap()).unwrap();
+            hv_net::nft::network::apply_nat(&nft, "c1", &"hvc1".parse().unwrap(), def.ip.unwrap())
+                .unwrap();
             let intent = Runtime {
                 state: NetworkState::Defined,
                 created: Created {
-                    bridge: Some("hvc1".into()),
+                    bridge: Some("hvc1".parse().unwrap()),
                     address: def.ip,
-                    nft_table: Some("hv_c1".into()),
+                    nft_table: Some("hv_c1".parse().unwrap()),
                     enabled_forwarding: false,
                 },
                 dhcp: None,

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use hv_core::rate_limiter::{BucketConfig, RateLimiter};
 use hv_core::virtio::{
-    ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
-    VIRTIO_MMIO_INT_VRING,
+    Activation, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
 };
 use hv_net::virtio_net::{
     device_features, DatagramBackend, NetConfig, NetHandle, NetHeader, VirtioNet, NET_HDR_LEN,
@@ -171,6 +170,37 @@ fn a_throttled_queue_resumes_on_its_timer() {
 }
 
 #[test]
+fn a_transmit_only_driver_sends_every_frame() {
+    let ram = ram();
+    let (mut dev, handle, peer) = device(false);
+    let mut tx = TestQueue::tx(ram.memory());
+    let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let queue = std::mem::replace(&mut tx.queue, Queue::new(QUEUE_SIZE).unwrap());
+    let a = Activation {
+        mem: ram.memory().clone(),
+        acked_features: plain_features(),
+        queues: vec![ActiveQueue { index: 1, queue, notify: kick.try_clone().unwrap() }],
+        interrupt: Interrupt::disconnected().unwrap(),
+    };
+    dev.activate(a).expect("a TX-only driver is legal");
+    // A frame for the guest is not read: there is nowhere to put it.
+    peer.send(&frame(100, 0)).unwrap();
+    // In rounds of 10 chains, so the test's descriptor table never wraps over chains in flight.
+    for round in 0..4u8 {
+        for i in round * 10..round * 10 + 10 {
+            tx.send(&NetHeader::default(), &frame(60 + usize::from(i), i), &[]);
+            kick.write(1).unwrap();
+        }
+        for i in round * 10..round * 10 + 10 {
+            assert_eq!(recv(&peer), frame(60 + usize::from(i), i));
+        }
+        wait_until("the round's TX chains back", || tx.used_idx() == u16::from(round + 1) * 10);
+    }
+    let st = handle.stats();
+    assert_eq!((st.tx_frames, st.rx_frames, st.rx_no_buffers), (40, 0, 0));
+}
+
+#[test]
 fn reset_gives_the_backend_back_for_the_next_activation() {
     let ram = ram();
     let (mut dev, _handle, peer) = device(false);
@@ -178,18 +208,21 @@ fn reset_gives_the_backend_back_for_the_next_activation() {
     drop(d);
     dev.reset();
     assert!(!dev.is_active());
-    // A driver that set up only the RX queue is refused, and keeps the backend.
+    // A driver that made only the RX queue ready still receives.
+    let mut rx = TestQueue::rx(ram.memory());
+    let (_, addrs) = rx.post_rx(&[2048]);
+    let queue = std::mem::replace(&mut rx.queue, Queue::new(QUEUE_SIZE).unwrap());
     let a = Activation {
         mem: ram.memory().clone(),
         acked_features: plain_features(),
-        queues: vec![ActiveQueue {
-            index: 0,
-            queue: TestQueue::rx(ram.memory()).into_queue(),
-            notify: EventFd::new(0).unwrap(),
-        }],
+        queues: vec![ActiveQueue { index: 0, queue, notify: EventFd::new(0).unwrap() }],
         interrupt: Interrupt::disconnected().unwrap(),
     };
-    assert!(matches!(dev.activate(a), Err(ActivateError::MissingQueue(1))));
+    dev.activate(a).expect("an RX-only driver is legal");
+    peer.send(&frame(200, 8)).unwrap();
+    wait_until("the RX-only frame", || rx.used_idx() == 1);
+    assert_eq!(rx.read_guest(addrs[0], 212)[NET_HDR_LEN..], frame(200, 8)[..]);
+    dev.reset();
     let mut d = activate(&mut dev, ram.memory(), plain_features());
     d.tx.send(&NetHeader::default(), &frame(64, 9), &[]);
     d.tx_kick.write(1).unwrap();

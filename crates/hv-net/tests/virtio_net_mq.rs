@@ -100,6 +100,18 @@ fn activate<'a>(
     features: u64,
     n: u16,
 ) -> Result<(Vec<TestQueue<'a>>, Vec<EventFd>), ActivateError> {
+    activate_some(dev, mem, features, n, &(0..n).collect::<Vec<_>>())
+}
+
+/// Like [`activate`], but only the queues in `ready` are handed to the device (the driver
+/// left the others not ready); the test queues of all `n` are returned.
+fn activate_some<'a>(
+    dev: &mut VirtioNet,
+    mem: &'a hv_mem::GuestMemory,
+    features: u64,
+    n: u16,
+    ready: &[u16],
+) -> Result<(Vec<TestQueue<'a>>, Vec<EventFd>), ActivateError> {
     let mut tqs = Vec::new();
     let mut kicks = Vec::new();
     let mut queues = Vec::new();
@@ -107,7 +119,9 @@ fn activate<'a>(
         let mut tq = queue(mem, u64::from(i));
         let q = std::mem::replace(&mut tq.queue, Queue::new(QUEUE_SIZE).unwrap());
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        queues.push(ActiveQueue { index: i, queue: q, notify: kick.try_clone().unwrap() });
+        if ready.contains(&i) {
+            queues.push(ActiveQueue { index: i, queue: q, notify: kick.try_clone().unwrap() });
+        }
         tqs.push(tq);
         kicks.push(kick);
     }
@@ -188,15 +202,94 @@ fn a_driver_without_multiqueue_uses_one_pair() {
     wait_until("the frame", || q[0].used_idx() == 1);
     assert_eq!(q[0].read_guest(addrs[0], 76)[NET_HDR_LEN..], frame(64, 7)[..]);
     dev.reset();
-    // With MQ, a missing control queue is refused, and both backends stay for the next try.
-    let r = activate(&mut dev, ram.memory(), mq_features(), 4);
-    assert!(matches!(r, Err(ActivateError::MissingQueue(4))), "{:?}", r.err());
+    // With MQ but the control queue not ready, the driver cannot switch pairs on: it stays on
+    // pair 0, and pair 1 does not receive.
+    let (mut q, kicks) = activate(&mut dev, ram.memory(), mq_features(), 4).unwrap();
+    assert_eq!(handle.active_pairs(), 1);
+    q[2].post_rx(&[2048]);
+    kicks[2].write(1).unwrap();
+    q[0].post_rx(&[2048]);
+    kicks[0].write(1).unwrap();
+    peers[1].send(&frame(100, 1)).unwrap();
+    peers[0].send(&frame(100, 2)).unwrap();
+    wait_until("the frame on pair 0", || q[0].used_idx() == 1);
+    assert_eq!(q[2].used_idx(), 0, "pair 1 stays off without a control queue");
+    dev.reset();
     let (mut q, kicks) = activate(&mut dev, ram.memory(), mq_features(), 5).unwrap();
     q[3].send(&NetHeader::default(), &frame(60, 9), &[]);
     kicks[3].write(1).unwrap();
     let mut buf = [0u8; 128];
     let n = peers[1].recv(&mut buf).unwrap();
     assert_eq!(buf[..n], frame(60, 9)[..]);
+}
+
+#[test]
+fn pairs_run_with_the_queues_the_driver_made_ready() {
+    let ram = ram();
+    let (mut dev, handle, peers) = two_pairs();
+    // Pair 0 transmit-only (queue 0 not ready), pair 1 receive-only (queue 3 not ready), and
+    // the control queue.
+    let (mut q, kicks) = activate_some(&mut dev, ram.memory(), mq_features(), 5, &[1, 2, 4])
+        .expect("a driver may leave queues not ready");
+    assert!(dev.is_active());
+    q[1].send(&NetHeader::default(), &frame(80, 1), &[]);
+    kicks[1].write(1).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = peers[0].recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], frame(80, 1)[..], "pair 0 transmits without an RX queue");
+    wait_until("the TX chain back", || q[1].used_idx() == 1);
+
+    let ack =
+        ctrl(&mut q[4], VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &2u16.to_le_bytes());
+    kicks[4].write(1).unwrap();
+    wait_until("the ack", || q[4].used_idx() == 1);
+    assert_eq!(q[4].read_guest(ack, 1), [OK]);
+    assert_eq!(handle.active_pairs(), 2);
+    let (_, addrs) = q[2].post_rx(&[2048]);
+    kicks[2].write(1).unwrap();
+    peers[1].send(&frame(90, 2)).unwrap();
+    wait_until("the frame on pair 1", || q[2].used_idx() == 1);
+    assert_eq!(q[2].read_guest(addrs[0], 102)[NET_HDR_LEN..], frame(90, 2)[..]);
+    // Frames for pair 0, which has no RX queue, are left to the backend, not read.
+    peers[0].send(&frame(70, 3)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(handle.stats().rx_frames, 1);
+    assert_eq!(handle.stats().rx_no_buffers, 0);
+
+    // After a reset every backend is back in pair order for a full activation.
+    dev.reset();
+    let (mut q, kicks) = activate(&mut dev, ram.memory(), mq_features(), 5).unwrap();
+    q[3].send(&NetHeader::default(), &frame(60, 4), &[]);
+    kicks[3].write(1).unwrap();
+    q[1].send(&NetHeader::default(), &frame(60, 5), &[]);
+    kicks[1].write(1).unwrap();
+    let n = peers[1].recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], frame(60, 4)[..]);
+    let n = peers[0].recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], frame(60, 5)[..]);
+
+    // A pair with no queue ready keeps its backend idle; the other pair and the control
+    // queue run, and switching to two pairs is harmless.
+    dev.reset();
+    let (mut q, kicks) =
+        activate_some(&mut dev, ram.memory(), mq_features(), 5, &[0, 1, 4]).unwrap();
+    let ack =
+        ctrl(&mut q[4], VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &2u16.to_le_bytes());
+    kicks[4].write(1).unwrap();
+    wait_until("the ack", || q[4].used_idx() == 1);
+    assert_eq!(q[4].read_guest(ack, 1), [OK]);
+    q[1].send(&NetHeader::default(), &frame(60, 6), &[]);
+    kicks[1].write(1).unwrap();
+    let n = peers[0].recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], frame(60, 6)[..]);
+    // The idle backend is still pair 1's at the next full activation.
+    dev.reset();
+    let (mut q, kicks) = activate(&mut dev, ram.memory(), mq_features(), 5).unwrap();
+    q[3].send(&NetHeader::default(), &frame(60, 7), &[]);
+    kicks[3].write(1).unwrap();
+    let n = peers[1].recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], frame(60, 7)[..]);
+    dev.reset();
 }
 
 #[test]

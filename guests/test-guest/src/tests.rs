@@ -57,6 +57,7 @@ pub fn run(args: &Args, acpi: Option<&Acpi>, cmdline: &[u8]) {
         b"blk-bench" => crate::virtio::blk::bench(cmdline),
         b"net" => crate::net::test::run(cmdline),
         b"net-bench" => crate::net::bench::run(cmdline),
+        b"net-txonly" => crate::net::txonly::run(cmdline),
         b"pagefault" => {
             // SAFETY: deliberately reads an unmapped address; the #PF handler reports it and
             // powers off, so execution never continues past this read.

@@ -10,9 +10,6 @@ use super::{sanitize_hostname, MacAddr};
 /// The largest dynamic range a server accepts (a /16): allocation scans the range.
 pub const MAX_RANGE_ADDRESSES: u32 = 1 << 16;
 
-/// The longest interface name Linux accepts (`IFNAMSIZ` less the terminating NUL).
-const MAX_IFNAME_LEN: usize = 15;
-
 /// A fixed MAC -> IP assignment, like libvirt's `<host mac=... ip=... name=.../>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
@@ -119,12 +116,8 @@ impl DhcpConfig {
     /// the server, range and reservations inside the subnet, the range not holding the server's
     /// address, no MAC or IP reserved twice, a sane lease time and host names.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let name = &self.interface;
-        if name.is_empty()
-            || name.len() > MAX_IFNAME_LEN
-            || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
-        {
-            return Err(ConfigError::InterfaceName(name.clone()));
+        if crate::IfName::new(&self.interface).is_err() {
+            return Err(ConfigError::InterfaceName(self.interface.clone()));
         }
         if !(1..=30).contains(&self.prefix_len) {
             return Err(ConfigError::PrefixLen(self.prefix_len));
@@ -193,7 +186,7 @@ fn mask_of(prefix_len: u8) -> u32 {
 /// What is wrong with a [`DhcpConfig`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// The interface name is empty, longer than 15 bytes, or holds `/`, NUL or whitespace.
+    /// The interface name is not an [`IfName`](crate::IfName) (1 to 15 of `A-Z a-z 0-9 _ - .`).
     #[error("bad interface name {0:?}")]
     InterfaceName(String),
     /// The prefix length is not in 1..=30 (a /31 or /32 leaves no addresses to hand out).

@@ -63,9 +63,9 @@ pub enum NetlinkError {
         /// The kind that was asked for.
         wanted: &'static str,
     },
-    /// A link name the kernel would refuse (1 to 15 bytes, no `/`, `:` or whitespace).
-    #[error("invalid link name {0:?}: 1 to 15 bytes, no '/', ':' or whitespace")]
-    InvalidName(String),
+    /// A link name that is not an [`IfName`](crate::IfName) (1 to 15 of `A-Z a-z 0-9 _ - .`).
+    #[error("invalid link name: {0}")]
+    InvalidName(#[from] crate::InvalidIfName),
     /// A kernel reply that could not be parsed.
     #[error("unparsable netlink reply: {0}")]
     Decode(String),
@@ -74,17 +74,11 @@ pub enum NetlinkError {
 /// Result of a netlink operation.
 pub type Result<T> = std::result::Result<T, NetlinkError>;
 
-/// Checks a Linux interface name (at most 15 bytes, `IFNAMSIZ` less the terminator).
-pub fn check_ifname(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
-    if bad {
-        return Err(NetlinkError::InvalidName(name.to_string()));
-    }
-    Ok(())
+/// Checks an interface name given as text: it must be an [`IfName`](crate::IfName). Every
+/// request that names a link checks it here first, so no name reaches the kernel (or an nft
+/// rule made from a link) unchecked.
+pub fn check_ifname(name: &str) -> Result<crate::IfName> {
+    Ok(crate::IfName::new(name)?)
 }
 
 /// A synchronous rtnetlink handle bound to the calling thread's network namespace.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Result};
 use crate::dhcp::{DhcpConfig, Reservation};
-use crate::netlink::check_ifname;
 use crate::types::{Ipv4Cidr, MacAddr};
+use crate::IfName;
 
 /// libvirt's forward modes that hv supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ pub struct NetworkDef {
     /// Forward mode.
     pub mode: NetworkMode,
     /// The bridge: `hv<name>` by default for nat/isolated; required for bridge mode.
-    pub bridge: String,
+    pub bridge: IfName,
     /// Gateway address and prefix on the bridge (nat/isolated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Cidr>,
@@ -89,8 +89,13 @@ pub struct NetworkDef {
 /// Builds and validates a [`NetworkDef`].
 #[derive(Debug, Clone)]
 pub struct NetworkBuilder {
-    def: NetworkDef,
-    bridge_set: bool,
+    name: String,
+    mode: NetworkMode,
+    /// The bridge as given, checked by `build`.
+    bridge: Option<String>,
+    ip: Option<Ipv4Cidr>,
+    dhcp_range: Option<DhcpRange>,
+    dhcp_hosts: Vec<DhcpHost>,
 }
 
 /// Checks a network name.
@@ -111,15 +116,12 @@ impl NetworkDef {
     /// Starts a definition of `name` in `mode`.
     pub fn builder(name: &str, mode: NetworkMode) -> NetworkBuilder {
         NetworkBuilder {
-            def: NetworkDef {
-                name: name.to_string(),
-                mode,
-                bridge: format!("hv{name}"),
-                ip: None,
-                dhcp_range: None,
-                dhcp_hosts: Vec::new(),
-            },
-            bridge_set: false,
+            name: name.to_string(),
+            mode,
+            bridge: None,
+            ip: None,
+            dhcp_range: None,
+            dhcp_hosts: Vec::new(),
         }
     }
 
@@ -129,8 +131,13 @@ impl NetworkDef {
         if self.mode == NetworkMode::Bridge {
             return None;
         }
-        let mut c =
-            DhcpConfig::new(&self.bridge, ip.addr, ip.prefix, range.first..=range.last, lease_file);
+        let mut c = DhcpConfig::new(
+            self.bridge.as_str(),
+            ip.addr,
+            ip.prefix,
+            range.first..=range.last,
+            lease_file,
+        );
         if self.mode == NetworkMode::Isolated {
             c.router = None;
         }
@@ -146,7 +153,6 @@ impl NetworkDef {
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| NetworkError::Invalid { name: self.name.clone(), why };
         check_name(&self.name)?;
-        check_ifname(&self.bridge).map_err(|e| bad(e.to_string()))?;
         match self.mode {
             NetworkMode::Bridge => {
                 if self.ip.is_some() || self.dhcp_range.is_some() || !self.dhcp_hosts.is_empty() {
@@ -181,45 +187,59 @@ impl NetworkDef {
 impl NetworkBuilder {
     /// The bridge to create (nat/isolated) or join (bridge mode).
     pub fn bridge(mut self, name: &str) -> Self {
-        self.def.bridge = name.to_string();
-        self.bridge_set = true;
+        self.bridge = Some(name.to_string());
         self
     }
 
     /// The gateway address and prefix, e.g. `192.168.122.1/24`.
     pub fn ip(mut self, cidr: Ipv4Cidr) -> Self {
-        self.def.ip = Some(cidr);
+        self.ip = Some(cidr);
         self
     }
 
     /// The dynamic DHCP range.
     pub fn dhcp_range(mut self, first: Ipv4Addr, last: Ipv4Addr) -> Self {
-        self.def.dhcp_range = Some(DhcpRange { first, last });
+        self.dhcp_range = Some(DhcpRange { first, last });
         self
     }
 
     /// A static reservation.
     pub fn dhcp_host(mut self, mac: MacAddr, ip: Ipv4Addr) -> Self {
-        self.def.dhcp_hosts.push(DhcpHost { mac, ip, name: None });
+        self.dhcp_hosts.push(DhcpHost { mac, ip, name: None });
         self
     }
 
     /// A static reservation that also hands out a host name.
     pub fn dhcp_host_named(mut self, mac: MacAddr, ip: Ipv4Addr, name: Option<String>) -> Self {
-        self.def.dhcp_hosts.push(DhcpHost { mac, ip, name });
+        self.dhcp_hosts.push(DhcpHost { mac, ip, name });
         self
     }
 
     /// Checks everything and returns the definition.
     pub fn build(self) -> Result<NetworkDef> {
-        if self.def.mode == NetworkMode::Bridge && !self.bridge_set {
-            return Err(NetworkError::Invalid {
-                name: self.def.name.clone(),
-                why: "bridge mode needs the existing bridge's name (--bridge BR)".into(),
-            });
-        }
-        self.def.validate()?;
-        Ok(self.def)
+        let bad = |why: String| NetworkError::Invalid { name: self.name.clone(), why };
+        check_name(&self.name)?;
+        let bridge = match (&self.bridge, self.mode) {
+            (None, NetworkMode::Bridge) => {
+                return Err(
+                    bad("bridge mode needs the existing bridge's name (--bridge BR)".into()),
+                )
+            }
+            (Some(b), _) => IfName::new(b).map_err(|e| bad(e.to_string()))?,
+            (None, _) => {
+                IfName::new(&format!("hv{}", self.name)).map_err(|e| bad(e.to_string()))?
+            }
+        };
+        let def = NetworkDef {
+            name: self.name,
+            mode: self.mode,
+            bridge,
+            ip: self.ip,
+            dhcp_range: self.dhcp_range,
+            dhcp_hosts: self.dhcp_hosts,
+        };
+        def.validate()?;
+        Ok(def)
     }
 }
 

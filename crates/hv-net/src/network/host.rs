@@ -48,7 +48,7 @@ pub(crate) fn plan(def: &NetworkDef) -> Created {
         (mode, Some(ip)) => Created {
             bridge: Some(def.bridge.clone()),
             address: Some(ip),
-            nft_table: Some(nft::network::table_name(&def.name)),
+            nft_table: nft::network::table_name(&def.name).ok(),
             enabled_forwarding: mode == NetworkMode::Nat && !forwarding().unwrap_or(true),
         },
     }
@@ -62,7 +62,10 @@ pub(crate) fn bring_up(def: &NetworkDef, created: &mut Created) -> Result<()> {
     if def.mode == NetworkMode::Bridge {
         return match nl.link(&def.bridge).map_err(nl_err(name))? {
             Some(l) if l.kind.as_deref() == Some("bridge") => Ok(()),
-            _ => Err(NetworkError::NoBridge { name: name.to_string(), bridge: def.bridge.clone() }),
+            _ => Err(NetworkError::NoBridge {
+                name: name.to_string(),
+                bridge: def.bridge.to_string(),
+            }),
         };
     }
     // Find nft before touching anything, so a missing binary leaves nothing behind.

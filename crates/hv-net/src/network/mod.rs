@@ -101,11 +101,11 @@ impl NetworkState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
     /// The bridge hv created.
-    pub bridge: Option<String>,
+    pub bridge: Option<crate::IfName>,
     /// The gateway address hv put on the bridge.
     pub address: Option<Ipv4Cidr>,
     /// The nftables table (family `inet`) hv installed.
-    pub nft_table: Option<String>,
+    pub nft_table: Option<crate::nft::TableName>,
     /// True when hv switched IPv4 forwarding on (it was off).
     pub enabled_forwarding: bool,
 }

@@ -1,5 +1,5 @@
 //! Port security for a guest port (a TAP or veth on a bridge), in a `bridge` family table of
-//! the port's own, `hv_port_<port>`:
+//! the port's own, `hv_port_<port escaped>` ([`table_name`]: distinct ports, distinct tables):
 //!
 //! - **Anti-spoofing**: a frame from the port must carry the port's MAC as its source; an ARP
 //!   frame must name the port's MAC and one of its IPs as sender; an IPv4 packet must come from
@@ -15,14 +15,16 @@
 //! Rules on a running port are replaced with [`PortSecurity::update_rules`]: both security-group
 //! chains are flushed and refilled in one nft transaction, so no frame sees a half-set policy.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use nftables::batch::Batch;
+use nftables::types::{NfChainType, NfHook};
 use serde::{Deserialize, Serialize};
 
-use super::{quote, Family, Nft, NftError, Result};
-use crate::netlink::check_ifname;
+use super::rules::{self as r, ChainSpec, Rule, TableSpec, PRIO_BRIDGE_FILTER};
+use super::{Family, Nft, NftError, Result, TableName};
 use crate::types::{Ipv4Cidr, MacAddr};
+use crate::IfName;
 
 /// Which way a security-group rule looks, seen from the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,7 +104,7 @@ impl SecurityRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     /// The port's interface on the bridge (the TAP, or the host end of a veth).
-    pub port: String,
+    pub port: IfName,
     /// The guest's MAC address.
     pub mac: MacAddr,
     /// The guest's IPv4 addresses.
@@ -118,49 +120,45 @@ pub struct PortSecurity {
     stateful: bool,
 }
 
-/// The table a port owns.
-pub fn table_name(port: &str) -> String {
-    format!("hv_port_{}", port.replace('-', "_"))
+/// The table a port owns: `hv_port_` + the port's name escaped injectively
+/// ([`IfName::escaped`]: `tap-1` -> `hv_port_tap_2d1`, `tap_1` -> `hv_port_tap_5f1`).
+pub fn table_name(port: &IfName) -> TableName {
+    TableName::from_parts(&["port", &port.escaped()])
 }
 
-fn range(ports: Option<(u16, u16)>) -> String {
-    match ports {
-        Some((lo, hi)) if lo == hi => format!(" {lo}"),
-        Some((lo, hi)) => format!(" {lo}-{hi}"),
-        None => String::new(),
-    }
-}
-
-/// Renders `rule` for the chain of its own direction (`forward`) or the mirrored reply rule
-/// for the opposite chain (`!forward`).
-fn render(rule: &SecurityRule, forward: bool) -> String {
+/// `rule`'s statements for the chain of its own direction (`forward`) or the mirrored reply
+/// rule for the opposite chain (`!forward`).
+fn render(rule: &SecurityRule, forward: bool) -> Rule {
     // Ingress rules match the remote as source; egress as destination; mirrors swap both.
     let remote_is_src = (rule.direction == Direction::Ingress) == forward;
-    let mut s = String::from("    ether type ip");
-    if let Some(r) = rule.remote {
-        let _ = write!(s, " ip {} {}", if remote_is_src { "saddr" } else { "daddr" }, r.network());
+    let mut s = vec![r::ether_type("ip")];
+    if let Some(remote) = rule.remote {
+        let field = if remote_is_src { "saddr" } else { "daddr" };
+        s.push(r::eq(r::payload("ip", field), r::prefix(remote)));
     }
     let port_key = if forward { "dport" } else { "sport" };
+    let ports = |proto| match rule.ports {
+        Some((lo, hi)) if lo == hi => Some(r::eq(r::payload(proto, port_key), r::num(lo.into()))),
+        Some((lo, hi)) => Some(r::eq(r::payload(proto, port_key), r::range(lo.into(), hi.into()))),
+        None => None,
+    };
     match rule.protocol {
         Protocol::Tcp => {
-            let _ = write!(s, " meta l4proto tcp");
-            if rule.ports.is_some() {
-                let _ = write!(s, " tcp {port_key}{}", range(rule.ports));
-            }
+            s.push(r::l4proto("tcp"));
+            s.extend(ports("tcp"));
         }
         Protocol::Udp => {
-            let _ = write!(s, " meta l4proto udp");
-            if rule.ports.is_some() {
-                let _ = write!(s, " udp {port_key}{}", range(rule.ports));
-            }
+            s.push(r::l4proto("udp"));
+            s.extend(ports("udp"));
         }
-        Protocol::Icmp if forward => s.push_str(" meta l4proto icmp"),
+        Protocol::Icmp if forward => s.push(r::l4proto("icmp")),
         Protocol::Icmp => {
-            s.push_str(" icmp type { echo-reply, destination-unreachable, time-exceeded }")
+            let replies = ["echo-reply", "destination-unreachable", "time-exceeded"];
+            s.push(r::eq(r::payload("icmp", "type"), r::set(replies.map(r::text).to_vec())));
         }
         Protocol::Any => {}
     }
-    s.push_str(" accept\n");
+    s.push(r::accept());
     s
 }
 
@@ -181,112 +179,121 @@ impl PortSecurity {
         self.stateful
     }
 
-    fn invalid(port: &str, reason: impl Into<String>) -> NftError {
+    fn invalid(port: &IfName, reason: impl Into<String>) -> NftError {
         NftError::Invalid { port: port.to_string(), reason: reason.into() }
     }
 
-    fn sg_chain(&self, rules: &[SecurityRule], dir: Direction) -> String {
-        let mut s = String::new();
+    fn sg_chain(&self, rules: &[SecurityRule], dir: Direction) -> Vec<Rule> {
+        let mut out = Vec::new();
         if self.stateful {
-            s.push_str("    ct state established,related accept\n");
+            out.push(r::ct_established(&["established", "related"]));
         }
-        for r in rules.iter().filter(|r| r.direction == dir) {
-            s.push_str(&render(r, true));
-        }
+        out.extend(rules.iter().filter(|x| x.direction == dir).map(|x| render(x, true)));
         if !self.stateful {
-            for r in rules.iter().filter(|r| r.direction != dir) {
-                s.push_str(&render(r, false));
-            }
+            out.extend(rules.iter().filter(|x| x.direction != dir).map(|x| render(x, false)));
         }
-        s.push_str("    drop\n");
-        s
+        out.push(vec![r::drop()]);
+        out
     }
 
-    fn check(spec_port: &str, rules: &[SecurityRule]) -> Result<()> {
-        check_ifname(spec_port).map_err(|e| Self::invalid(spec_port, e.to_string()))?;
-        for r in rules {
-            r.check().map_err(|e| Self::invalid(spec_port, e))?;
+    fn check(port: &IfName, rules: &[SecurityRule]) -> Result<()> {
+        for rule in rules {
+            rule.check().map_err(|e| Self::invalid(port, e))?;
         }
         Ok(())
     }
 
-    /// The table body for `spec`.
-    pub fn rules_for(&self, spec: &PortSpec) -> Result<String> {
+    /// The port's whole table for `spec`.
+    pub fn rules_for(&self, spec: &PortSpec) -> Result<TableSpec> {
         Self::check(&spec.port, &spec.rules)?;
         if spec.mac.is_multicast() || spec.mac.is_zero() {
             return Err(Self::invalid(&spec.port, format!("{} is not a unicast MAC", spec.mac)));
         }
-        let port = quote(&spec.port);
-        let mac = spec.mac;
+        let mac = || r::text(spec.mac.to_string());
+        // No address yet: only DHCP can pass.
         let ips = if spec.ips.is_empty() {
-            // No address yet: only DHCP can pass.
-            "{ 0.0.0.0 }".to_string()
+            r::set(vec![r::ip(Ipv4Addr::UNSPECIFIED)])
         } else {
-            let list: Vec<String> = spec.ips.iter().map(|i| i.to_string()).collect();
-            format!("{{ {} }}", list.join(", "))
+            r::set(spec.ips.iter().map(|i| r::ip(*i)).collect())
         };
-        Ok(format!(
-            "  chain from_guest {{
-    ether saddr != {mac} drop
-    ether type arp arp saddr ether != {mac} drop
-    ether type arp arp saddr ip != {ips} drop
-    ether type arp accept
-    ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
-    ether type ip ip saddr != {ips} drop
-    ether type ip udp sport 68 udp dport 67 accept
-    ether type ip udp sport 67 drop
-    ether type ip jump sg_egress
-    drop
-  }}
-  chain to_guest {{
-    ether type arp accept
-    ether type ip udp sport 67 udp dport 68 accept
-    ether type ip jump sg_ingress
-    drop
-  }}
-  chain sg_egress {{
-{}  }}
-  chain sg_ingress {{
-{}  }}
-  chain prerouting {{
-    type filter hook prerouting priority filter; policy accept;
-    iifname {port} jump from_guest
-  }}
-  chain postrouting {{
-    type filter hook postrouting priority filter; policy accept;
-    oifname {port} jump to_guest
-  }}
-",
-            self.sg_chain(&spec.rules, Direction::Egress),
-            self.sg_chain(&spec.rules, Direction::Ingress),
-        ))
+        let ip = |field| r::payload("ip", field);
+        let udp = |field, port: u32| r::eq(r::payload("udp", field), r::num(port));
+        let from_guest = vec![
+            vec![r::ne(r::payload("ether", "saddr"), mac()), r::drop()],
+            vec![r::ether_type("arp"), r::ne(r::payload("arp", "saddr ether"), mac()), r::drop()],
+            vec![
+                r::ether_type("arp"),
+                r::ne(r::payload("arp", "saddr ip"), ips.clone()),
+                r::drop(),
+            ],
+            vec![r::ether_type("arp"), r::accept()],
+            vec![
+                r::ether_type("ip"),
+                r::eq(ip("saddr"), r::ip(Ipv4Addr::UNSPECIFIED)),
+                r::eq(ip("daddr"), r::ip(Ipv4Addr::BROADCAST)),
+                udp("sport", 68),
+                udp("dport", 67),
+                r::accept(),
+            ],
+            vec![r::ether_type("ip"), r::ne(ip("saddr"), ips), r::drop()],
+            vec![r::ether_type("ip"), udp("sport", 68), udp("dport", 67), r::accept()],
+            vec![r::ether_type("ip"), udp("sport", 67), r::drop()],
+            vec![r::ether_type("ip"), r::jump("sg_egress")],
+            vec![r::drop()],
+        ];
+        let to_guest = vec![
+            vec![r::ether_type("arp"), r::accept()],
+            vec![r::ether_type("ip"), udp("sport", 67), udp("dport", 68), r::accept()],
+            vec![r::ether_type("ip"), r::jump("sg_ingress")],
+            vec![r::drop()],
+        ];
+        let hook = |name, hook, rule| {
+            ChainSpec::base(name, NfChainType::Filter, hook, PRIO_BRIDGE_FILTER, vec![rule])
+        };
+        Ok(TableSpec {
+            family: Family::Bridge,
+            name: table_name(&spec.port),
+            chains: vec![
+                ChainSpec::regular("sg_egress", self.sg_chain(&spec.rules, Direction::Egress)),
+                ChainSpec::regular("sg_ingress", self.sg_chain(&spec.rules, Direction::Ingress)),
+                ChainSpec::regular("from_guest", from_guest),
+                ChainSpec::regular("to_guest", to_guest),
+                hook(
+                    "prerouting",
+                    NfHook::Prerouting,
+                    vec![r::iifname(&spec.port), r::jump("from_guest")],
+                ),
+                hook(
+                    "postrouting",
+                    NfHook::Postrouting,
+                    vec![r::oifname(&spec.port), r::jump("to_guest")],
+                ),
+            ],
+        })
     }
 
     /// Installs (or replaces) the port's whole table.
     pub fn apply(&self, spec: &PortSpec) -> Result<()> {
-        let body = self.rules_for(spec)?;
-        self.nft.replace_table(Family::Bridge, &table_name(&spec.port), &body)
+        self.nft.replace_table(&self.rules_for(spec)?)
     }
 
     /// Replaces the security-group rules of a port whose table is installed, atomically.
-    pub fn update_rules(&self, port: &str, rules: &[SecurityRule]) -> Result<()> {
+    pub fn update_rules(&self, port: &IfName, rules: &[SecurityRule]) -> Result<()> {
         Self::check(port, rules)?;
         let table = table_name(port);
         if !self.nft.has_table(Family::Bridge, &table)? {
             return Err(Self::invalid(port, "no port security installed on this port"));
         }
-        let mut script = String::new();
+        let mut batch = Batch::new();
         for (chain, dir) in [("sg_egress", Direction::Egress), ("sg_ingress", Direction::Ingress)] {
-            let _ = writeln!(script, "flush chain bridge {table} {chain}");
-            let _ = writeln!(script, "table bridge {table} {{\n  chain {chain} {{");
-            script.push_str(&self.sg_chain(rules, dir));
-            script.push_str("  }\n}\n");
+            r::flush_chain(&mut batch, Family::Bridge, &table, chain);
+            r::add_rules(&mut batch, Family::Bridge, &table, chain, &self.sg_chain(rules, dir));
         }
-        self.nft.apply(&format!("update rules of {table}"), &script)
+        self.nft.apply(&format!("update rules of {table}"), &batch.to_nftables())
     }
 
     /// Removes the port's table (no error when there is none).
-    pub fn remove(&self, port: &str) -> Result<()> {
+    pub fn remove(&self, port: &IfName) -> Result<()> {
         self.nft.delete_table(Family::Bridge, &table_name(port))
     }
 }
@@ -297,11 +304,15 @@ mod tests {
 
     fn spec(rules: Vec<SecurityRule>) -> PortSpec {
         PortSpec {
-            port: "hvtap0".into(),
+            port: IfName::new("hvtap0").unwrap(),
             mac: "52:54:00:00:00:01".parse().unwrap(),
             ips: vec![Ipv4Addr::new(10, 0, 0, 2)],
             rules,
         }
+    }
+
+    fn json(t: &TableSpec) -> String {
+        serde_json::to_string(&t.replace()).unwrap()
     }
 
     #[test]
@@ -310,25 +321,30 @@ mod tests {
         let rule = SecurityRule::egress(Protocol::Tcp)
             .ports(80, 80)
             .remote("10.1.0.0/16".parse().unwrap());
-        let body = ps.rules_for(&spec(vec![rule])).unwrap();
-        assert!(
-            body.contains("ip daddr 10.1.0.0/16 meta l4proto tcp tcp dport 80 accept"),
-            "{body}"
-        );
-        assert!(
-            body.contains("ip saddr 10.1.0.0/16 meta l4proto tcp tcp sport 80 accept"),
-            "{body}"
-        );
-        assert!(!body.contains("ct state"));
-        assert!(body.contains("ether saddr != 52:54:00:00:00:01 drop"));
-        assert!(body.contains("arp saddr ip != { 10.0.0.2 } drop"));
+        let body = json(&ps.rules_for(&spec(vec![rule])).unwrap());
+        let dst = r#"{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"10.1.0.0","len":16}}"#;
+        let dport = r#"{"payload":{"protocol":"tcp","field":"dport"}},"right":80"#;
+        let src = r#"{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.1.0.0","len":16}}"#;
+        let sport = r#"{"payload":{"protocol":"tcp","field":"sport"}},"right":80"#;
+        for needle in [dst, dport, src, sport] {
+            assert!(body.contains(needle), "{needle} in {body}");
+        }
+        assert!(!body.contains(r#""ct""#));
+        assert!(body.contains(r#"{"left":{"payload":{"protocol":"ether","field":"saddr"}},"right":"52:54:00:00:00:01","op":"!="}"#));
+        assert!(body.contains(
+            r#"{"payload":{"protocol":"arp","field":"saddr ip"}},"right":{"set":["10.0.0.2"]}"#
+        ));
+        assert_eq!(ps.rules_for(&spec(vec![])).unwrap().name.as_str(), "hv_port_hvtap0");
     }
 
     #[test]
     fn stateful_rules_use_conntrack() {
         let ps = PortSecurity::with_stateful(Nft::at("/nonexistent"), true);
-        let body = ps.rules_for(&spec(vec![SecurityRule::ingress(Protocol::Icmp)])).unwrap();
-        assert!(body.contains("ct state established,related accept"));
+        let body = json(&ps.rules_for(&spec(vec![SecurityRule::ingress(Protocol::Icmp)])).unwrap());
+        assert!(
+            body.contains(r#"{"ct":{"key":"state"}},"right":["established","related"]"#),
+            "{body}"
+        );
         assert!(!body.contains("echo-reply"));
     }
 
@@ -344,5 +360,16 @@ mod tests {
         let mut s = spec(vec![]);
         s.mac = "01:00:5e:00:00:01".parse().unwrap();
         assert!(ps.rules_for(&s).is_err());
+    }
+
+    #[test]
+    fn a_port_name_cannot_be_nft_syntax() {
+        // The spec's port is an IfName: a name with nft syntax never gets this far, from code
+        // or from JSON.
+        let bad = r#"{"port":"x";flush ruleset;#","mac":"52:54:00:00:00:01","ips":[],"rules":[]}"#;
+        assert!(serde_json::from_str::<PortSpec>(bad).is_err());
+        let a = table_name(&IfName::new("tap-1").unwrap());
+        let b = table_name(&IfName::new("tap_1").unwrap());
+        assert_ne!(a, b);
     }
 }

@@ -93,6 +93,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type PairSlot = Arc<Mutex<Option<PairState>>>;
 
+/// Backends tagged with their pair index, back in pair order.
+fn in_pair_order(mut tagged: Vec<(usize, Box<dyn NetBackend>)>) -> Vec<Box<dyn NetBackend>> {
+    tagged.sort_by_key(|(i, _)| *i);
+    tagged.into_iter().map(|(_, b)| b).collect()
+}
+
 /// A virtio-net device over one [`NetBackend`] per queue pair.
 #[derive(Debug)]
 pub struct VirtioNet {
@@ -110,9 +116,11 @@ pub struct VirtioNet {
 struct Running {
     /// Stopped first: it reaches into the pairs.
     ctrl: Option<Worker>,
-    pairs: Vec<(Worker, PairSlot)>,
-    /// Backends of pairs the driver did not set up (no multiqueue), kept for the next time.
-    idle: Vec<Box<dyn NetBackend>>,
+    /// The running pairs: pair index, worker, state.
+    pairs: Vec<(usize, Worker, PairSlot)>,
+    /// Backends of pairs the driver did not set up (no multiqueue, or no queue of the pair
+    /// ready), kept for the next time.
+    idle: Vec<(usize, Box<dyn NetBackend>)>,
 }
 
 impl VirtioNet {
@@ -175,8 +183,12 @@ impl VirtioNet {
         self.running.is_some()
     }
 
-    /// Builds every pair's state and starts the workers; on failure every backend is back in
-    /// `self.backends`.
+    /// Builds the state of every pair with a ready queue and starts the workers; on failure
+    /// every backend is back in `self.backends`.
+    ///
+    /// A driver may leave queues not ready (virtio 1.2, 2.6: the device uses the queues the
+    /// driver set up): a pair with one queue runs that direction only, a pair with none keeps
+    /// its backend idle, and without its control queue a multiqueue driver stays on pair 0.
     fn start(&mut self, mut a: Activation) -> Result<(), ActivateError> {
         let acked = a.acked_features;
         let pairs = if has_feature(acked, VIRTIO_NET_F_MQ) {
@@ -193,27 +205,26 @@ impl VirtioNet {
             }
             queues[i] = Some(q);
         }
-        let mut take = |i: u16| -> Result<ActiveQueue, ActivateError> {
-            let slot = queues.get_mut(usize::from(i)).and_then(Option::take);
-            let mut q = slot.ok_or(ActivateError::MissingQueue(i))?;
+        let mut take = |i: u16| -> Option<ActiveQueue> {
+            let mut q = queues.get_mut(usize::from(i)).and_then(Option::take)?;
             q.queue.set_event_idx(has_feature(acked, VIRTIO_RING_F_EVENT_IDX));
-            Ok(q)
+            Some(q)
         };
-        let mut pair_queues = Vec::with_capacity(pairs);
-        for p in 0..pairs as u16 {
-            pair_queues.push((take(2 * p)?, take(2 * p + 1)?));
-        }
+        let pair_queues: Vec<_> =
+            (0..pairs as u16).map(|p| (take(2 * p), take(2 * p + 1))).collect();
         let ctrl_queue =
-            if has_feature(acked, VIRTIO_NET_F_CTRL_VQ) { Some(take(ctrl_index)?) } else { None };
+            if has_feature(acked, VIRTIO_NET_F_CTRL_VQ) { take(ctrl_index) } else { None };
 
         // From here on the backends are handed out; failures give them back.
         let mut backends = std::mem::take(&mut self.backends);
-        let idle = backends.split_off(pairs);
+        let mut idle: Vec<_> =
+            backends.split_off(pairs).into_iter().zip(pairs..).map(|(b, i)| (i, b)).collect();
         let mut states = Vec::with_capacity(pairs);
         let mut failure = None;
-        for (backend, (rx, tx)) in backends.into_iter().zip(pair_queues) {
-            if failure.is_some() {
-                self.backends.push(backend);
+        for (index, (backend, (rx, tx))) in backends.into_iter().zip(pair_queues).enumerate() {
+            if failure.is_some() || (rx.is_none() && tx.is_none()) {
+                // A pair the driver did not set up keeps its backend for the next activation.
+                idle.push((index, backend));
                 continue;
             }
             let mut handler = NetQueueHandler::new(backend, acked)
@@ -222,29 +233,28 @@ impl VirtioNet {
                 .with_rate_limiters(self.rx_limiter.clone(), self.tx_limiter.clone());
             if let Err(e) = handler.apply_offloads() {
                 failure = Some(ActivateError::Device(format!("cannot set offloads: {e}")));
-                self.backends.push(handler.into_backend());
+                idle.push((index, handler.into_backend()));
                 continue;
             }
             match PairState::new(handler, rx, tx, a.mem.clone(), a.interrupt.clone()) {
-                Ok(state) => states.push(state),
+                Ok(state) => states.push((index, state)),
                 Err(boxed) => {
                     let (e, handler) = *boxed;
                     failure = Some(ActivateError::Worker(e));
-                    self.backends.push(handler.into_backend());
+                    idle.push((index, handler.into_backend()));
                 }
             }
         }
         if let Some(e) = failure {
-            let mut back: Vec<_> =
-                states.into_iter().map(|s| s.into_handler().into_backend()).collect();
-            back.append(&mut self.backends);
-            back.extend(idle);
-            self.backends = back;
+            idle.extend(states.into_iter().map(|(i, s)| (i, s.into_handler().into_backend())));
+            self.backends = in_pair_order(idle);
             return Err(e);
         }
-        // A multiqueue driver starts with one pair.
-        for s in states.iter_mut().skip(1) {
-            s.set_enabled(false);
+        // A multiqueue driver starts with pair 0 only.
+        for (index, s) in states.iter_mut() {
+            if *index > 0 {
+                s.set_enabled(false);
+            }
         }
         let mut running = Running { ctrl: None, pairs: Vec::new(), idle };
         let result = self.spawn_all(&mut running, states, ctrl_queue, &a);
@@ -261,11 +271,11 @@ impl VirtioNet {
     fn spawn_all(
         &self,
         running: &mut Running,
-        states: Vec<PairState>,
+        states: Vec<(usize, PairState)>,
         ctrl_queue: Option<ActiveQueue>,
         a: &Activation,
     ) -> std::io::Result<()> {
-        for (i, state) in states.into_iter().enumerate() {
+        for (i, state) in states {
             let watch = state.watch_list();
             let slot: PairSlot = Arc::new(Mutex::new(Some(state)));
             let st = slot.clone();
@@ -275,31 +285,33 @@ impl VirtioNet {
                 }
             });
             match worker {
-                Ok(w) => running.pairs.push((w, slot)),
+                Ok(w) => running.pairs.push((i, w, slot)),
                 Err(e) => {
                     // The state is in `slot`: keep it where reset finds it.
                     running
                         .idle
-                        .extend(lock(&slot).take().map(|s| s.into_handler().into_backend()));
+                        .extend(lock(&slot).take().map(|s| (i, s.into_handler().into_backend())));
                     return Err(e);
                 }
             }
         }
         let Some(mut ctrl) = ctrl_queue else { return Ok(()) };
-        let slots: Vec<PairSlot> = running.pairs.iter().map(|(_, s)| s.clone()).collect();
+        let slots: Vec<(usize, PairSlot)> =
+            running.pairs.iter().map(|(i, _, s)| (*i, s.clone())).collect();
         let mut handler =
             CtrlQueueHandler::new(self.config.queue_pairs, self.shared.metrics.clone());
         let (mem, interrupt, shared) = (a.mem.clone(), a.interrupt.clone(), self.shared.clone());
+        let pairs = self.config.queue_pairs;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ctrl.notify);
         let worker = Worker::spawn("hv-virtio-net-ctl", vec![(fd, 0)], move |_| {
             let _ = ctrl.notify.read();
             let mut apply = |n: u16| {
-                for (i, slot) in slots.iter().enumerate() {
+                for (i, slot) in &slots {
                     if let Some(ps) = lock(slot).as_mut() {
-                        ps.set_enabled(i < usize::from(n));
+                        ps.set_enabled(*i < usize::from(n));
                     }
                 }
-                shared.active_pairs.store(n.min(slots.len() as u16), Ordering::SeqCst);
+                shared.active_pairs.store(n.min(pairs), Ordering::SeqCst);
             };
             match handler.process(&mut ctrl.queue, &mem, &mut apply) {
                 Ok(true) => interrupt.signal_used_queue(),
@@ -341,18 +353,18 @@ impl VirtioDevice for VirtioNet {
         if let Some(running) = self.running.take() {
             drop(running.ctrl);
             let mut backends = Vec::new();
-            for (mut worker, slot) in running.pairs {
+            for (i, mut worker, slot) in running.pairs {
                 worker.stop();
                 if let Some(state) = lock(&slot).take() {
                     let mut backend = state.into_handler().into_backend();
                     if let Err(e) = backend.set_enabled(true) {
                         log::warn!("virtio-net: cannot switch a backend queue back on: {e}");
                     }
-                    backends.push(backend);
+                    backends.push((i, backend));
                 }
             }
             backends.extend(running.idle);
-            self.backends = backends;
+            self.backends = in_pair_order(backends);
         }
         *lock(&self.shared.interrupt) = None;
         self.shared.active_pairs.store(0, Ordering::SeqCst);

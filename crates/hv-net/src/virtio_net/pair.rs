@@ -1,6 +1,11 @@
 //! One queue pair's worker: the RX and TX queues, the pair's backend, and the fds its thread
 //! waits on.
 //!
+//! Either queue may be missing: a driver need not make every queue ready (a transmit-only
+//! driver is legal). Without an RX queue the backend is never read (frames for the guest stay
+//! in the host's queue, as for a NIC without receive buffers); without a TX queue nothing is
+//! sent.
+//!
 //! The thread waits on five things: the RX and TX queue eventfds (the guest's kicks), the
 //! backend (a frame to receive), and one timer per direction for the rate limiter. The backend
 //! sits in an epoll set of its own that the thread polls, so it can be switched off while the
@@ -61,8 +66,10 @@ fn nonblocking_timer() -> std::io::Result<TimerFd> {
 #[derive(Debug)]
 pub(crate) struct PairState {
     handler: NetQueueHandler,
-    rx: ActiveQueue,
-    tx: ActiveQueue,
+    /// The receive queue, when the driver made it ready.
+    rx: Option<ActiveQueue>,
+    /// The transmit queue, when the driver made it ready.
+    tx: Option<ActiveQueue>,
     mem: GuestMemory,
     interrupt: Interrupt,
     fds: Fds,
@@ -74,11 +81,12 @@ pub(crate) struct PairState {
 }
 
 impl PairState {
-    /// The state of a pair over `handler`'s backend; fails only when the fds cannot be made.
+    /// The state of a pair over `handler`'s backend with the queues the driver made ready;
+    /// fails only when the fds cannot be made.
     pub(crate) fn new(
         handler: NetQueueHandler,
-        rx: ActiveQueue,
-        tx: ActiveQueue,
+        rx: Option<ActiveQueue>,
+        tx: Option<ActiveQueue>,
         mem: GuestMemory,
         interrupt: Interrupt,
     ) -> Result<Self, Box<(std::io::Error, NetQueueHandler)>> {
@@ -98,15 +106,20 @@ impl PairState {
         }
     }
 
-    /// The fds the worker waits on, with their tokens.
+    /// The fds the worker waits on, with their tokens: the backend and the RX timer only with
+    /// an RX queue, the TX timer only with a TX queue.
     pub(crate) fn watch_list(&self) -> Vec<(RawFd, u64)> {
-        vec![
-            (self.rx.notify.as_raw_fd(), RX_KICK),
-            (self.tx.notify.as_raw_fd(), TX_KICK),
-            (self.fds.backend_poll.as_raw_fd(), BACKEND),
-            (self.fds.rx_timer.as_raw_fd(), RX_TIMER),
-            (self.fds.tx_timer.as_raw_fd(), TX_TIMER),
-        ]
+        let mut list = Vec::with_capacity(5);
+        if let Some(rx) = &self.rx {
+            list.push((rx.notify.as_raw_fd(), RX_KICK));
+            list.push((self.fds.backend_poll.as_raw_fd(), BACKEND));
+            list.push((self.fds.rx_timer.as_raw_fd(), RX_TIMER));
+        }
+        if let Some(tx) = &self.tx {
+            list.push((tx.notify.as_raw_fd(), TX_KICK));
+            list.push((self.fds.tx_timer.as_raw_fd(), TX_TIMER));
+        }
+        list
     }
 
     /// Gives the handler (and with it the backend) back.
@@ -128,11 +141,15 @@ impl PairState {
     pub(crate) fn handle(&mut self, token: u64) {
         match token {
             RX_KICK => {
-                let _ = self.rx.notify.read();
+                if let Some(rx) = &self.rx {
+                    let _ = rx.notify.read();
+                }
                 self.run_rx();
             }
             TX_KICK => {
-                let _ = self.tx.notify.read();
+                if let Some(tx) = &self.tx {
+                    let _ = tx.notify.read();
+                }
                 self.run_tx();
             }
             BACKEND => self.run_rx(),
@@ -149,10 +166,11 @@ impl PairState {
     }
 
     fn run_rx(&mut self) {
+        let Some(rx) = self.rx.as_mut() else { return self.arm_backend(false) };
         if self.broken || !self.enabled {
             return self.arm_backend(false);
         }
-        match self.handler.process_rx(&mut self.rx.queue, &self.mem) {
+        match self.handler.process_rx(&mut rx.queue, &self.mem) {
             Ok(true) => self.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => return self.break_down("RX", e),
@@ -168,10 +186,11 @@ impl PairState {
     }
 
     fn run_tx(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
         if self.broken {
             return;
         }
-        match self.handler.process_tx(&mut self.tx.queue, &self.mem) {
+        match self.handler.process_tx(&mut tx.queue, &self.mem) {
             Ok(true) => self.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => return self.break_down("TX", e),

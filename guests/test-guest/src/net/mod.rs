@@ -6,6 +6,7 @@
 //!
 //! - `test=net` ([`test::run`]): address by DHCP or static, pings, spoofing, serving.
 //! - `test=net-bench` ([`bench::run`]): guest-to-host frames as fast as the device takes them.
+//! - `test=net-txonly` ([`txonly::run`]): a driver that makes only the transmit queue ready.
 //!
 //! Time is the TSC, at a rate from CPUID when it says (else an assumed 2.5 GHz): timeouts are
 //! generous seconds, and guest code here is slow anyway (CPL0 is emulated on PVM hosts).
@@ -13,6 +14,7 @@
 pub mod bench;
 pub mod dhcp;
 pub mod test;
+pub mod txonly;
 
 use crate::io::rdtsc;
 use crate::serial::Line;
