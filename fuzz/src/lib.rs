@@ -83,6 +83,14 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// Whether known, reported findings fail the run (`HV_FUZZ_STRICT=1`): by default a target
+/// lets each known finding pass (counted) so a long run can find others; strict mode turns
+/// them back into crashes, to check a fix against `regressions/open/`.
+pub fn strict() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("HV_FUZZ_STRICT").is_some_and(|v| v == "1"))
+}
+
 /// A panic a dependency is known to raise on hostile input, which hv catches and turns into an
 /// error: such a panic unwinds to hv's `catch_unwind` instead of stopping the run.
 #[derive(Clone, Copy, Debug)]
@@ -109,8 +117,12 @@ pub fn known_panics() -> u64 {
 
 /// Replaces libFuzzer's panic hook (which aborts on every panic, even one that is caught) with
 /// one that lets the `known` panics unwind, counting them, and aborts on any other: a panic
-/// anywhere else is still a crash the fuzzer reports.
+/// anywhere else is still a crash the fuzzer reports. In [`strict`] mode it keeps libFuzzer's
+/// hook.
 pub fn allow_known_panics(known: &'static [KnownPanic]) {
+    if strict() {
+        return;
+    }
     std::panic::set_hook(Box::new(move |info| {
         if let Some(loc) = info.location() {
             let path = Path::new(loc.file());
