@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds hv's fuzz targets and runs each one for SECONDS from its seeds, then prints, per
-# target, executions, coverage (libFuzzer's cov/ft), corpus size and crashes.
+# target, executions, coverage (libFuzzer's cov/ft), corpus size, how many corpus and seed
+# files get past the target's first checks ("deep": parsed, opened, loaded...) and crashes.
 #
 #   fuzz/run.sh SECONDS [TARGET...]   corpus kept in fuzz/corpus/TARGET (grows run after run),
 #                                     log in fuzz/logs/TARGET.log
@@ -78,20 +79,24 @@ for t in "${targets[@]}"; do
     ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | cut -d' ' -f2 || true)
     corp=$(grep -oE 'corp: [0-9]+/[0-9A-Za-z]+' <<<"$last" | cut -d' ' -f2 || true)
     eps=$(grep -oE 'exec/s: [0-9]+' <<<"$last" | cut -d' ' -f2 || true)
+    # How much of the corpus gets past the target's first checks (each input run once).
+    depth=$(find "$corpus" "seeds/$t" -type f -print0 | HV_FUZZ_DEPTH=1 xargs -0 "$bin" -runs=0 2>&1 |
+        grep -c '^hv-fuzz-depth:' || true)
+    files=$(find "$corpus" "seeds/$t" -type f | wc -l)
     result=ok
     if ((status != 0)); then
         result="CRASH (exit $status, see $log and artifacts/$t/)"
         failed+=("$t")
     fi
-    rows+=("$(printf '%-15s %12s %8s %6s %7s %12s  %s' "$t" "${execs:-?}" "${eps:-?}" \
-        "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result")")
+    rows+=("$(printf '%-15s %12s %8s %6s %7s %12s %11s  %s' "$t" "${execs:-?}" "${eps:-?}" \
+        "${cov:-?}" "${ft:-?}" "${corp:-?}" "$depth/$files" "$result")")
     if $ci; then
         rm -rf "$corpus"
         trap - EXIT
     fi
 done
 
-printf '%-15s %12s %8s %6s %7s %12s  %s\n' target executions exec/s cov ft corpus result
+printf '%-15s %12s %8s %6s %7s %12s %11s  %s\n' target executions exec/s cov ft corpus deep result
 printf '%s\n' "${rows[@]}"
 if ((${#failed[@]})); then
     echo "failed: ${failed[*]}" >&2

@@ -7,7 +7,7 @@
 //! a u16-prefixed count, then bytes written into guest memory at 0x1000 (headers, segments).
 #![no_main]
 
-use hv_fuzz::Reader;
+use hv_fuzz::{reached, Reader};
 use hv_mem::{GuestRam, MemoryConfig};
 use hv_storage::block::{BlockBackend, GuestSlice, Result as BlockResult};
 use hv_storage::virtio_blk::request::{Request, RequestLimits, RequestType};
@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
     mem.write_slice(&image[..image.len().min(0x10000)], GuestAddress(0x1000)).expect("in RAM");
 
     let Ok(req) = Request::parse_descriptors(descs.iter().copied(), mem, &limits) else { return };
+    reached("parsed");
     assert!(mem.check_range(req.status_addr, 1), "status byte outside RAM");
     for d in &req.data {
         assert!(mem.check_range(d.addr, d.len as usize), "data buffer outside RAM");

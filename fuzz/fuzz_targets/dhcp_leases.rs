@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let Ok(leases) = read_leases(&path) else { return };
+    hv_fuzz::reached("read");
     // What was read writes back and reads back unchanged.
     write_leases(&path, &leases).expect("write leases");
     assert_eq!(read_leases(&path).expect("re-read"), leases);

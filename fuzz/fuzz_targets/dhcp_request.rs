@@ -44,6 +44,10 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_secs(600);
         let _ = core.tick(now);
     }
+    let s = core.stats();
+    if s.offers + s.acks + s.naks > 0 {
+        hv_fuzz::reached("answered");
+    }
     let range = u32::from(Ipv4Addr::new(10, 0, 0, 10))..=u32::from(Ipv4Addr::new(10, 0, 0, 13));
     for lease in core.leases() {
         let ip = u32::from(lease.ip);

@@ -18,6 +18,8 @@ fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
     }
     let _ = hv_storage::pool::format::probe_path(&path);
     let options = DiskOptions { read_only: true, ..DiskOptions::default() };
-    let _ = open_disk(&path, options);
+    if open_disk(&path, options).is_ok() {
+        hv_fuzz::reached("opened");
+    }
     let _ = std::fs::remove_file(&path);
 });

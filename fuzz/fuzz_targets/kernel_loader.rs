@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let ram = GuestRam::new(&MemoryConfig::new(RAM)).expect("guest RAM");
     if let Ok(k) = load_kernel(ram.memory(), &path) {
+        hv_fuzz::reached("loaded");
         // Known finding (README, regressions/kernel_loader/elf-memsz-past-ram): hv-core accepts
         // an ELF whose PT_LOAD p_memsz runs past guest RAM and reports that end. Counted, not a
         // crash (unless HV_FUZZ_STRICT=1), until load_kernel refuses it.

@@ -19,7 +19,7 @@ use hv_core::devices::IrqLine;
 use hv_core::bus::BusDevice;
 use hv_core::virtio::{ActivateError, Activation, MmioTransport, VirtioDevice};
 use hv_core::vmm_sys_util::eventfd::EventFd;
-use hv_fuzz::{strict, Reader};
+use hv_fuzz::{reached, strict, Reader};
 use hv_mem::{GuestMemory, GuestRam, MemoryConfig};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
@@ -126,6 +126,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(t.activated(), "DRIVER_OK accepted but the device is not active");
             }
         }
+    }
+    if seen.lock().unwrap().activations > 0 {
+        reached("activated");
     }
 });
 

@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use hv_core::vmm_sys_util::eventfd::EventFd;
 use hv_fuzz::Reader;
@@ -34,7 +36,7 @@ const VERSION_1: u32 = 32;
 struct FuzzBackend {
     rx: VecDeque<Vec<u8>>,
     vnet_hdr: bool,
-    sent: usize,
+    sent: Arc<AtomicUsize>,
     evt: EventFd,
 }
 
@@ -55,7 +57,7 @@ impl NetBackend for FuzzBackend {
         let hdr = if self.vnet_hdr { NET_HDR_LEN } else { 0 };
         assert!(frame.len() >= hdr + 14, "sent a frame of {} bytes", frame.len());
         assert!(frame.len() <= hdr + MAX_FRAME_LEN, "sent a frame of {} bytes", frame.len());
-        self.sent += 1;
+        self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(frame.len())
     }
     fn set_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
@@ -103,8 +105,9 @@ fuzz_target!(|data: &[u8]| {
     while !frames.is_empty() {
         rx.push_back(frames.chunk().to_vec());
     }
-    let backend =
-        FuzzBackend { rx, vnet_hdr, sent: 0, evt: EventFd::new(0).expect("eventfd") };
+    let sent = Arc::new(AtomicUsize::new(0));
+    let evt = EventFd::new(0).expect("eventfd");
+    let backend = FuzzBackend { rx, vnet_hdr, sent: sent.clone(), evt };
     let mut handler = NetQueueHandler::new(Box::new(backend), features);
 
     let ram = GuestRam::new(&MemoryConfig::new(RAM)).expect("guest RAM");
@@ -120,4 +123,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = handler.process_rx(&mut rxq, mem);
     let _ = handler.process_tx(&mut txq, mem);
     assert!(handler.rx_buffers_held() <= usize::from(QUEUE_SIZE));
+    let stats = handler.metrics().snapshot();
+    assert_eq!(stats.tx_frames, sent.load(Ordering::Relaxed) as u64, "TX count != frames sent");
+    if stats.tx_frames + stats.rx_frames > 0 {
+        hv_fuzz::reached("moved a frame");
+    }
 });

@@ -72,6 +72,7 @@ fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
     let options =
         DiskOptions { read_only, format: Some(ImageFormat::Qcow2), ..DiskOptions::default() };
     let Ok(mut disk) = open_disk(&path, options) else { return };
+    hv_fuzz::reached("opened");
     let size = disk.size();
     let ram = GuestRam::new(&MemoryConfig::new(RAM)).expect("guest RAM");
     let mem = ram.memory();

@@ -91,6 +91,16 @@ pub fn strict() -> bool {
     *STRICT.get_or_init(|| std::env::var_os("HV_FUZZ_STRICT").is_some_and(|v| v == "1"))
 }
 
+/// Notes that an input got past the target's first checks (parsed, opened, loaded...). With
+/// `HV_FUZZ_DEPTH=1` it prints a line `run.sh` counts over the final corpus, to show how much
+/// of it reaches the code behind those checks.
+pub fn reached(stage: &str) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("HV_FUZZ_DEPTH").is_some()) {
+        eprintln!("hv-fuzz-depth: {stage}");
+    }
+}
+
 /// A panic a dependency is known to raise on hostile input, which hv catches and turns into an
 /// error: such a panic unwinds to hv's `catch_unwind` instead of stopping the run.
 #[derive(Clone, Copy, Debug)]
