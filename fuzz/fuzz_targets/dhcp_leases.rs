@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let core = DhcpCore::new(config, now).expect("a server over a readable lease file");
     for lease in core.leases() {
         let last = lease.ip.octets()[3];
-        assert!(lease.ip.octets()[..3] == [192, 168, 100] && (10..=20).contains(&last), "{lease:?}");
+        assert!(
+            lease.ip.octets()[..3] == [192, 168, 100] && (10..=20).contains(&last),
+            "{lease:?}"
+        );
         assert!(lease.is_active(now));
     }
     assert_eq!(read_leases(&path).expect("rewritten"), core.leases());

@@ -15,8 +15,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use hv_core::devices::IrqLine;
 use hv_core::bus::BusDevice;
+use hv_core::devices::IrqLine;
 use hv_core::virtio::{ActivateError, Activation, MmioTransport, VirtioDevice};
 use hv_core::vmm_sys_util::eventfd::EventFd;
 use hv_fuzz::{reached, strict, Reader};
@@ -92,10 +92,11 @@ fuzz_target!(|data: &[u8]| {
     let ram = GuestRam::new(&MemoryConfig::new(RAM)).expect("guest RAM");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let device = Dummy { mem: ram.memory().clone(), seen: seen.clone(), config: [0; 16] };
-    let notify = vec![EventFd::new(libc_nonblock()).unwrap(), EventFd::new(libc_nonblock()).unwrap()];
+    let notify =
+        vec![EventFd::new(libc_nonblock()).unwrap(), EventFd::new(libc_nonblock()).unwrap()];
     let irq = IrqLine::disconnected().expect("eventfd");
-    let mut t = MmioTransport::new(Box::new(device), ram.memory().clone(), irq, notify)
-        .expect("transport");
+    let mut t =
+        MmioTransport::new(Box::new(device), ram.memory().clone(), irq, notify).expect("transport");
     let mut input = Reader::new(data);
     while !input.is_empty() {
         let kind = input.u8();

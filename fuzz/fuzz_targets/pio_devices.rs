@@ -72,7 +72,10 @@ fuzz_target!(|data: &[u8]| {
             let mut buf = [0u8; 8];
             let owned = bus.read(port, &mut buf[..width]);
             if !owned {
-                assert!(buf[..width].iter().all(|&b| b == 0xff), "unowned port {port:#x} read {buf:?}");
+                assert!(
+                    buf[..width].iter().all(|&b| b == 0xff),
+                    "unowned port {port:#x} read {buf:?}"
+                );
             }
         }
         let reqs = requests.lock().unwrap();
@@ -82,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
                 VmRequest::PowerOff => PM_BASE..PM_BASE + PM_LEN,
                 VmRequest::GuestPanic => PVPANIC_PORT..PVPANIC_PORT + 1,
             };
-            assert!(kind & 1 == 1 && from.contains(&port), "{r:?} from a {kind:#x} access to {port:#x}");
+            assert!(
+                kind & 1 == 1 && from.contains(&port),
+                "{r:?} from a {kind:#x} access to {port:#x}"
+            );
         }
     }
 });

@@ -17,6 +17,9 @@
 //! run can go on to find other bugs (`HV_FUZZ_STRICT=1` writes to them anyway).
 #![no_main]
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
 use hv_fuzz::{allow_known_panics, scratch_dir, strict, Reader, IMAGO_FEATURE_TABLE};
 use hv_mem::{GuestRam, MemoryConfig};
 use hv_storage::block::{open_disk, DiskOptions, ImageFormat};
@@ -24,14 +27,15 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const RAM: u64 = 2 << 20;
+
+static MISSING: AtomicU64 = AtomicU64::new(0);
 const MAX_IO: usize = 128 << 10;
 
 /// Whether the header names a file outside the image (backing file, or the external data file
 /// incompatible feature of a version 3 header).
 fn names_other_files(image: &[u8]) -> bool {
-    let be64 = |at: usize| {
-        image.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()))
-    };
+    let be64 =
+        |at: usize| image.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
     be64(8) != 0 || be64(72) & 0b100 != 0 || image.len() < 104
 }
 
@@ -53,9 +57,8 @@ fn refcounts_missing(image: &[u8]) -> bool {
     let table_len = be(56, 4) * cluster / 8;
     let clusters = (image.len() as u64).div_ceil(cluster);
     let blocks = clusters.div_ceil(per_block);
-    (0..blocks).any(|i| {
-        i >= table_len || usize::try_from(table + i * 8).map_or(true, |at| be(at, 8) == 0)
-    })
+    (0..blocks)
+        .any(|i| i >= table_len || usize::try_from(table + i * 8).map_or(true, |at| be(at, 8) == 0))
 }
 
 fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
@@ -68,7 +71,11 @@ fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
     if std::fs::write(&path, image).is_err() {
         return;
     }
-    let read_only = names_other_files(image) || (refcounts_missing(image) && !strict());
+    let missing = refcounts_missing(image);
+    if missing {
+        hv_fuzz::log_known("refcount table misses clusters in use", MISSING.fetch_add(1, Relaxed) + 1);
+    }
+    let read_only = names_other_files(image) || (missing && !strict());
     let options =
         DiskOptions { read_only, format: Some(ImageFormat::Qcow2), ..DiskOptions::default() };
     let Ok(mut disk) = open_disk(&path, options) else { return };

@@ -120,6 +120,14 @@ pub const IMAGO_FEATURE_TABLE: KnownPanic =
 
 static KNOWN_PANICS: AtomicU64 = AtomicU64::new(0);
 
+/// Logs a known finding's running count at powers of two (libFuzzer gives a target no exit
+/// hook, so the log's last such line is the count, to within a factor of two).
+pub fn log_known(what: &str, n: u64) {
+    if n.is_power_of_two() {
+        eprintln!("hv-fuzz: known finding ({what}) seen {n} times so far");
+    }
+}
+
 /// How many known panics were caught so far in this process.
 pub fn known_panics() -> u64 {
     KNOWN_PANICS.load(Ordering::Relaxed)
@@ -142,7 +150,8 @@ pub fn allow_known_panics(known: &'static [KnownPanic]) {
                     && path.components().any(|c| c.as_os_str() == k.krate)
             });
             if hit {
-                KNOWN_PANICS.fetch_add(1, Ordering::Relaxed);
+                let n = KNOWN_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+                log_known(&format!("panic at {loc}"), n);
                 return;
             }
         }
