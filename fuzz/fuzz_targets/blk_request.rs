@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     let data_len: u64 = req.data.iter().map(|d| u64::from(d.len)).sum();
     match req.request_type {
         RequestType::In | RequestType::Out => {
-            assert!(data_len > 0 && data_len % SECTOR_SIZE == 0);
+            assert!(data_len > 0 && data_len.is_multiple_of(SECTOR_SIZE));
             assert!(data_len <= u64::from(limits.max_data_bytes));
             assert_eq!(u64::from(req.data_len), data_len);
             let end = req.sector.checked_add(data_len / SECTOR_SIZE).expect("sector overflow");

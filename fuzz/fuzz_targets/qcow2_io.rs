@@ -52,7 +52,7 @@ fn refcounts_missing(image: &[u8]) -> bool {
         return false; // imago refuses these at open
     }
     let cluster = 1u64 << cluster_bits;
-    let per_block = cluster * 8 >> refcount_order;
+    let per_block = (cluster * 8) >> refcount_order;
     let table = be(48, 8);
     let table_len = be(56, 4) * cluster / 8;
     let clusters = (image.len() as u64).div_ceil(cluster);
