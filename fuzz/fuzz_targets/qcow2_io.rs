@@ -42,8 +42,10 @@ fn names_other_files(image: &[u8]) -> bool {
 /// Whether some cluster the file holds has no refcount block (a zero refcount table entry, or
 /// one past the table): imago 0.2.6 overflows its stack allocating a cluster in such an image.
 fn refcounts_missing(image: &[u8]) -> bool {
-    let be = |at: usize, n: usize| {
-        image.get(at..at + n).map_or(0, |b| b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+    // A big-endian field at `at` (zero when the image is shorter).
+    let be = |at: u64, n: usize| {
+        let field = usize::try_from(at).ok().and_then(|a| image.get(a..a.checked_add(n)?));
+        field.map_or(0, |b| b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x)))
     };
     let cluster_bits = be(20, 4);
     let version = be(4, 4);
@@ -57,8 +59,7 @@ fn refcounts_missing(image: &[u8]) -> bool {
     let table_len = be(56, 4) * cluster / 8;
     let clusters = (image.len() as u64).div_ceil(cluster);
     let blocks = clusters.div_ceil(per_block);
-    (0..blocks)
-        .any(|i| i >= table_len || usize::try_from(table + i * 8).map_or(true, |at| be(at, 8) == 0))
+    (0..blocks).any(|i| i >= table_len || table.checked_add(i * 8).is_none_or(|at| be(at, 8) == 0))
 }
 
 fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
