@@ -169,6 +169,12 @@ pub fn run(mut vcpu: Vcpu) {
     // kicker stops pointing at this thread's kvm_run.
     let _guard = ExitGuard { ctx: &ctx, kicker: &vcpu.kicker, id: vcpu.id };
     let snapshot = |fd: &VcpuFd| {
+        let full = crate::snapshot::vcpu::capture(fd, vcpu.id, &ctx.msr_list, ctx.irqchip);
+        if let Some(slot) =
+            ctx.vcpu_states.lock().unwrap_or_else(|e| e.into_inner()).get_mut(usize::from(vcpu.id))
+        {
+            *slot = Some(full);
+        }
         let regs = fd.get_regs().ok().zip(fd.get_sregs().ok());
         if let Some(slot) =
             ctx.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(usize::from(vcpu.id))

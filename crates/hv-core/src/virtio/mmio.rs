@@ -18,7 +18,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, ActiveQueue, Interrupt, VirtioDevice};
+use super::{Activation, ActiveQueue, Interrupt, QueuePosition, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::devices::IrqLine;
 
@@ -36,19 +36,19 @@ const CONFIG_SPACE: u64 = 0x100;
 
 /// The transport: registers, queues and the device behind them.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    irq: IrqLine,
-    interrupt_status: Arc<AtomicU32>,
+    pub(crate) device: Box<dyn VirtioDevice>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) irq: IrqLine,
+    pub(crate) interrupt_status: Arc<AtomicU32>,
     notify: Vec<EventFd>,
-    queues: Vec<Queue>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    status: u32,
-    config_generation: u32,
-    activated: bool,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) device_features_sel: u32,
+    pub(crate) driver_features_sel: u32,
+    pub(crate) driver_features: u64,
+    pub(crate) queue_sel: u32,
+    pub(crate) status: u32,
+    pub(crate) config_generation: u32,
+    pub(crate) activated: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -165,6 +165,12 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> bool {
+        self.activate_at(&[])
+    }
+
+    /// Activates the device with its queues at `positions` (a snapshot's; none for a fresh
+    /// activation).
+    pub(crate) fn activate_at(&mut self, positions: &[QueuePosition]) -> bool {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
@@ -175,7 +181,11 @@ impl MmioTransport {
                 return false;
             }
             let Ok(notify) = self.notify[i].try_clone() else { return false };
-            let Some(queue) = copy_queue(q, event_idx) else { return false };
+            let Some(mut queue) = copy_queue(q, event_idx) else { return false };
+            if let Some(p) = positions.iter().find(|p| usize::from(p.index) == i) {
+                queue.set_next_avail(p.next_avail);
+                queue.set_next_used(p.next_used);
+            }
             queues.push(ActiveQueue { index: i as u16, queue, notify });
         }
         let activation = Activation {
