@@ -140,6 +140,8 @@ pub enum ExitReason {
     Crashed(Box<CrashInfo>),
     /// The VM was killed by its owner.
     Killed,
+    /// The VM was migrated: it runs on the destination now.
+    Migrated,
     /// A vCPU thread panicked: a bug in hv or in a device model, never the guest's doing.
     Panicked {
         /// The vCPU whose thread panicked.
@@ -168,6 +170,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "reset"),
             ExitReason::Halted => write!(f, "halted"),
             ExitReason::Killed => write!(f, "killed"),
+            ExitReason::Migrated => write!(f, "migrated to another host"),
             ExitReason::Panicked { vcpu } => write!(f, "the VMM thread of vCPU {vcpu} panicked"),
             ExitReason::Failed { vcpu, errno } => write!(
                 f,

@@ -162,6 +162,12 @@ pub(crate) fn run(mut vcpu: Vcpu, confined: bool) {
     }
     crate::seccomp::set_owner(Some(Arc::downgrade(&ctx)));
     let snapshot = |fd: &VcpuFd| {
+        let full = crate::snapshot::vcpu::capture(fd, vcpu.id, &ctx.msr_list, ctx.irqchip);
+        if let Some(slot) =
+            ctx.vcpu_states.lock().unwrap_or_else(|e| e.into_inner()).get_mut(usize::from(vcpu.id))
+        {
+            *slot = Some(full);
+        }
         let regs = fd.get_regs().ok().zip(fd.get_sregs().ok());
         if let Some(slot) =
             ctx.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(usize::from(vcpu.id))

@@ -35,6 +35,8 @@ use crate::lifecycle::{Control, ControlState};
 pub use crate::lifecycle::{CrashInfo, CrashReason, ExitReason, Op, VmState};
 use crate::quirks::Quirks;
 use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
+use crate::snapshot::restore::Restoring;
+use crate::snapshot::{DeviceSource, MemorySource};
 use crate::vcpu::{self, Kicker, Vcpu};
 use crate::virtio::device_thread::{DeviceThread, StartError};
 use crate::virtio::mmio::{QUEUE_NOTIFY, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -91,6 +93,9 @@ pub enum Error {
     /// A seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
+    /// Saving or restoring VM state failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
     /// The operation is not allowed in the VM's current state.
     #[error("cannot {op} a VM that is {state}")]
     InvalidState {
@@ -112,11 +117,21 @@ fn ioctl(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
 pub(crate) struct Context {
     /// Registers of each vCPU as of its last park (pause).
     pub(crate) snapshots: Mutex<Vec<Option<(kvm_regs, kvm_sregs)>>>,
+    /// The full state of each vCPU as of its last park, for a snapshot.
+    pub(crate) vcpu_states: Mutex<Vec<Option<VcpuCapture>>>,
+    /// The MSRs KVM reports, saved with each vCPU.
+    pub(crate) msr_list: Vec<u32>,
+    /// Whether the in-kernel irqchip is used.
+    pub(crate) irqchip: bool,
     pub(crate) pio: Bus,
     pub(crate) mmio: Bus,
     pub(crate) control: Control,
     pub(crate) quirks: Quirks,
 }
+
+/// A vCPU's state read at its last park, or why it could not be read.
+pub(crate) type VcpuCapture =
+    std::result::Result<crate::snapshot::VcpuState, crate::snapshot::VcpuStateError>;
 
 /// A device to place on a bus at build time.
 struct ExtraDevice {
@@ -151,7 +166,9 @@ pub struct VmBuilder {
     devices: Vec<ExtraDevice>,
     dsdt_aml: Vec<Vec<u8>>,
     virtio: Vec<Box<dyn VirtioDevice>>,
+    virtio_sources: Vec<Option<DeviceSource>>,
     virtio_cmdline: bool,
+    restoring: Option<Box<Restoring>>,
 }
 
 impl Default for VmBuilder {
@@ -178,7 +195,9 @@ impl VmBuilder {
             devices: Vec::new(),
             dsdt_aml: Vec::new(),
             virtio: Vec::new(),
+            virtio_sources: Vec::new(),
             virtio_cmdline: true,
+            restoring: None,
         }
     }
 
@@ -274,6 +293,37 @@ impl VmBuilder {
     /// in the DSDT and (unless turned off) on the command line.
     pub fn virtio_device(mut self, device: Box<dyn VirtioDevice>) -> Self {
         self.virtio.push(device);
+        self.virtio_sources.push(None);
+        self
+    }
+
+    /// Adds a virtio device as [`virtio_device`](Self::virtio_device) does, recording where
+    /// its backend is so a snapshot's config says how to rebuild it.
+    pub fn virtio_device_from(
+        mut self,
+        device: Box<dyn VirtioDevice>,
+        source: DeviceSource,
+    ) -> Self {
+        self.virtio.push(device);
+        self.virtio_sources.push(Some(source));
+        self
+    }
+
+    /// The type and queue sizes of each virtio device added so far.
+    pub(crate) fn virtio_shapes(&self) -> Vec<(u32, Vec<u16>)> {
+        self.virtio.iter().map(|d| (d.device_type(), d.queue_max_sizes())).collect()
+    }
+
+    pub(crate) fn is_dirty_tracking(&self) -> bool {
+        self.dirty_tracking
+    }
+
+    /// Makes [`build`](Self::build) rebuild a saved machine instead of booting a kernel.
+    pub(crate) fn restoring(mut self, r: Restoring, cmdline: String) -> Self {
+        self.restoring = Some(Box::new(r));
+        self.cmdline = cmdline;
+        self.virtio_cmdline = false;
+        self.quirks = false;
         self
     }
 
@@ -290,11 +340,17 @@ impl VmBuilder {
 
     /// Validates the description and builds the VM (kernel loaded, vCPUs created, not running).
     pub fn build(mut self) -> Result<Vm> {
-        let kernel =
-            self.kernel.clone().ok_or_else(|| Self::invalid("kernel", "no kernel given"))?;
+        let restoring = self.restoring.take();
+        let kernel = match (&restoring, self.kernel.clone()) {
+            (Some(_), _) => PathBuf::new(),
+            (None, Some(k)) => k,
+            (None, None) => return Err(Self::invalid("kernel", "no kernel given")),
+        };
         // Probe the kernel before touching KVM: a corrupt file is a typed error up front.
-        boot::probe_format(&kernel)?;
-        if let Some(initrd) = &self.initrd {
+        if restoring.is_none() {
+            boot::probe_format(&kernel)?;
+        }
+        if let Some(initrd) = self.initrd.as_ref().filter(|_| restoring.is_none()) {
             std::fs::metadata(initrd).map_err(|source| {
                 Error::Boot(boot::Error::InitrdFile { path: initrd.clone(), source })
             })?;
@@ -350,7 +406,16 @@ impl VmBuilder {
             return Err(Error::Boot(boot::Error::Cmdline("longer than 2047 bytes")));
         }
 
-        let ram = GuestRam::new(&self.memory)?;
+        let (ram, mut restoring, memory_source) = match restoring {
+            Some(mut r) => match r.ram.take() {
+                Some(ram) => {
+                    let source = r.source.clone();
+                    (ram, Some(r), source)
+                }
+                None => return Err(Self::invalid("restore", "the saved machine has no RAM")),
+            },
+            None => (GuestRam::new(&self.memory)?, None, MemorySource::Allocated),
+        };
         let vm_fd = hv.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
         let flags = if self.dirty_tracking { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
         for (slot, (gpa, len, hva)) in ram.regions().into_iter().enumerate() {
@@ -394,39 +459,53 @@ impl VmBuilder {
             transports.push((base, Arc::new(Mutex::new(t))));
         }
 
-        // Boot data.
-        let mem = ram.memory();
-        let loaded = boot::load_kernel(mem, &kernel)?;
-        let initrd = match &self.initrd {
-            Some(p) => {
-                let max = match loaded.entry {
-                    EntryPoint::Linux64 { header: Some(h), .. } if h.initrd_addr_max != 0 => {
-                        u64::from(h.initrd_addr_max)
-                    }
-                    _ => u64::from(u32::MAX),
-                };
-                Some(boot::load_initrd(mem, p, loaded.end, max)?)
-            }
-            None => None,
-        };
-        boot::write_cmdline(mem, &cmdline)?;
-        crate::boot::regs::write_tables(mem)?;
-        let rsdp = acpi::write_tables(mem, &AcpiConfig { vcpus: self.vcpus, dsdt_aml })?;
-        let boot_info = match loaded.entry {
-            EntryPoint::Pvh(_) => boot::params::write_pvh(mem, ram.layout(), initrd, Some(rsdp))?,
-            EntryPoint::Linux64 { header, .. } => boot::params::write_zero_page(
-                mem,
-                ram.layout(),
-                header,
-                cmdline.len(),
-                initrd,
-                Some(rsdp),
-            )?,
+        // Boot data (a restored machine has it in its RAM already).
+        let (entry, boot_info) = if let Some(r) = &restoring {
+            (r.entry, 0)
+        } else {
+            let mem = ram.memory();
+            let loaded = boot::load_kernel(mem, &kernel)?;
+            let initrd = match &self.initrd {
+                Some(p) => {
+                    let max = match loaded.entry {
+                        EntryPoint::Linux64 { header: Some(h), .. } if h.initrd_addr_max != 0 => {
+                            u64::from(h.initrd_addr_max)
+                        }
+                        _ => u64::from(u32::MAX),
+                    };
+                    Some(boot::load_initrd(mem, p, loaded.end, max)?)
+                }
+                None => None,
+            };
+            boot::write_cmdline(mem, &cmdline)?;
+            crate::boot::regs::write_tables(mem)?;
+            let rsdp = acpi::write_tables(mem, &AcpiConfig { vcpus: self.vcpus, dsdt_aml })?;
+            let boot_info = match loaded.entry {
+                EntryPoint::Pvh(_) => {
+                    boot::params::write_pvh(mem, ram.layout(), initrd, Some(rsdp))?
+                }
+                EntryPoint::Linux64 { header, .. } => boot::params::write_zero_page(
+                    mem,
+                    ram.layout(),
+                    header,
+                    cmdline.len(),
+                    initrd,
+                    Some(rsdp),
+                )?,
+            };
+            (loaded.entry, boot_info)
         };
 
         // Devices.
         let ctx = Arc::new(Context {
             snapshots: Mutex::new(vec![None; self.vcpus]),
+            vcpu_states: Mutex::new(vec![None; self.vcpus]),
+            msr_list: hv
+                .kvm()
+                .get_msr_index_list()
+                .map(|l| l.as_slice().to_vec())
+                .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?,
+            irqchip: self.irqchip,
             pio: Bus::new(),
             mmio: Bus::new(),
             control: Control::new(self.vcpus),
@@ -450,15 +529,23 @@ impl VmBuilder {
         let serial_irq = self.irq_line(&vm_fd, COM1_IRQ)?;
         let sci = self.irq_line(&vm_fd, SCI_IRQ)?;
         let out = self.serial_out.unwrap_or_else(|| Box::new(std::io::sink()));
-        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, out)));
+        let serial = Arc::new(Mutex::new(match &restoring {
+            Some(r) => SerialPort::from_state(serial_irq, out, &r.state.serial),
+            None => SerialPort::new(serial_irq, out),
+        }));
         ctx.pio.insert(COM1_BASE, 8, serial.clone())?;
         ctx.pio.insert(
             I8042_BASE,
             I8042_LEN,
             Arc::new(Mutex::new(I8042::new(requests.clone()))),
         )?;
-        ctx.pio.insert(CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::new())))?;
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        ctx.pio.insert(CMOS_BASE, CMOS_LEN, cmos.clone())?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(requests.clone(), sci)));
+        if let Some(r) = &restoring {
+            cmos.lock().unwrap_or_else(|e| e.into_inner()).restore(&r.state.cmos);
+            pm.lock().unwrap_or_else(|e| e.into_inner()).restore(&r.state.acpi_pm);
+        }
         ctx.pio.insert(PM_BASE, PM_LEN, pm.clone())?;
         ctx.pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(requests.clone()))))?;
         let device_thread = if transports.is_empty() {
@@ -471,11 +558,11 @@ impl VmBuilder {
                 })?;
             Some(t)
         };
-        for (base, t) in transports {
+        for (base, t) in &transports {
             if let Some(runner) = &device_thread {
                 t.lock().unwrap_or_else(|e| e.into_inner()).set_runner(runner.clone());
             }
-            ctx.mmio.insert(base, VIRTIO_MMIO_SIZE, t)?;
+            ctx.mmio.insert(*base, VIRTIO_MMIO_SIZE, t.clone())?;
         }
         for d in self.devices {
             if d.mmio {
@@ -496,8 +583,8 @@ impl VmBuilder {
             let mut cpuid = base_cpuid.clone();
             crate::cpuid::fixup(&mut cpuid, id as u8, self.vcpus as u8);
             vcpu::configure(&fd, id as u8, &cpuid, self.irqchip)?;
-            if id == 0 {
-                vcpu::set_boot_state(&fd, &loaded.entry, boot_info)?;
+            if id == 0 && restoring.is_none() {
+                vcpu::set_boot_state(&fd, &entry, boot_info)?;
             }
             vcpus.push(Vcpu {
                 id: id as u8,
@@ -508,6 +595,19 @@ impl VmBuilder {
         }
         *ctx.control.kickers.lock().unwrap_or_else(|e| e.into_inner()) =
             vcpus.iter().map(|v| v.kicker.clone()).collect();
+        let transports: Vec<_> = transports.into_iter().map(|(_, t)| t).collect();
+        if let Some(r) = restoring.take() {
+            crate::snapshot::restore::apply_vm(&vm_fd, &r.state.vm)?;
+            for (v, s) in vcpus.iter().zip(&r.state.vcpus) {
+                crate::snapshot::vcpu::apply(&v.fd, s).map_err(crate::snapshot::Error::from)?;
+            }
+            for (t, s) in transports.iter().zip(&r.state.virtio) {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restore(s)
+                    .map_err(crate::snapshot::Error::from)?;
+            }
+        }
 
         Ok(Vm {
             host: hv.host(),
@@ -516,11 +616,16 @@ impl VmBuilder {
             ctx,
             serial,
             pm,
+            cmos,
+            transports,
+            sources: self.virtio_sources,
+            vcpu_count: self.vcpus,
+            memory_source,
             pending: Mutex::new(vcpus),
             threads: Mutex::new(Vec::new()),
             vcpu_filters,
             cmdline,
-            entry: loaded.entry,
+            entry,
             dirty_tracking: self.dirty_tracking,
         })
     }
@@ -542,15 +647,20 @@ pub struct Vm {
     /// Declared before `ram`: the VM (and its memslots) goes before the memory they map.
     vm_fd: VmFd,
     ram: GuestRam,
-    ctx: Arc<Context>,
-    serial: Arc<Mutex<SerialPort>>,
-    pm: Arc<Mutex<AcpiPm>>,
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) serial: Arc<Mutex<SerialPort>>,
+    pub(crate) pm: Arc<Mutex<AcpiPm>>,
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) sources: Vec<Option<DeviceSource>>,
+    pub(crate) vcpu_count: usize,
+    pub(crate) memory_source: MemorySource,
     pending: Mutex<Vec<Vcpu>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     vcpu_filters: Filters,
     cmdline: String,
     entry: EntryPoint,
-    dirty_tracking: bool,
+    pub(crate) dirty_tracking: bool,
 }
 
 impl fmt::Debug for Vm {
@@ -642,9 +752,25 @@ impl Vm {
 
     /// Starts one host thread per vCPU, each confined by the vCPU seccomp filter.
     pub fn start(&self) -> Result<()> {
+        self.start_in(VmState::Running)
+    }
+
+    /// Starts the vCPU threads parked, as [`pause`](Self::pause) leaves them (a restored VM
+    /// starts so); [`resume`](Self::resume) runs them.
+    pub fn start_paused(&self) -> Result<()> {
+        self.start_in(VmState::Paused)?;
+        let mut g = self.ctx.control.lock();
+        while g.parked < g.alive && g.outcome.is_none() {
+            g = self.ctx.control.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    fn start_in(&self, state: VmState) -> Result<()> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut g = self.transition(Op::Start, "start")?;
+            g.state = state;
             g.alive = pending.len();
         }
         crate::signal::install();

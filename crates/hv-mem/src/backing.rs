@@ -93,6 +93,7 @@ pub struct GuestRam {
     memory: GuestMemory,
     config: MemoryConfig,
     memfd: Option<File>,
+    from_file: bool,
 }
 
 impl GuestRam {
@@ -107,7 +108,7 @@ impl GuestRam {
                 });
             }
         }
-        let memfd = match config.backing {
+        let memfd: Option<File> = match config.backing {
             Backing::Anonymous => None,
             Backing::Memfd => Some(new_memfd(config.size, MFdFlags::MFD_CLOEXEC, "memfd")?),
             Backing::HugeTlb(size) => {
@@ -119,6 +120,32 @@ impl GuestRam {
                 Some(new_memfd(config.size, flags, "hugetlb memfd")?)
             }
         };
+        Self::map(config, layout, memfd, false)
+    }
+
+    /// Maps the RAM image `file` (RAM range `i` at the sum of the lengths of ranges `0..i`, as
+    /// a snapshot's memory file holds it) **private**: pages fault in from the file on first
+    /// touch and guest writes go to private copies, never to the file (what Firecracker does
+    /// on restore). The file must be exactly as long as the RAM `config` describes; the
+    /// config's backing is ignored (hints still apply).
+    pub fn from_file(config: &MemoryConfig, file: File) -> Result<Self> {
+        let layout = MemoryLayout::x86_64(config.size)?;
+        let len = file
+            .metadata()
+            .map_err(|source| Error::Backing { what: "RAM image file", source })?
+            .len();
+        if len != layout.ram_bytes() {
+            return Err(Error::ImageSize { expected: layout.ram_bytes(), actual: len });
+        }
+        Self::map(config, layout, Some(file), true)
+    }
+
+    fn map(
+        config: &MemoryConfig,
+        layout: MemoryLayout,
+        memfd: Option<File>,
+        from_file: bool,
+    ) -> Result<Self> {
         let mut regions = Vec::new();
         let mut file_offset = 0u64;
         for range in layout.ram() {
@@ -134,6 +161,14 @@ impl GuestRam {
             builder = match &memfd {
                 None => builder
                     .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
+                Some(file) if from_file => {
+                    let file = file
+                        .try_clone()
+                        .map_err(|source| Error::Backing { what: "RAM image file", source })?;
+                    builder
+                        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                        .with_file_offset(FileOffset::new(file, file_offset))
+                }
                 Some(file) => {
                     let file = file
                         .try_clone()
@@ -159,7 +194,8 @@ impl GuestRam {
             file_offset += range.len;
         }
         let memory = GuestMemory::from_regions(regions)?;
-        let ram = Self { layout, memory, config: config.clone(), memfd };
+        let memfd = if from_file { None } else { memfd };
+        let ram = Self { layout, memory, config: config.clone(), memfd, from_file };
         if config.transparent_hugepages {
             ram.advise(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
         }
@@ -206,6 +242,12 @@ impl GuestRam {
         self.memfd.as_ref()
     }
 
+    /// Whether the RAM is a private mapping of an image file ([`GuestRam::from_file`]), whose
+    /// pages are read from the file on demand.
+    pub fn is_file_mapped(&self) -> bool {
+        self.from_file
+    }
+
     /// `(guest physical start, length, host address)` of each region, for KVM memslots.
     pub fn regions(&self) -> Vec<(u64, u64, u64)> {
         self.memory.iter().map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64)).collect()
@@ -242,6 +284,47 @@ mod tests {
         let mut buf = [0u8; 6];
         ram.memfd().unwrap().read_exact_at(&mut buf, 0x2000).unwrap();
         assert_eq!(&buf, b"shared");
+    }
+
+    #[test]
+    fn a_ram_image_maps_private_and_faults_in_from_the_file() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::FileExt;
+        let cfg = MemoryConfig::new(8 << 20);
+        let mut file = tempfile_in_tmp();
+        file.set_len(8 << 20).unwrap();
+        file.seek(SeekFrom::Start(0x3000)).unwrap();
+        file.write_all(b"image").unwrap();
+        let ram = GuestRam::from_file(&cfg, file.try_clone().unwrap()).unwrap();
+        assert!(ram.is_file_mapped());
+        let mut buf = [0u8; 5];
+        ram.memory().read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
+        assert_eq!(&buf, b"image");
+        // Guest writes stay private: the file keeps what it had.
+        ram.memory().write_slice(b"guest", GuestAddress(0x3000)).unwrap();
+        file.read_exact_at(&mut buf, 0x3000).unwrap();
+        assert_eq!(&buf, b"image");
+        // A file of another size is refused with both sizes.
+        file.set_len(4 << 20).unwrap();
+        match GuestRam::from_file(&cfg, file) {
+            Err(Error::ImageSize { expected, actual }) => {
+                assert_eq!((expected, actual), (8 << 20, 4 << 20))
+            }
+            other => panic!("expected ImageSize, got {other:?}"),
+        }
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!("hv-mem-image-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
     }
 
     #[test]

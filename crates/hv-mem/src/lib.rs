@@ -67,6 +67,14 @@ pub enum Error {
     /// The regions could not be assembled into one guest address space.
     #[error("cannot assemble guest memory: {0}")]
     Collection(#[from] vm_memory::GuestRegionCollectionError),
+    /// A RAM image file (a snapshot's memory) does not have the size of the RAM it backs.
+    #[error("RAM image file holds {actual} bytes, the guest's RAM needs exactly {expected}")]
+    ImageSize {
+        /// Bytes the RAM layout needs.
+        expected: u64,
+        /// Bytes in the file.
+        actual: u64,
+    },
     /// An `madvise` hint (THP, KSM) was refused by the host kernel.
     #[error("madvise({advice}) on guest RAM failed: {source}")]
     Madvise {

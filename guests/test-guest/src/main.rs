@@ -6,6 +6,7 @@
 
 mod acpi;
 mod boot;
+mod dirty;
 mod idt;
 mod io;
 mod mem;

@@ -53,7 +53,9 @@ pub fn run(args: &Args, acpi: Option<&Acpi>, cmdline: &[u8]) {
                 io_delay(1000);
             }
         }
+        b"dirty" => crate::dirty::run(cmdline),
         b"blk" => crate::virtio::blk::test(cmdline),
+        b"blk-loop" => crate::virtio::blk_loop::run(cmdline),
         b"blk-bench" => crate::virtio::blk::bench(cmdline),
         b"net" => crate::net::test::run(cmdline),
         b"net-bench" => crate::net::bench::run(cmdline),

@@ -11,7 +11,9 @@
 //! A full (not hardware-reduced) FADT also keeps Linux on the PIT and the 8259/IOAPIC
 //! timer path, which works whether or not the guest can learn the TSC frequency.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use super::{IrqLine, RequestSink, VmRequest};
 use crate::bus::BusDevice;
@@ -39,6 +41,19 @@ const SCI_EN: u16 = 1;
 const SLP_EN: u16 = 1 << 13;
 const SLP_TYP_SHIFT: u16 = 10;
 
+/// The ACPI PM registers a snapshot holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcpiPmState {
+    /// PM1a status.
+    pub status: u16,
+    /// PM1a enable.
+    pub enable: u16,
+    /// PM1a control.
+    pub control: u16,
+    /// Nanoseconds the PM timer had counted.
+    pub timer_ns: u64,
+}
+
 /// The ACPI PM register block.
 pub struct AcpiPm {
     requests: RequestSink,
@@ -65,6 +80,25 @@ impl AcpiPm {
         } else {
             false
         }
+    }
+
+    /// The registers and the PM timer's elapsed time, for a snapshot.
+    pub fn save(&self) -> AcpiPmState {
+        AcpiPmState {
+            status: self.status,
+            enable: self.enable,
+            control: self.control,
+            timer_ns: u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Restores a snapshot's registers; the PM timer goes on from where it was.
+    pub fn restore(&mut self, state: &AcpiPmState) {
+        self.status = state.status;
+        self.enable = state.enable;
+        self.control = state.control | SCI_EN;
+        let now = Instant::now();
+        self.start = now.checked_sub(Duration::from_nanos(state.timer_ns)).unwrap_or(now);
     }
 
     fn timer(&self) -> u32 {

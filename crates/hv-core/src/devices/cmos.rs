@@ -4,6 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
 
 /// The CMOS index port (the data port follows it).
@@ -79,6 +81,15 @@ impl DateTime {
     }
 }
 
+/// The CMOS registers a snapshot holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmosState {
+    /// The selected register.
+    pub index: u8,
+    /// The 128 bytes of NVRAM (register values).
+    pub nvram: Vec<u8>,
+}
+
 /// The CMOS device.
 pub struct Cmos {
     index: u8,
@@ -109,6 +120,23 @@ impl Cmos {
         nvram[REG_B as usize] = REG_B_24H;
         nvram[REG_D as usize] = REG_D_VRT;
         Self { index: 0, nvram, clock }
+    }
+
+    /// The index register and NVRAM, for a snapshot (the clock follows the host's).
+    pub fn save(&self) -> CmosState {
+        CmosState { index: self.index, nvram: self.nvram.to_vec() }
+    }
+
+    /// Restores a snapshot's state; false (and nothing changed) unless it holds 128 bytes.
+    pub fn restore(&mut self, state: &CmosState) -> bool {
+        match <[u8; 128]>::try_from(state.nvram.as_slice()) {
+            Ok(nvram) => {
+                self.nvram = nvram;
+                self.index = state.index & 0x7f;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn encode(&self, v: u32) -> u8 {

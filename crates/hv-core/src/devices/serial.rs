@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
 
 use super::IrqLine;
@@ -10,6 +11,8 @@ use crate::bus::BusDevice;
 
 /// COM1's I/O base.
 pub const COM1_BASE: u64 = 0x3f8;
+/// Bytes the UART's input FIFO holds.
+pub const SERIAL_FIFO: usize = 64;
 /// COM1's interrupt line.
 pub const COM1_IRQ: u32 = 4;
 
@@ -22,6 +25,45 @@ impl SerialPort {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
         Self { uart: Serial::new(irq, out) }
+    }
+
+    /// A UART restored to `state` (a snapshot's), raising `irq` and writing to `out`. Input
+    /// beyond the 64-byte FIFO (only a corrupt snapshot has it) is dropped.
+    pub fn from_state(irq: IrqLine, out: Box<dyn Write + Send>, state: &SerialSnapshot) -> Self {
+        let s = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.iter().copied().take(SERIAL_FIFO).collect(),
+        };
+        match Serial::from_state(&s, irq.clone(), NoEvents, out) {
+            Ok(uart) => Self { uart },
+            // Unreachable: the FIFO was cut to its size above, the only check from_state makes.
+            Err(_) => Self::new(irq, Box::new(std::io::sink())),
+        }
+    }
+
+    /// The UART's registers and input FIFO, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// Queues bytes for the guest to read; returns how many fitted in the FIFO.
@@ -45,4 +87,29 @@ impl BusDevice for SerialPort {
             let _ = self.uart.write(off, b);
         }
     }
+}
+
+/// The 8250's registers and pending input, as a snapshot holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes queued for the guest to read.
+    pub in_buffer: Vec<u8>,
 }

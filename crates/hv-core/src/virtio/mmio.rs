@@ -30,7 +30,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device_thread::DeviceThread;
-use super::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
+use super::{ActivateError, Activation, ActiveQueue, Interrupt, QueuePosition, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::devices::IrqLine;
 
@@ -53,19 +53,19 @@ const fn reg(offset: u32) -> u64 {
 
 /// The transport: registers, queues and the device behind them.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    irq: IrqLine,
-    interrupt_status: Arc<AtomicU32>,
+    pub(crate) device: Box<dyn VirtioDevice>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) irq: IrqLine,
+    pub(crate) interrupt_status: Arc<AtomicU32>,
     notify: Vec<EventFd>,
-    queues: Vec<Queue>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    status: u32,
-    config_generation: u32,
-    activated: bool,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) device_features_sel: u32,
+    pub(crate) driver_features_sel: u32,
+    pub(crate) driver_features: u64,
+    pub(crate) queue_sel: u32,
+    pub(crate) status: u32,
+    pub(crate) config_generation: u32,
+    pub(crate) activated: bool,
     /// Where activation and reset run (the VM's device thread), if not on the caller.
     runner: Option<Arc<DeviceThread>>,
 }
@@ -229,6 +229,12 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> bool {
+        self.activate_at(&[])
+    }
+
+    /// Activates the device with its queues at `positions` (a snapshot's; none for a fresh
+    /// activation).
+    pub(crate) fn activate_at(&mut self, positions: &[QueuePosition]) -> bool {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
@@ -239,7 +245,11 @@ impl MmioTransport {
                 return false;
             }
             let Ok(notify) = self.notify[i].try_clone() else { return false };
-            let Some(queue) = copy_queue(q, event_idx) else { return false };
+            let Some(mut queue) = copy_queue(q, event_idx) else { return false };
+            if let Some(p) = positions.iter().find(|p| usize::from(p.index) == i) {
+                queue.set_next_avail(p.next_avail);
+                queue.set_next_used(p.next_used);
+            }
             queues.push(ActiveQueue { index: i as u16, queue, notify });
         }
         let activation = Activation {

@@ -126,6 +126,54 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// Where a quiesced queue stood: the device's next avail entry to take and next used slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePosition {
+    /// The queue's index.
+    pub index: u16,
+    /// The next avail ring entry the device will take.
+    pub next_avail: u16,
+    /// The next used ring slot the device will fill.
+    pub next_used: u16,
+}
+
+/// A device's own state for a snapshot: a device-defined, versioned serde value.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceState {
+    /// The device's state format version.
+    pub version: u32,
+    /// The state (the device's own serde struct).
+    pub data: serde_json::Value,
+}
+
+/// What a device hands back when quiesced for a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quiesced {
+    /// Each active queue's position.
+    pub queues: Vec<QueuePosition>,
+    /// The device's own state.
+    pub state: DeviceState,
+}
+
+/// Why a device cannot save or restore its state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The device does not implement snapshots.
+    #[error("virtio device type {device_type} cannot be snapshotted (it does not save its state)")]
+    Unsupported {
+        /// The virtio device ID.
+        device_type: u32,
+    },
+    /// The saved state is not one this device can take.
+    #[error("virtio device type {device_type}: bad saved state: {reason}")]
+    BadState {
+        /// The virtio device ID.
+        device_type: u32,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (1 = net, 2 = block, ...).
@@ -142,4 +190,18 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops using the queues and returns to the initial state (the driver reset it).
     fn reset(&mut self) {}
+    /// Stops the active device for a snapshot or a migration: its worker finishes the request
+    /// it is on and stops, so every request the driver made available is either completed
+    /// (in the used ring) or untouched (past `next_avail` in the avail ring). Returns where
+    /// each queue stood and the device's own state. The device is inactive afterwards;
+    /// [`activate`](VirtioDevice::activate) with queues at those positions starts it again,
+    /// and it takes up the untouched requests then. The default refuses.
+    fn quiesce(&mut self) -> Result<Quiesced, StateError> {
+        Err(StateError::Unsupported { device_type: self.device_type() })
+    }
+    /// Takes the state [`quiesce`](VirtioDevice::quiesce) returned (on a fresh device, before
+    /// it is activated at the saved queue positions). The default refuses.
+    fn restore_state(&mut self, _state: &DeviceState) -> Result<(), StateError> {
+        Err(StateError::Unsupported { device_type: self.device_type() })
+    }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use hv_core::rate_limiter::RateLimiter;
 use hv_core::virtio::worker::Worker;
-use hv_core::virtio::{ActivateError, Activation, Interrupt, VirtioDevice};
+use hv_core::virtio::{
+    ActivateError, Activation, DeviceState, Interrupt, QueuePosition, Quiesced, StateError,
+    VirtioDevice,
+};
 use hv_core::vmm_sys_util::eventfd::EventFd;
 use hv_core::vmm_sys_util::timerfd::TimerFd;
 use hv_mem::GuestMemory;
@@ -33,6 +36,23 @@ struct Shared {
     stats: Vec<QueueStats>,
     /// Queues stopped because the driver broke them (e.g. a runaway avail index).
     broken: Vec<(u16, String)>,
+    /// Where each queue stood after the worker's last event (read once it has stopped).
+    positions: Vec<QueuePosition>,
+}
+
+/// Version of [`BlockDeviceState`].
+const STATE_VERSION: u32 = 1;
+
+/// What a snapshot keeps of a virtio-blk device: the disk it served, so a restore onto a
+/// different disk is refused. Requests are never half done at a snapshot (the worker stops
+/// between them), so there is no request state.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockDeviceState {
+    /// Capacity in 512-byte sectors.
+    capacity: u64,
+    /// Whether the disk was read-only.
+    read_only: bool,
 }
 
 /// A virtio-blk device over a block backend.
@@ -135,8 +155,24 @@ impl Running {
             self.serve(i);
         }
         self.rearm();
+        self.publish();
+    }
+
+    /// Copies the counters and queue positions where the device's owner can read them.
+    fn publish(&self) {
         let stats = self.queues.iter().map(|q| q.3.stats()).collect();
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).stats = stats;
+        let positions = self
+            .queues
+            .iter()
+            .map(|(index, q, _, _)| QueuePosition {
+                index: *index,
+                next_avail: q.next_avail(),
+                next_used: q.next_used(),
+            })
+            .collect();
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.stats = stats;
+        shared.positions = positions;
     }
 
     /// Arms the timer for the soonest throttled queue (or leaves it idle).
@@ -200,6 +236,7 @@ impl VirtioDevice for VirtioBlock {
         self.shared = Arc::new(Mutex::new(Shared {
             stats: vec![QueueStats::default(); owned.len()],
             broken: Vec::new(),
+            positions: Vec::new(),
         }));
         let mut running = Running {
             mem,
@@ -214,9 +251,52 @@ impl VirtioDevice for VirtioBlock {
             running.serve(i);
         }
         running.rearm();
+        running.publish();
         let worker = Worker::spawn("virtio-blk", fds, move |token| running.handle(token))
             .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<Quiesced, StateError> {
+        // Dropping the worker stops its thread after the event it is handling: every request
+        // is then either completed or still untouched in the avail ring.
+        self.worker = None;
+        let queues = self.shared.lock().unwrap_or_else(|p| p.into_inner()).positions.clone();
+        let state = BlockDeviceState {
+            capacity: u64::from_le(self.space.capacity),
+            read_only: self.backend.read_only(),
+        };
+        let data = serde_json::to_value(&state).map_err(|e| StateError::BadState {
+            device_type: VIRTIO_ID_BLOCK,
+            reason: e.to_string(),
+        })?;
+        Ok(Quiesced { queues, state: DeviceState { version: STATE_VERSION, data } })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let bad = |reason: String| StateError::BadState { device_type: VIRTIO_ID_BLOCK, reason };
+        if state.version != STATE_VERSION {
+            return Err(bad(format!(
+                "state version {}, this hv reads {STATE_VERSION}",
+                state.version
+            )));
+        }
+        let saved: BlockDeviceState =
+            serde_json::from_value(state.data.clone()).map_err(|e| bad(e.to_string()))?;
+        let capacity = u64::from_le(self.space.capacity);
+        if saved.capacity != capacity {
+            return Err(bad(format!(
+                "the snapshot's disk had {} sectors, this one has {capacity}",
+                saved.capacity
+            )));
+        }
+        if saved.read_only != self.backend.read_only() {
+            return Err(bad(format!(
+                "the snapshot's disk was {}, this one is not",
+                if saved.read_only { "read-only" } else { "writable" }
+            )));
+        }
         Ok(())
     }
 

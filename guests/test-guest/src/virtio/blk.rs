@@ -45,7 +45,7 @@ pub fn pattern_word(seed: u64, offset: u64) -> u64 {
 }
 
 /// A live virtio-blk device with one queue.
-struct Blk {
+pub(super) struct Blk {
     transport: Transport,
     queue: Virtqueue,
     features: u64,
@@ -64,7 +64,7 @@ fn status_name(status: u8) -> &'static str {
 
 impl Blk {
     /// Finds the `dev`-th blk device and brings it up with one queue of at most `queue_size`.
-    fn open(cmdline: &[u8], queue_size: u16, extra: u64) -> Option<Blk> {
+    pub(super) fn open(cmdline: &[u8], queue_size: u16, extra: u64) -> Option<Blk> {
         let dev = arg_u64(cmdline, b"dev", 0) as usize;
         let Some(transport) = find(cmdline).nth_of_type(VIRTIO_ID_BLOCK, dev) else {
             Line::new().s("blk: no virtio-blk device ").dec(dev as u64).print();
@@ -95,7 +95,7 @@ impl Blk {
 
     /// One request, waited for: header, optional data buffer, status. The status, or `None` on
     /// a timeout.
-    fn request(&mut self, ty: u32, sector: u64, data: Option<Buf>) -> Option<u8> {
+    pub(super) fn request(&mut self, ty: u32, sector: u64, data: Option<Buf>) -> Option<u8> {
         let hdr = self.scratch;
         let status = self.scratch + 16;
         // SAFETY: `scratch` is 64 bytes of arena memory only this driver uses.
@@ -221,7 +221,7 @@ pub fn test(cmdline: &[u8]) {
     }
 }
 
-fn fill_pattern(addr: u64, disk_offset: u64, bytes: u64, seed: u64) {
+pub(super) fn fill_pattern(addr: u64, disk_offset: u64, bytes: u64, seed: u64) {
     // SAFETY: `addr..addr+bytes` is arena memory from `alloc`, 8-byte aligned.
     let words = unsafe { core::slice::from_raw_parts_mut(addr as *mut u64, (bytes / 8) as usize) };
     for (i, w) in words.iter_mut().enumerate() {
@@ -230,7 +230,7 @@ fn fill_pattern(addr: u64, disk_offset: u64, bytes: u64, seed: u64) {
 }
 
 /// The disk offset of the first word that differs from the pattern.
-fn first_mismatch(addr: u64, disk_offset: u64, bytes: u64, seed: u64) -> Option<u64> {
+pub(super) fn first_mismatch(addr: u64, disk_offset: u64, bytes: u64, seed: u64) -> Option<u64> {
     // SAFETY: as in `fill_pattern`; the device has finished writing it.
     let words = unsafe { core::slice::from_raw_parts(addr as *const u64, (bytes / 8) as usize) };
     words

@@ -16,6 +16,7 @@
 //! pointers. [`Virtqueue::kick`] uses EVENT_IDX when the driver negotiated it.
 
 pub mod blk;
+pub mod blk_loop;
 pub mod net;
 pub mod ring3;
 

@@ -1,0 +1,427 @@
+//! Live migration of a running VM over any byte stream (a Unix socket, TCP), by pre-copy.
+//!
+//! # How
+//! The source ([`Vm::send_migration`]) sends all of guest RAM while the guest runs, then, in
+//! rounds, the pages the guest (or a device) wrote since the last round, from the dirty log
+//! (KVM's log of guest writes merged with the VMM's own, [`Vm::dirty_log`]). When what is
+//! left to send would take no longer than the downtime budget at the speed the link has
+//! shown ([`MigrationOptions::downtime`], default 100 ms), or after
+//! [`MigrationOptions::max_rounds`], it pauses the VM, sends the last dirty pages and the
+//! machine state (vCPUs, irqchip, PIT, clock, devices: [`crate::snapshot::MachineState`]),
+//! and waits. The destination ([`accept`], [`Incoming::complete`]) builds the VM, starts it
+//! and confirms; only then does the source end ([`crate::ExitReason::Migrated`]). A failure
+//! at any point before that (the link breaks, the destination refuses or cannot build the
+//! machine) leaves the source running as it was and returns why ([`Error`]).
+//!
+//! # Wire protocol (version 1)
+//! Every message is a frame: a 16-byte header, then `len` bytes of payload.
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `HVMG` |
+//! | 4 | kind (below) |
+//! | 5..8 | reserved, zero |
+//! | 8..16 | `len`, u64 little-endian (at most 4 MiB + 8 for memory, 64 MiB otherwise) |
+//!
+//! | kind | direction | payload |
+//! |---|---|---|
+//! | 1 `Hello` | source -> destination | JSON `{"protocol": 1, "config": SnapshotConfig, "running": bool}` |
+//! | 2 `Ready` | destination -> source | empty: the destination has the RAM and can build the machine |
+//! | 3 `Memory` | source -> destination | guest-physical address (u64 LE), then a page-aligned run of RAM (at most 4 MiB) |
+//! | 4 `State` | source -> destination | JSON `MachineState` (version 1), after the last memory |
+//! | 5 `Complete` | destination -> source | empty: the VM runs on the destination |
+//! | 6 `Error` | either | UTF-8 reason; the sender gives up |
+//!
+//! A conversation: `Hello`, `Ready`, `Memory`*, `State`, `Complete` (or `Error` from either
+//! side at any point). Every frame is checked before it is acted on: the magic, the kind,
+//! the length limit, memory runs inside guest RAM and page-aligned, JSON documents typed and
+//! versioned.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::os::unix::net::UnixStream;
+//! use hv_core::{migration, VmBuilder};
+//! # let vm: hv_core::Vm = todo!();
+//! // Destination (another thread or process):
+//! let (mut dst, mut src) = UnixStream::pair()?;
+//! let t = std::thread::spawn(move || migration::receive(&mut dst, VmBuilder::new()));
+//! // Source:
+//! let stats = vm.send_migration(&mut src, &migration::MigrationOptions::default())?;
+//! let destination_vm = t.join().unwrap()?;
+//! println!("{} rounds, downtime {:?}", stats.rounds, stats.downtime);
+//! # Ok(()) }
+//! ```
+
+pub mod protocol;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use hv_mem::{DirtyBitmap, GuestRam};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::lifecycle::ExitReason;
+use crate::snapshot::restore::{check, check_host, memory_config};
+use crate::snapshot::{MachineState, MemorySource, SnapshotConfig};
+use crate::vm::{Vm, VmBuilder, VmState};
+use protocol::{read_frame, write_frame, write_json, Hello, Kind, MAX_RUN, PROTOCOL_VERSION};
+
+/// Errors of a migration, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the stream failed.
+    #[error("{during}: {source}")]
+    Io {
+        /// What was being done.
+        during: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A frame did not start with the protocol's magic.
+    #[error("not an hv migration stream (magic {0:#010x})")]
+    BadMagic(u32),
+    /// A frame of a kind this version does not know.
+    #[error("unknown frame kind {0}")]
+    UnknownFrame(u8),
+    /// A frame longer than its kind allows.
+    #[error("{kind:?} frame of {len} bytes is over the limit")]
+    FrameTooLarge {
+        /// The frame kind.
+        kind: protocol::Kind,
+        /// Its announced length.
+        len: u64,
+    },
+    /// A frame that does not belong at this point of the conversation.
+    #[error("expected {expected}, got a {got:?} frame")]
+    UnexpectedFrame {
+        /// What the protocol expects now.
+        expected: &'static str,
+        /// What arrived.
+        got: protocol::Kind,
+    },
+    /// The peer speaks another protocol version.
+    #[error("peer speaks migration protocol {found}, this hv speaks {supported}")]
+    Version {
+        /// The peer's version.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// A memory run outside guest RAM or not page-aligned.
+    #[error("memory run at {gpa:#x} ({len} bytes) is not page-aligned guest RAM")]
+    BadMemoryRun {
+        /// Its guest-physical address.
+        gpa: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// A JSON document could not be encoded.
+    #[error("cannot encode a document: {0}")]
+    Encode(String),
+    /// A JSON document from the peer is malformed.
+    #[error("malformed {what} from the peer: {reason}")]
+    Decode {
+        /// Which document.
+        what: &'static str,
+        /// The parse error.
+        reason: String,
+    },
+    /// The peer gave up and said why.
+    #[error("the peer gave up: {0}")]
+    Peer(String),
+    /// The VM was built without dirty-page tracking, so pages written during the copy could
+    /// not be found.
+    #[error("live migration needs a VM built with dirty-page tracking")]
+    NoDirtyTracking,
+    /// The VM is not in a state that can be migrated.
+    #[error("cannot migrate a VM that is {0}")]
+    State(VmState),
+    /// The VM (source) or the machine (destination) failed.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::Error),
+    /// The machine state or config is not one this host can take.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+}
+
+/// Result type of migrations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How a migration runs.
+#[derive(Clone, Debug)]
+pub struct MigrationOptions {
+    /// How long the VM may stay paused for the last copy, at the link speed measured during
+    /// the copy (default 100 ms).
+    pub downtime: Duration,
+    /// Copy rounds after the first full one before pausing anyway (default 30).
+    pub max_rounds: u32,
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        Self { downtime: Duration::from_millis(100), max_rounds: 30 }
+    }
+}
+
+/// What a migration did (source side).
+#[derive(Clone, Debug, Default)]
+pub struct MigrationStats {
+    /// Rounds of dirty pages sent while running (after the full copy).
+    pub rounds: u32,
+    /// RAM bytes sent in all.
+    pub memory_bytes: u64,
+    /// Bytes sent while paused (the last dirty pages).
+    pub final_bytes: u64,
+    /// Link speed measured during the copy, bytes per second.
+    pub bandwidth: f64,
+    /// From the start to the destination's confirmation.
+    pub total: Duration,
+    /// From pausing the source to the destination's confirmation that it runs.
+    pub downtime: Duration,
+}
+
+fn expect(kind: Kind, expected: Kind, what: &'static str, payload: &[u8]) -> Result<()> {
+    if kind == Kind::Error {
+        return Err(Error::Peer(String::from_utf8_lossy(payload).into_owned()));
+    }
+    if kind != expected {
+        return Err(Error::UnexpectedFrame { expected: what, got: kind });
+    }
+    Ok(())
+}
+
+/// Sends every page set in `bitmap` (or all RAM when `None`); returns the bytes sent.
+fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: Option<&DirtyBitmap>) -> Result<u64> {
+    let runs: Vec<(u64, u64)> = match bitmap {
+        Some(b) => b.runs().collect(),
+        None => ram.memory().iter().map(|r| (r.start_addr().0, r.len())).collect(),
+    };
+    let mut frame = Vec::with_capacity(protocol::HEADER_LEN + 8 + MAX_RUN);
+    let mut sent = 0u64;
+    for (start, len) in runs {
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(MAX_RUN as u64) as usize;
+            let gpa = start + off;
+            frame.clear();
+            frame.extend_from_slice(&protocol::header(Kind::Memory, 8 + n as u64));
+            frame.extend_from_slice(&gpa.to_le_bytes());
+            let at = frame.len();
+            frame.resize(at + n, 0);
+            ram.memory()
+                .read_slice(&mut frame[at..], GuestAddress(gpa))
+                .map_err(|_| Error::BadMemoryRun { gpa, len: n })?;
+            w.write_all(&frame).map_err(|source| Error::Io { during: "sending memory", source })?;
+            sent += n as u64;
+            off += n as u64;
+        }
+    }
+    w.flush().map_err(|source| Error::Io { during: "sending memory", source })?;
+    Ok(sent)
+}
+
+impl Vm {
+    /// Migrates this VM to the destination at the other end of `stream` (see
+    /// [`crate::migration`]). On success the VM has ended ([`ExitReason::Migrated`]) and runs
+    /// on the destination; on failure it goes on here as before, and the error says why.
+    /// The VM must be running or paused and built with [`VmBuilder::dirty_tracking`].
+    pub fn send_migration<S: Read + Write>(
+        &self,
+        stream: &mut S,
+        opts: &MigrationOptions,
+    ) -> Result<MigrationStats> {
+        let start = Instant::now();
+        let state = self.state();
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(Error::State(state));
+        }
+        if !self.dirty_tracking {
+            return Err(Error::NoDirtyTracking);
+        }
+        let running = state == VmState::Running;
+        let hello = Hello { protocol: PROTOCOL_VERSION, config: self.snapshot_config(), running };
+        write_json(stream, Kind::Hello, &hello)?;
+        let (kind, payload) = read_frame(stream)?;
+        expect(kind, Kind::Ready, "Ready", &payload)?;
+
+        // Everything once, then what changed, while the guest runs.
+        let mut stats = MigrationStats::default();
+        self.dirty_log()?;
+        let t = Instant::now();
+        stats.memory_bytes = send_pages(self.ram(), stream, None)?;
+        let mut bandwidth = stats.memory_bytes as f64 / t.elapsed().as_secs_f64().max(1e-6);
+        let mut pending = self.dirty_log()?;
+        while running && stats.rounds < opts.max_rounds {
+            let estimate = pending.dirty_bytes() as f64 / bandwidth;
+            if estimate <= opts.downtime.as_secs_f64() {
+                break;
+            }
+            let t = Instant::now();
+            let n = send_pages(self.ram(), stream, Some(&pending))?;
+            bandwidth = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
+            stats.memory_bytes += n;
+            stats.rounds += 1;
+            pending = self.dirty_log()?;
+        }
+        stats.bandwidth = bandwidth;
+
+        // Stop, send the rest and the state, wait for the destination.
+        let paused_at = Instant::now();
+        if running {
+            self.pause()?;
+        }
+        let outcome = self.finish_migration(stream, pending, &mut stats);
+        match outcome {
+            Ok(()) => {
+                stats.downtime = paused_at.elapsed();
+                stats.total = start.elapsed();
+                self.ctx.control.finish(ExitReason::Migrated);
+                Ok(stats)
+            }
+            Err(failure) => {
+                let (e, saved) = *failure;
+                if let Some(s) = saved {
+                    self.resume_devices(&s);
+                }
+                if running {
+                    let _ = self.resume();
+                }
+                // Tell the destination, if it still listens, so it drops what it built.
+                let _ = write_frame(stream, Kind::Error, e.to_string().as_bytes());
+                Err(e)
+            }
+        }
+    }
+
+    /// The paused part: last pages, state, confirmation. On error, returns the state saved
+    /// (its devices quiesced) so the caller can start them again.
+    fn finish_migration<S: Read + Write>(
+        &self,
+        stream: &mut S,
+        mut pending: DirtyBitmap,
+        stats: &mut MigrationStats,
+    ) -> std::result::Result<(), Box<(Error, Option<MachineState>)>> {
+        let fail = |e: Error| Box::new((e, None));
+        let last = self.dirty_log().map_err(|e| fail(e.into()))?;
+        pending.merge(&last).map_err(|e| fail(Error::Encode(e.to_string())))?;
+        let state = self.save_state().map_err(|e| fail(e.into()))?;
+        // Devices were quiesced by save_state: what they wrote until then is in the log.
+        let devices = self.ram().take_vmm_dirty();
+        let _ = pending.merge(&devices);
+        let sent = send_pages(self.ram(), stream, Some(&pending));
+        let sent = match sent {
+            Ok(n) => n,
+            Err(e) => return Err(Box::new((e, Some(state)))),
+        };
+        stats.final_bytes = sent;
+        stats.memory_bytes += sent;
+        if let Err(e) = write_json(stream, Kind::State, &state) {
+            return Err(Box::new((e, Some(state))));
+        }
+        match read_frame(stream) {
+            Ok((kind, payload)) => match expect(kind, Kind::Complete, "Complete", &payload) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Box::new((e, Some(state)))),
+            },
+            Err(e) => Err(Box::new((e, Some(state)))),
+        }
+    }
+}
+
+/// A migration the destination has accepted: the source's machine config is known, RAM and
+/// state are still to come. The caller may build the virtio devices from
+/// [`config`](Incoming::config) before [`complete`](Incoming::complete).
+pub struct Incoming<'a, S: Read + Write> {
+    stream: &'a mut S,
+    hello: Hello,
+}
+
+/// Reads the source's opening (protocol version, machine config).
+pub fn accept<S: Read + Write>(stream: &mut S) -> Result<Incoming<'_, S>> {
+    let (kind, payload) = read_frame(stream)?;
+    expect(kind, Kind::Hello, "Hello", &payload)?;
+    let v: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|e| Error::Decode { what: "Hello", reason: e.to_string() })?;
+    let found = v.get("protocol").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if found != u64::from(PROTOCOL_VERSION) {
+        let e = Error::Version { found: found as u32, supported: PROTOCOL_VERSION };
+        let _ = write_frame(stream, Kind::Error, e.to_string().as_bytes());
+        return Err(e);
+    }
+    let hello: Hello = serde_json::from_value(v)
+        .map_err(|e| Error::Decode { what: "Hello", reason: e.to_string() })?;
+    Ok(Incoming { stream, hello })
+}
+
+/// Receives a migration on `stream` and returns the VM, running (or paused, if it was
+/// paused on the source). `builder` supplies the serial output and the virtio devices.
+pub fn receive<S: Read + Write>(stream: &mut S, builder: VmBuilder) -> Result<Vm> {
+    accept(stream)?.complete(builder)
+}
+
+impl<S: Read + Write> Incoming<'_, S> {
+    /// The machine the source runs.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.hello.config
+    }
+
+    /// Receives RAM and state, builds the VM, starts it and confirms to the source. Any
+    /// error is also sent to the source, which then goes on running.
+    pub fn complete(self, builder: VmBuilder) -> Result<Vm> {
+        let Incoming { stream, hello } = self;
+        let result = receive_rest(stream, &hello, builder);
+        match result {
+            Ok(vm) => {
+                write_frame(stream, Kind::Complete, &[])?;
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = write_frame(stream, Kind::Error, e.to_string().as_bytes());
+                Err(e)
+            }
+        }
+    }
+}
+
+fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuilder) -> Result<Vm> {
+    let config = &hello.config;
+    check_host(config)?;
+    let ram = GuestRam::new(&memory_config(config)).map_err(crate::vm::Error::from)?;
+    write_frame(stream, Kind::Ready, &[])?;
+    let state: MachineState = loop {
+        let (kind, payload) = read_frame(stream)?;
+        match kind {
+            Kind::Memory => {
+                let (addr, data) = payload
+                    .split_at_checked(8)
+                    .ok_or(Error::BadMemoryRun { gpa: 0, len: payload.len() })?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(addr);
+                let gpa = u64::from_le_bytes(a);
+                let aligned = gpa.is_multiple_of(hv_mem::PAGE_SIZE)
+                    && (data.len() as u64).is_multiple_of(hv_mem::PAGE_SIZE);
+                if !aligned || ram.memory().write_slice(data, GuestAddress(gpa)).is_err() {
+                    return Err(Error::BadMemoryRun { gpa, len: data.len() });
+                }
+            }
+            Kind::State => {
+                let path = std::path::Path::new("migration stream");
+                break crate::snapshot::parse_versioned(path, &payload)?;
+            }
+            other => {
+                let mut payload = payload;
+                payload.truncate(1024);
+                expect(other, Kind::State, "Memory or State", &payload)?;
+            }
+        }
+    };
+    check(config, &state)?;
+    let vm = builder.rebuild(config, state, ram, MemorySource::Allocated)?;
+    if hello.running {
+        vm.start()?;
+    } else {
+        vm.start_paused()?;
+    }
+    Ok(vm)
+}
