@@ -44,6 +44,60 @@ ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_bindings::kvm_lapic_state);
 ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_bindings::kvm_cpuid2);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_bindings::kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_bindings::kvm_vcpu_events);
+// VM state for snapshots and migration (hv-core `snapshot/`, `migration/`).
+ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_bindings::kvm_msr_list);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_bindings::kvm_irqchip);
+ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_bindings::kvm_clock_data);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_bindings::kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_bindings::kvm_pit_state2);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_bindings::kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_bindings::kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_bindings::kvm_xcrs);
+
+/// The vCPU state a parked vCPU reads on its own thread for a snapshot, and restore writes.
+fn vcpu_state_ioctls() -> Vec<u64> {
+    vec![
+        KVM_GET_REGS(),
+        KVM_SET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_SET_SREGS(),
+        KVM_GET_MSRS(),
+        KVM_SET_MSRS(),
+        KVM_GET_LAPIC(),
+        KVM_SET_LAPIC(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_SET_VCPU_EVENTS(),
+        KVM_GET_MP_STATE(),
+        KVM_SET_MP_STATE(),
+        KVM_GET_DEBUGREGS(),
+        KVM_SET_DEBUGREGS(),
+        KVM_GET_XSAVE(),
+        KVM_SET_XSAVE(),
+        KVM_GET_XCRS(),
+        KVM_SET_XCRS(),
+    ]
+}
+
+/// VM-wide state a snapshot, restore or migration reads and writes from the calling thread.
+fn vm_state_ioctls() -> Vec<u64> {
+    vec![
+        KVM_GET_MSR_INDEX_LIST(),
+        KVM_GET_IRQCHIP(),
+        KVM_SET_IRQCHIP(),
+        KVM_GET_CLOCK(),
+        KVM_SET_CLOCK(),
+        KVM_GET_PIT2(),
+        KVM_SET_PIT2(),
+    ]
+}
 
 /// Calls every hv thread makes: memory, locks, signals, clocks, thread exit, logging.
 const COMMON: &[i64] = &[
@@ -78,14 +132,9 @@ const COMMON: &[i64] = &[
 /// vCPU threads: KVM_RUN and the few vCPU ioctls the run loop and quirks use; bus devices
 /// writing console bytes and raising interrupts (eventfd writes), kicking the other vCPUs.
 fn vcpu_ioctls() -> Vec<u64> {
-    vec![
-        KVM_RUN(),
-        KVM_GET_REGS(),
-        KVM_SET_REGS(),
-        KVM_GET_SREGS(),
-        KVM_GET_VCPU_EVENTS(),
-        KVM_SET_VCPU_EVENTS(),
-    ]
+    let mut v = vec![KVM_RUN()];
+    v.extend(vcpu_state_ioctls());
+    v
 }
 
 /// Device threads: activation (rings, timers, TAP queue set-up), the epoll loop, block I/O
@@ -171,7 +220,7 @@ const MAIN: &[i64] = &[
 
 /// Host ioctls the main thread makes besides the KVM ones: TAP creation and block sizes.
 fn main_ioctls() -> Vec<u64> {
-    vec![
+    let mut v = vec![
         KVM_GET_API_VERSION(),
         KVM_CREATE_VM(),
         KVM_CHECK_EXTENSION(),
@@ -196,7 +245,12 @@ fn main_ioctls() -> Vec<u64> {
         libc::BLKSSZGET,
         libc::TCGETS,
         libc::FIOCLEX,
-    ]
+    ];
+    v.extend(vcpu_state_ioctls());
+    v.extend(vm_state_ioctls());
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// `clone` only for threads (CLONE_THREAD set): no thread of a VM forks a process.
