@@ -129,7 +129,9 @@ fn main() -> ExitCode {
     }
     let vmm = Arc::new(Vmm::new());
     if let Some(config) = config {
-        let booted = vmm.manager().create(config).and_then(|()| vmm.manager().boot());
+        let mut manager = vmm.manager();
+        let booted = manager.create(config).and_then(|()| manager.boot());
+        drop(manager);
         if let Err(e) = booted {
             log::error!("{e}");
             return ExitCode::FAILURE;
