@@ -7,7 +7,7 @@ mod vmm_process;
 
 use std::process::Command;
 
-use vmm_process::{can_run_guests, guest_config, put, VmmProcess};
+use vmm_process::{can_run_guests, get, guest_config, put, VmmProcess};
 
 fn lines(vmm: &VmmProcess) -> Vec<String> {
     hv_test_support::hvtest_lines(&vmm.serial_text()).iter().map(|l| l.to_string()).collect()
@@ -214,4 +214,50 @@ fn a_socket_another_vmm_serves_is_not_taken_over() {
     assert_eq!(code, Some(1));
     assert!(err.contains("in use"), "{err}");
     assert!(first.client().ping().is_ok(), "the first hv-vmm still answers");
+}
+
+#[test]
+fn a_nic_on_a_tap_by_name_carries_the_guests_traffic_and_counts_it() {
+    use hv_test_support::netns::{have_netns_tools, NetNs};
+    if !can_run_guests() {
+        return;
+    }
+    hv_test_support::require!(hv_test_support::is_root(), "TAPs need root");
+    hv_test_support::require!(have_netns_tools(), "ip and ping are needed");
+    let ns = NetNs::new("hvvmm");
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hvvt0", "mode", "tap"]);
+    ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec_ok(&["ip", "addr", "add", "10.77.0.1/24", "dev", "hvvt0"]);
+    ns.exec_ok(&["ip", "link", "set", "hvvt0", "up"]);
+    let guest = hv_test_support::test_guest();
+    let mut vmm = VmmProcess::spawn_in(
+        Some(ns.name()),
+        &[
+            "--kernel",
+            guest.to_str().expect("utf-8"),
+            "--cmdline",
+            "test=net ip=10.77.0.2/24 ping=10.77.0.1 count=3 serve=4",
+            "--memory",
+            "size=64M",
+            "--net",
+            "tap=hvvt0,mac=52:54:00:77:00:02",
+            "--serial",
+            "file={serial}",
+        ],
+        true,
+    );
+    vmm.wait_for_line("net serving", 1);
+    assert!(ns.ping("10.77.0.2", 2), "the host reaches the guest; serial:\n{}", vmm.serial_text());
+    let c = vmm.client();
+    let counters: serde_json::Value =
+        serde_json::from_str(&get(&c, "vm.counters").body).expect("counters JSON");
+    let nic = &counters["_net0"];
+    assert!(nic["tx_frames"].as_u64().expect("tx_frames") >= 5, "{counters}");
+    assert!(nic["rx_frames"].as_u64().expect("rx_frames") >= 5, "{counters}");
+    assert!(nic["rx_bytes"].as_u64().expect("rx_bytes") > 0, "{counters}");
+    let status = vmm.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log_text());
+    let l = lines(&vmm);
+    assert!(l.contains(&"net mac=52:54:00:77:00:02".to_string()), "{l:?}");
+    assert!(l.contains(&"net ping 10.77.0.1 ok 3/3".to_string()), "{l:?}");
 }

@@ -22,12 +22,26 @@ impl VmmProcess {
     /// Starts `hv-vmm --api-socket S --log-file L -v` plus `args` (in which `{serial}` stands for
     /// the serial file's path); waits for the socket when `wait_socket`.
     pub fn spawn(args: &[&str], wait_socket: bool) -> Self {
+        Self::spawn_in(None, args, wait_socket)
+    }
+
+    /// As [`spawn`](Self::spawn), inside the network namespace `netns` (`ip netns exec`, which
+    /// execs, so the child is `hv-vmm` itself).
+    pub fn spawn_in(netns: Option<&str>, args: &[&str], wait_socket: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("api.sock");
         let serial = dir.path().join("serial.log");
         let log = dir.path().join("vmm.log");
         let serial_s = serial.to_str().expect("utf-8 temp path").to_owned();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vmm"));
+        let bin = env!("CARGO_BIN_EXE_hv-vmm");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("--api-socket")
             .arg(format!("path={}", socket.display()))
             .arg("--log-file")
