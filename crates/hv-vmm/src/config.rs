@@ -41,15 +41,20 @@ fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ConfigError
     ConfigError::Unsupported { field: field.into(), what: what.into() }
 }
 
-/// True for a JSON value that asks for nothing: null, false, 0, "" or an empty list/object.
+/// True for a JSON value that asks for nothing: null, false, 0, "", or a list or object of
+/// such values (Cloud Hypervisor's clients send `{"amx": false}` and the like for defaults).
 fn asks_nothing(v: &Option<Value>) -> bool {
+    v.as_ref().is_none_or(is_nothing)
+}
+
+fn is_nothing(v: &Value) -> bool {
     match v {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => !b,
-        Some(Value::Array(a)) => a.is_empty(),
-        Some(Value::Object(o)) => o.is_empty(),
-        Some(Value::String(s)) => s.is_empty(),
-        Some(Value::Number(n)) => n.as_u64() == Some(0),
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Array(a) => a.iter().all(is_nothing),
+        Value::Object(o) => o.values().all(is_nothing),
+        Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_u64() == Some(0),
     }
 }
 
@@ -761,7 +766,7 @@ mod tests {
                 "net":[{"tap":"t0","mac":"52:54:00:00:00:01","ip":"192.168.249.1",
                         "mask":"255.255.255.0","num_queues":2,"queue_size":256}],
                 "serial":{"mode":"File","file":"/s.log"},"console":{"mode":"Off"},
-                "iommu":false,"rng":null,"fs":[]}"#,
+                "iommu":false,"rng":null,"fs":[],"platform":{"tdx":false,"oem_strings":[]}}"#,
         )
         .unwrap();
         c.validate().unwrap();
@@ -806,6 +811,8 @@ mod tests {
             r#"{"payload":{"kernel":"/k"},"serial":{"mode":"File"}}"#,
             r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Pty"}}"#,
             r#"{"payload":{"kernel":"/k"},"vsock":{"cid":3,"socket":"/v"}}"#,
+            r#"{"payload":{"kernel":"/k"},"platform":{"tdx":true}}"#,
+            r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":1,"max_vcpus":1,"features":{"amx":true}}}"#,
             r#"{"payload":{"kernel":"/k","firmware":"/f"}}"#,
         ] {
             let c = parse(bad).unwrap();
