@@ -215,3 +215,31 @@ fn curl_gets_the_same_answers_as_the_client() {
     let (code, _) = curl(&vmm.socket, "PUT", "vmm.shutdown", None);
     assert_eq!(code, 204);
 }
+
+#[test]
+fn garbage_on_the_socket_is_answered_or_dropped_and_the_server_goes_on() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let vmm = VmmProcess::spawn(&[], true);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"PUT /api/v1/vm.create HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n{",
+        b"PUT /api/v1/vm.create HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"\x00\x01\x02\xff\xfe",
+        b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n",
+    ] {
+        let mut s = UnixStream::connect(&vmm.socket).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        s.write_all(garbage).expect("write");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{garbage:?} answered {text:?}"
+        );
+    }
+    let ping = vmm.client().ping().expect("the server still answers");
+    assert_eq!(ping.pid, i64::from(vmm.child.id()));
+}
