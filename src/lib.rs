@@ -9,6 +9,7 @@
 //! | [`core`] | `hv-core` | the VMM: VMs, vCPUs, exits, devices, boot, lifecycle |
 //! | [`storage`] | `hv-storage` | storage pools, volumes, block backends, virtio-blk |
 //! | [`net`] | `hv-net` | TAP, bridges, NAT/isolated networks, virtio-net |
+//! | [`vmm`] | `hv-vmm` | one VM per process behind Cloud Hypervisor's REST API |
 //! | [`orchestrator`] | `hv-orchestrator` | a multi-tenant control plane |
 
 // The README's examples compile as doctests of this crate.
@@ -21,3 +22,4 @@ pub use hv_mem as mem;
 pub use hv_net as net;
 pub use hv_orchestrator as orchestrator;
 pub use hv_storage as storage;
+pub use hv_vmm as vmm;

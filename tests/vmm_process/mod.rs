@@ -1,0 +1,150 @@
+//! Shared by the `hv-vmm` tests: spawning the binary, waiting for its socket and for the
+//! guest's serial lines, and reaping it.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hv::vmm::client::{Client, Reply};
+
+/// An `hv-vmm` process the test started, killed (by its pid) if the test ends first.
+pub struct VmmProcess {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub serial: PathBuf,
+    pub log: PathBuf,
+}
+
+impl VmmProcess {
+    /// Starts `hv-vmm --api-socket S --log-file L -v` plus `args` (in which `{serial}` stands for
+    /// the serial file's path); waits for the socket when `wait_socket`.
+    pub fn spawn(args: &[&str], wait_socket: bool) -> Self {
+        Self::spawn_in(None, args, wait_socket)
+    }
+
+    /// As [`spawn`](Self::spawn), inside the network namespace `netns` (`ip netns exec`, which
+    /// execs, so the child is `hv-vmm` itself).
+    pub fn spawn_in(netns: Option<&str>, args: &[&str], wait_socket: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("api.sock");
+        let serial = dir.path().join("serial.log");
+        let log = dir.path().join("vmm.log");
+        let serial_s = serial.to_str().expect("utf-8 temp path").to_owned();
+        let bin = env!("CARGO_BIN_EXE_hv-vmm");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--api-socket")
+            .arg(format!("path={}", socket.display()))
+            .arg("--log-file")
+            .arg(&log)
+            .arg("-v")
+            .args(args.iter().map(|a| a.replace("{serial}", &serial_s)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn hv-vmm");
+        let p = VmmProcess { child, dir, socket, serial, log };
+        if wait_socket {
+            p.wait_for_socket();
+        }
+        p
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    pub fn wait_for_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.client().ping().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("hv-vmm never answered on {}; log:\n{}", self.socket.display(), self.log_text());
+    }
+
+    pub fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the guest has printed `hvtest: <line>` `count` times.
+    pub fn wait_for_line(&self, line: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let text = self.serial_text();
+            if hv_test_support::hvtest_lines(&text).iter().filter(|l| **l == line).count() >= count
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the guest never printed {line:?} x{count}; serial:\n{}\nlog:\n{}",
+            self.serial_text(),
+            self.log_text()
+        );
+    }
+
+    /// Waits for the process to end by itself (at most 60 s).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("hv-vmm did not end; log:\n{}", self.log_text());
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `PUT` with a body, answering the status.
+pub fn put(c: &Client, endpoint: &str, body: Option<&str>) -> Reply {
+    c.put(endpoint, body.map(str::as_bytes)).unwrap_or_else(|e| panic!("PUT {endpoint}: {e}"))
+}
+
+/// `GET`, answering the status.
+pub fn get(c: &Client, endpoint: &str) -> Reply {
+    c.get(endpoint).unwrap_or_else(|e| panic!("GET {endpoint}: {e}"))
+}
+
+/// A `vm.create` body for the test guest with `cmdline`, its serial port writing to `serial`.
+pub fn guest_config(cmdline: &str, serial: &Path) -> String {
+    serde_json::json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64u64 << 20},
+        "payload": {"kernel": hv_test_support::test_guest(), "cmdline": cmdline},
+        "serial": {"mode": "File", "file": serial},
+        "console": {"mode": "Off"},
+    })
+    .to_string()
+}
+
+/// The prerequisites of every test that runs a guest.
+pub fn can_run_guests() -> bool {
+    hv_test_support::check(hv_test_support::have_kvm(), "/dev/kvm is not usable")
+}
