@@ -1,0 +1,10 @@
+//! hv-host: one host in libvirt's role.
+//!
+//! A host owns persistent [`domain`]s (VM definitions, each run as one `hv-vmm` process when
+//! active), and the host's storage pools and networks from `hv-storage` and `hv-net`. The `hvd`
+//! daemon serves this library to `hvctl` and to the cloud's compute service; an embedder can use
+//! it in-process without the daemon.
+
+pub mod domain;
+
+pub use domain::{DomainDef, DomainName, DomainState};
