@@ -272,7 +272,7 @@ impl DomainDef {
                 reason: "at least 1 MiB",
             });
         }
-        if self.memory_kib % 1024 != 0 {
+        if !self.memory_kib.is_multiple_of(1024) {
             return Err(DefError::Invalid {
                 what: "memory",
                 value: format!("{} KiB", self.memory_kib),
