@@ -6,5 +6,8 @@
 //! it in-process without the daemon.
 
 pub mod domain;
+pub mod error;
+pub mod persist;
 
 pub use domain::{DomainDef, DomainName, DomainState};
+pub use error::{HostError, Result};

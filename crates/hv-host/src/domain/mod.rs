@@ -7,6 +7,7 @@
 //! is an error naming the element) and written back by [`DomainDef::to_xml`].
 
 mod state;
+mod store;
 mod xml;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use hv_net::MacAddr;
 use uuid::Uuid;
 
 pub use state::{DomainOp, DomainState, StateReason, TransitionError};
+pub use store::{Defined, DomainStore};
 pub use xml::XmlError;
 
 /// The longest domain name accepted.
