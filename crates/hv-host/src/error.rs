@@ -43,6 +43,29 @@ pub enum HostError {
     /// The operation is not allowed in the domain's state.
     #[error("Requested operation is not valid: {0}")]
     State(#[from] TransitionError),
+    /// Something hv cannot do (yet), named.
+    #[error("Operation not supported: {0}")]
+    Unsupported(String),
+    /// The domain has no disk with that target.
+    #[error("No disk found whose source path or target is {target} in domain {domain}")]
+    NoDisk {
+        /// The domain.
+        domain: String,
+        /// The target asked for.
+        target: String,
+    },
+    /// The domain's VMM failed or refused.
+    #[error("VMM: {0}")]
+    Vmm(String),
+    /// A pool or volume operation failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A network operation failed.
+    #[error("network: {0}")]
+    Network(String),
+    /// An internal inconsistency (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A host file operation failed.
     #[error("cannot {op} {path}: {source}")]
     Io {

@@ -7,7 +7,15 @@
 
 pub mod domain;
 pub mod error;
+pub mod host;
+pub mod http;
+pub mod network;
 pub mod persist;
+pub mod process;
+pub mod protocol;
+pub mod storage;
+pub mod vmm;
 
 pub use domain::{DomainDef, DomainName, DomainState};
 pub use error::{HostError, Result};
+pub use host::{Host, HostConfig};
