@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::Request;
+pub use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
@@ -126,3 +127,55 @@ where
     let _ = conn.await;
     Ok(Response { status, body })
 }
+
+/// Sends a `GET` and hands the response body to `sink` chunk by chunk as it arrives, until the
+/// server ends it or `sink` returns false. Returns the status (a non-2xx body goes to `sink`
+/// too).
+pub async fn stream(
+    endpoint: &Endpoint,
+    path: &str,
+    headers: &[(&str, &str)],
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> Result<StatusCode, HttpError> {
+    use hyper::body::Body as _;
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io: Box<dyn Io> = match endpoint {
+        Endpoint::Unix(p) => Box::new(
+            UnixStream::connect(p)
+                .await
+                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
+        ),
+        Endpoint::Tcp(a) => Box::new(
+            TcpStream::connect(a)
+                .await
+                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
+        ),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else { break };
+        let frame = frame.map_err(|e| fail(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if !sink(data) {
+                break;
+            }
+        }
+    }
+    conn.abort();
+    Ok(status)
+}
+
+/// A byte stream hyper can run HTTP over (Unix or TCP).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
