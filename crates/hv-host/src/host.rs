@@ -417,6 +417,9 @@ impl Host {
                         DomainOp::VmmDied,
                         StateReason::Crashed(format!("hv-vmm {s}: {}", vmm::log_tail(&paths.log))),
                     ),
+                    None if vmm::log_tail(&paths.log).contains(vmm::POWERED_OFF_LINE) => {
+                        (DomainOp::GuestPoweredOff, StateReason::Shutdown)
+                    }
                     None => (
                         DomainOp::VmmDied,
                         StateReason::Crashed(format!(

@@ -106,6 +106,9 @@ pub fn command_line(
         format!("path={}", paths.api_socket.display()),
         "--log-file".into(),
         paths.log.display().to_string(),
+        // Info level: the log then says how the guest ended ("the guest powered off"), which
+        // is how a host that adopted the VMM after a restart (not its parent) learns it.
+        "-v".into(),
         "--kernel".into(),
         def.os.kernel.display().to_string(),
         "--cpus".into(),
@@ -166,6 +169,9 @@ pub fn spawn(
         .ok_or_else(|| VmmError::DiedAtStart { log: log_tail(&paths.log) })?;
     Ok((child, rec))
 }
+
+/// The line `hv-vmm` logs when its guest powers off normally.
+pub const POWERED_OFF_LINE: &str = "the guest powered off";
 
 /// The last ~2 KiB of a log, for error messages.
 pub fn log_tail(path: &Path) -> String {
