@@ -10,6 +10,7 @@
 //! | [`storage`] | `hv-storage` | storage pools, volumes, block backends, virtio-blk |
 //! | [`net`] | `hv-net` | TAP, bridges, NAT/isolated networks, virtio-net |
 //! | [`host`] | `hv-host` | one host: domains as `hv-vmm` processes, the `hvd` daemon |
+//! | [`vmm`] | `hv-vmm` | one VM per process behind Cloud Hypervisor's REST API |
 //! | [`orchestrator`] | `hv-orchestrator` | a multi-tenant control plane |
 
 // The README's examples compile as doctests of this crate.
@@ -25,3 +26,4 @@ pub use hv_mem as mem;
 pub use hv_net as net;
 pub use hv_orchestrator as orchestrator;
 pub use hv_storage as storage;
+pub use hv_vmm as vmm;

@@ -1,0 +1,194 @@
+//! Turns a validated [`VmConfig`] into an hv-core [`VmBuilder`]: guest RAM, the payload, the
+//! serial port's output, a virtio-blk device per disk (hv-storage, format explicit) and a
+//! virtio-net device per NIC (hv-net, on a TAP by name).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+use hv_core::VmBuilder;
+use hv_mem::{Backing, HugePageSize, MemoryConfig as RamConfig};
+use hv_net::tap::{Tap, TapError};
+use hv_net::virtio_net::{NetBackend, NetConfig as NicConfig, NetHandle, TapBackend, VirtioNet};
+use hv_net::MacAddr;
+use hv_storage::block::{open_disk, BlockError, DiskOptions, ImageFormat};
+use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
+
+use crate::config::{ConsoleMode, ImageType, VmConfig};
+
+/// Why a configured device could not be made (an HTTP 500 from `vm.boot`).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A disk image could not be opened.
+    #[error("disk {index} ({path}): {source}")]
+    Disk {
+        /// Its position in `disks`.
+        index: usize,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// A TAP could not be opened or created.
+    #[error("net {index} (TAP {tap}): {source}")]
+    Tap {
+        /// Its position in `net`.
+        index: usize,
+        /// The TAP's name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: TapError,
+    },
+    /// The virtio-net device refused its configuration.
+    #[error("net {index}: {reason}")]
+    Nic {
+        /// Its position in `net`.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The serial output file could not be opened.
+    #[error("serial file {path}: {source}")]
+    SerialFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A NIC's counters, kept while the VM runs.
+pub struct NicCounters {
+    /// The name in `vm.counters`.
+    pub id: String,
+    /// The device's handle.
+    pub handle: NetHandle,
+}
+
+/// What [`builder`] made.
+pub struct Machine {
+    /// The VM description, ready to build.
+    pub builder: VmBuilder,
+    /// One per NIC.
+    pub nics: Vec<NicCounters>,
+}
+
+/// The RAM description for `config.memory`.
+pub fn ram_config(config: &VmConfig) -> RamConfig {
+    let m = &config.memory;
+    let backing = if m.hugepages {
+        match m.hugepage_size {
+            Some(s) if s == 1 << 30 => Backing::HugeTlb(HugePageSize::Size1G),
+            _ => Backing::HugeTlb(HugePageSize::Size2M),
+        }
+    } else if m.shared {
+        Backing::Memfd
+    } else {
+        Backing::Anonymous
+    };
+    RamConfig::new(m.size)
+        .backing(backing)
+        .transparent_hugepages(m.thp && !m.hugepages)
+        .mergeable(m.mergeable)
+}
+
+fn serial_output(config: &VmConfig, truncate: bool) -> Result<Box<dyn Write + Send>, DeviceError> {
+    Ok(match (config.serial.mode, &config.serial.file) {
+        (ConsoleMode::Tty, _) => Box::new(std::io::stdout()),
+        (ConsoleMode::File, Some(path)) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(truncate)
+                .append(!truncate)
+                .open(path)
+                .map_err(|source| DeviceError::SerialFile { path: path.clone(), source })?,
+        ),
+        // Off and Null (validation refuses the rest): hv-core always has COM1, so a guest
+        // probing it finds a port whose output goes nowhere.
+        _ => Box::new(std::io::sink()),
+    })
+}
+
+/// A locally administered unicast MAC from the process id and the NIC's position.
+fn made_up_mac(index: usize) -> MacAddr {
+    let pid = std::process::id().to_be_bytes();
+    MacAddr([0x52, 0x54, pid[1], pid[2], pid[3], index as u8])
+}
+
+/// Opens every device of a validated `config` and describes the VM to hv-core. A serial file
+/// is truncated on the first boot (`first_boot`) and appended to on reboots.
+pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceError> {
+    let payload = &config.payload;
+    let mut b = VmBuilder::new()
+        .memory(ram_config(config))
+        .vcpus(config.cpus.boot_vcpus as usize)
+        .cmdline(payload.cmdline.clone().unwrap_or_default())
+        .serial_output(serial_output(config, first_boot)?);
+    if let Some(kernel) = &payload.kernel {
+        b = b.kernel(kernel);
+    }
+    if let Some(initramfs) = &payload.initramfs {
+        b = b.initrd(initramfs);
+    }
+    for (index, d) in config.disks.iter().flatten().enumerate() {
+        let path = d.path.clone().unwrap_or_default();
+        let format = match d.image_type {
+            ImageType::Qcow2 => ImageFormat::Qcow2,
+            _ => ImageFormat::Raw,
+        };
+        let opts = DiskOptions {
+            read_only: d.readonly,
+            direct: d.direct,
+            format: Some(format),
+            ..Default::default()
+        };
+        let backend = open_disk(&path, opts).map_err(|source| DeviceError::Disk {
+            index,
+            path: path.clone(),
+            source,
+        })?;
+        let serial =
+            d.serial.clone().or_else(|| d.id.clone()).unwrap_or_else(|| format!("hv-disk{index}"));
+        let blk =
+            BlockConfig::default().with_serial(&serial).with_queues(d.num_queues.unwrap_or(1));
+        log::info!(
+            "disk {index}: {} ({format:?}, {} bytes{})",
+            path.display(),
+            backend.size(),
+            if d.readonly { ", read-only" } else { "" }
+        );
+        b = b.virtio_device(Box::new(VirtioBlock::new(backend, blk)));
+    }
+    let mut nics = Vec::new();
+    for (index, n) in config.net.iter().flatten().enumerate() {
+        let name = n.tap.clone().unwrap_or_default();
+        let pairs = n.queue_pairs();
+        let tap = Tap::builder(&name).queues(pairs).open().map_err(|source| DeviceError::Tap {
+            index,
+            tap: name.clone(),
+            source,
+        })?;
+        let backends: Vec<Box<dyn NetBackend>> = TapBackend::per_queue(tap)
+            .map_err(|source| DeviceError::Tap { index, tap: name.clone(), source })?
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn NetBackend>)
+            .collect();
+        let mac = match &n.mac {
+            Some(m) => m
+                .parse()
+                .map_err(|e| DeviceError::Nic { index, reason: format!("mac {m}: {e}") })?,
+            None => made_up_mac(index),
+        };
+        let (device, handle) = VirtioNet::multi_queue(NicConfig::new(mac), backends)
+            .map_err(|e| DeviceError::Nic { index, reason: e.to_string() })?;
+        log::info!("net {index}: virtio-net {mac} on TAP {name}, {pairs} queue pair(s)");
+        b = b.virtio_device(Box::new(device));
+        let id = n.id.clone().unwrap_or_else(|| format!("_net{index}"));
+        nics.push(NicCounters { id, handle });
+    }
+    Ok(Machine { builder: b, nics })
+}

@@ -1,0 +1,388 @@
+//! The VM manager: at most one VM, its configuration and its state, driven through hv-core.
+//!
+//! [`next_state`] is the single table of what each [`Action`] may do in each [`VmState`] (or
+//! with no VM) and which state it leads to; every operation of [`VmManager`] goes through it,
+//! so a call in the wrong state is a [`ManagerError`] that the server answers with Cloud
+//! Hypervisor's status code, and no operation assigns a state by hand.
+//!
+//! As in Cloud Hypervisor, `vm.create` only stores the configuration (after validating it);
+//! `vm.boot` opens the devices, builds the hv-core [`Vm`] and starts its vCPUs; `vm.shutdown`
+//! stops the VM and keeps the configuration, so `vm.boot` can start it again; a guest reset
+//! reboots it from the same configuration.
+
+use hv_core::{ExitReason, Vm};
+
+use crate::api::{VmCounters, VmInfo, VmState};
+use crate::config::{ConfigError, VmConfig};
+use crate::machine::{self, DeviceError, NicCounters};
+
+/// What an API call asks of the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `vm.create`.
+    Create,
+    /// `vm.boot`.
+    Boot,
+    /// `vm.pause`.
+    Pause,
+    /// `vm.resume`.
+    Resume,
+    /// `vm.shutdown`: stop the VM at once, keep its configuration.
+    Shutdown,
+    /// `vm.reboot`.
+    Reboot,
+    /// `vm.power-button`.
+    PowerButton,
+    /// `vm.delete`.
+    Delete,
+    /// `vm.info`, `vm.counters`.
+    Inspect,
+}
+
+impl Action {
+    /// The endpoint's verb, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Boot => "boot",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Shutdown => "shut down",
+            Action::Reboot => "reboot",
+            Action::PowerButton => "press the power button of",
+            Action::Delete => "delete",
+            Action::Inspect => "inspect",
+        }
+    }
+}
+
+/// The single table of transitions: the state after `action` from `state` (`None`: no VM).
+pub fn next_state(state: Option<VmState>, action: Action) -> Result<Option<VmState>, ManagerError> {
+    use Action as A;
+    use VmState as S;
+    let Some(s) = state else {
+        return match action {
+            A::Create => Ok(Some(S::Created)),
+            A::Delete => Ok(None),
+            _ => Err(ManagerError::NotCreated { action: action.name() }),
+        };
+    };
+    let next = match (s, action) {
+        (S::Created | S::Shutdown, A::Boot) => S::Running,
+        (S::Running, A::Pause) => S::Paused,
+        (S::Paused, A::Resume) => S::Running,
+        (S::Running | S::Paused, A::Shutdown) => S::Shutdown,
+        (S::Running | S::Paused, A::Reboot) => S::Running,
+        (S::Running | S::Paused, A::PowerButton) | (_, A::Inspect) => s,
+        (_, A::Delete) => return Ok(None),
+        _ => return Err(ManagerError::InvalidState { action: action.name(), state: s }),
+    };
+    Ok(Some(next))
+}
+
+/// Why an API call failed; [`status`](Self::status) is its HTTP status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No VM has been created.
+    #[error("cannot {action} the VM: it is not created")]
+    NotCreated {
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The VM is not in a state that allows the call.
+    #[error("cannot {action} the VM: it is {state}")]
+    InvalidState {
+        /// What was asked.
+        action: &'static str,
+        /// The VM's state.
+        state: VmState,
+    },
+    /// The configuration is invalid or asks for what hv does not do.
+    #[error("invalid VM configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A device could not be opened at boot.
+    #[error("cannot boot the VM: {0}")]
+    Device(#[from] DeviceError),
+    /// hv-core refused to build or run the VM.
+    #[error("VM operation failed: {0}")]
+    Vm(#[from] hv_core::Error),
+    /// The endpoint exists in Cloud Hypervisor's API but hv does not implement it yet.
+    #[error("{endpoint} is not supported yet by hv-vmm")]
+    NotSupported {
+        /// The endpoint.
+        endpoint: &'static str,
+    },
+}
+
+impl ManagerError {
+    /// Cloud Hypervisor's status code for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ManagerError::NotCreated { .. } => 404,
+            ManagerError::InvalidState { .. } => 405,
+            ManagerError::Config(_) => 400,
+            ManagerError::Device(_) | ManagerError::Vm(_) | ManagerError::NotSupported { .. } => {
+                500
+            }
+        }
+    }
+}
+
+/// A booted VM and the handles kept beside it.
+struct Booted {
+    vm: Vm,
+    nics: Vec<NicCounters>,
+}
+
+/// Holds at most one VM.
+#[derive(Default)]
+pub struct VmManager {
+    config: Option<VmConfig>,
+    state: Option<VmState>,
+    booted: Option<Booted>,
+    /// Boots so far (a reboot appends to the serial file instead of truncating it).
+    boots: u64,
+    /// How the guest ended on its own, until the process owner takes it.
+    guest_end: Option<ExitReason>,
+}
+
+impl std::fmt::Debug for VmManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmManager").field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+impl VmManager {
+    /// A manager with no VM.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The VM's state (`None`: not created).
+    pub fn state(&mut self) -> Option<VmState> {
+        self.poll_guest();
+        self.state
+    }
+
+    fn check(&mut self, action: Action) -> Result<Option<VmState>, ManagerError> {
+        self.poll_guest();
+        next_state(self.state, action)
+    }
+
+    /// Notices a guest that stopped on its own: a reset reboots it from its configuration;
+    /// any other end leaves the VM shut down and is kept for [`take_guest_end`].
+    ///
+    /// [`take_guest_end`]: Self::take_guest_end
+    pub fn poll_guest(&mut self) {
+        let stopped =
+            self.booted.as_ref().is_some_and(|b| b.vm.state() == hv_core::VmState::Stopped);
+        if !stopped {
+            return;
+        }
+        let Some(mut booted) = self.booted.take() else { return };
+        let reason = booted.vm.wait();
+        drop(booted);
+        self.state = Some(VmState::Shutdown);
+        if matches!(reason, ExitReason::Reset) {
+            log::info!("the guest reset the machine: rebooting it");
+            match self.start() {
+                Ok(()) => return,
+                Err(e) => log::error!("cannot reboot the VM after a guest reset: {e}"),
+            }
+        }
+        match &reason {
+            ExitReason::PoweredOff => log::info!("the guest powered off"),
+            ExitReason::Crashed(_) | ExitReason::Panicked { .. } | ExitReason::Failed { .. } => {
+                log::error!("the guest stopped: {reason}")
+            }
+            _ => log::warn!("the guest stopped: {reason}"),
+        }
+        self.guest_end = Some(reason);
+    }
+
+    /// How the guest ended on its own since the last call, if it did.
+    pub fn take_guest_end(&mut self) -> Option<ExitReason> {
+        self.poll_guest();
+        self.guest_end.take()
+    }
+
+    /// `vm.create`: validates and stores the configuration.
+    pub fn create(&mut self, config: VmConfig) -> Result<(), ManagerError> {
+        let next = self.check(Action::Create)?;
+        config.validate()?;
+        self.config = Some(config);
+        self.state = next;
+        Ok(())
+    }
+
+    /// Opens the devices, builds the VM and starts its vCPUs.
+    fn start(&mut self) -> Result<(), ManagerError> {
+        let config = self.config.as_ref().ok_or(ManagerError::NotCreated { action: "boot" })?;
+        let machine = machine::builder(config, self.boots == 0)?;
+        let mut vm = machine.builder.build()?;
+        vm.start()?;
+        self.boots += 1;
+        log::info!("VM running, command line: {}", vm.cmdline());
+        self.booted = Some(Booted { vm, nics: machine.nics });
+        self.state = Some(VmState::Running);
+        Ok(())
+    }
+
+    /// Stops the booted VM at once, if there is one, and waits for its vCPUs.
+    fn stop(&mut self) {
+        if let Some(mut b) = self.booted.take() {
+            if let Err(e) = b.vm.kill() {
+                log::debug!("kill: {e}");
+            }
+            let reason = b.vm.wait();
+            log::info!("VM stopped: {reason}");
+        }
+    }
+
+    /// `vm.boot`.
+    pub fn boot(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Boot)?;
+        self.start()?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.pause`.
+    pub fn pause(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Pause)?;
+        self.vm()?.pause()?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.resume`.
+    pub fn resume(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Resume)?;
+        self.vm()?.resume()?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.shutdown`: stops the VM at once; the configuration stays for `vm.boot`.
+    pub fn shutdown(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Shutdown)?;
+        self.stop();
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.reboot`: stops the VM and boots it again from its configuration.
+    pub fn reboot(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Reboot)?;
+        self.stop();
+        self.state = Some(VmState::Shutdown);
+        self.start()?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.power-button`: presses the ACPI power button; the guest decides what to do.
+    pub fn power_button(&mut self) -> Result<(), ManagerError> {
+        self.check(Action::PowerButton)?;
+        if !self.vm()?.shutdown()? {
+            log::warn!(
+                "power button pressed, but the guest has not enabled the ACPI power-button \
+                 event: it may not react"
+            );
+        }
+        Ok(())
+    }
+
+    /// `vm.delete`: stops the VM if it runs and forgets it.
+    pub fn delete(&mut self) -> Result<(), ManagerError> {
+        let next = self.check(Action::Delete)?;
+        self.stop();
+        self.config = None;
+        self.state = next;
+        Ok(())
+    }
+
+    /// `vm.info`.
+    pub fn info(&mut self) -> Result<VmInfo, ManagerError> {
+        self.check(Action::Inspect)?;
+        let (Some(config), Some(state)) = (&self.config, self.state) else {
+            return Err(ManagerError::NotCreated { action: Action::Inspect.name() });
+        };
+        Ok(VmInfo { config: config.clone(), state, memory_actual_size: Some(config.memory.size) })
+    }
+
+    /// `vm.counters`: each NIC's counters while the VM is booted (empty otherwise).
+    pub fn counters(&mut self) -> Result<VmCounters, ManagerError> {
+        self.check(Action::Inspect)?;
+        let mut all = VmCounters::new();
+        for nic in self.booted.iter().flat_map(|b| &b.nics) {
+            let s = nic.handle.stats();
+            let c = [
+                ("rx_bytes", s.rx_bytes),
+                ("rx_frames", s.rx_frames),
+                ("tx_bytes", s.tx_bytes),
+                ("tx_frames", s.tx_frames),
+                ("rx_dropped", s.rx_dropped),
+                ("rx_malformed", s.rx_malformed),
+                ("tx_malformed", s.tx_malformed),
+            ];
+            all.insert(nic.id.clone(), c.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
+        }
+        Ok(all)
+    }
+
+    /// Stops the VM, if any, before the process ends (`vmm.shutdown`).
+    pub fn shutdown_vmm(&mut self) {
+        self.stop();
+        if self.state.is_some_and(|s| s != VmState::Created) {
+            self.state = Some(VmState::Shutdown);
+        }
+    }
+
+    fn vm(&self) -> Result<&Vm, ManagerError> {
+        self.booted.as_ref().map(|b| &b.vm).ok_or(ManagerError::NotCreated { action: "reach" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_follows_cloud_hypervisor() {
+        use Action::{Boot, Create, Delete, Inspect, Pause, PowerButton, Reboot, Resume};
+        use VmState::{Created, Paused, Running};
+        let all =
+            [Create, Boot, Pause, Resume, Action::Shutdown, Reboot, PowerButton, Delete, Inspect];
+        for a in all {
+            let r = next_state(None, a);
+            match a {
+                Create => assert_eq!(r.unwrap(), Some(Created)),
+                Delete => assert_eq!(r.unwrap(), None),
+                _ => assert_eq!(r.unwrap_err().status(), 404, "{a:?}"),
+            }
+        }
+        let ok = |s, a| next_state(Some(s), a).unwrap();
+        let code = |s, a| next_state(Some(s), a).unwrap_err().status();
+        assert_eq!(ok(Created, Boot), Some(Running));
+        assert_eq!(ok(VmState::Shutdown, Boot), Some(Running));
+        assert_eq!(code(Running, Boot), 405);
+        assert_eq!(code(Paused, Boot), 405);
+        assert_eq!(ok(Running, Pause), Some(Paused));
+        assert_eq!(code(Paused, Pause), 405);
+        assert_eq!(code(Created, Pause), 405);
+        assert_eq!(ok(Paused, Resume), Some(Running));
+        assert_eq!(code(Running, Resume), 405);
+        assert_eq!(ok(Paused, Action::Shutdown), Some(VmState::Shutdown));
+        assert_eq!(code(Created, Action::Shutdown), 405);
+        assert_eq!(code(VmState::Shutdown, Action::Shutdown), 405);
+        assert_eq!(ok(Paused, Reboot), Some(Running));
+        assert_eq!(code(VmState::Shutdown, Reboot), 405);
+        assert_eq!(code(Created, PowerButton), 405);
+        for s in [Created, Running, Paused, VmState::Shutdown] {
+            assert_eq!(code(s, Create), 405);
+            assert_eq!(ok(s, Delete), None);
+            assert_eq!(ok(s, Inspect), Some(s));
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `hv-vmm`: one VM per process behind Cloud Hypervisor's REST API on a Unix socket.
+//!
+//! ```text
+//! hv-vmm --api-socket path=/run/vm1.sock                       # wait for vm.create
+//! hv-vmm --api-socket /run/vm1.sock --kernel K --cmdline C \
+//!     --cpus boot=2 --memory size=256M --disk path=D,image_type=qcow2 \
+//!     --net tap=tap0 --serial file=/tmp/vm1.serial           # create and boot at once
+//! ```
+//!
+//! A thin shell over the `hv-vmm` crate: parse the flags into the API's `VmConfig`, install the
+//! logger, start the API thread, wait for `vmm.shutdown` or the guest's end. Exit code 0 for a
+//! requested shutdown or a guest power-off, 1 for a guest crash or a failure, 2 for bad flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use hv::vmm::config::{ConsoleConfig, PayloadConfig, VmConfig};
+use hv::vmm::{cli, server, Vmm};
+
+/// Runs one VM behind Cloud Hypervisor's REST API.
+#[derive(Parser, Debug)]
+#[command(name = "hv-vmm", version, about)]
+struct Args {
+    /// The API socket: `path=S` or a bare path.
+    #[arg(long, value_parser = cli::parse_api_socket)]
+    api_socket: Option<PathBuf>,
+    /// The kernel (bzImage, ELF vmlinux or PVH ELF); with it the VM is created and booted.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// An initramfs.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// `boot=N[,max=N]`.
+    #[arg(long, value_parser = cli::parse_cpus)]
+    cpus: Option<hv::vmm::config::CpusConfig>,
+    /// `size=64M[,shared=on][,hugepages=on][,hugepage_size=2M][,mergeable=on][,thp=off]`.
+    #[arg(long, value_parser = cli::parse_memory)]
+    memory: Option<hv::vmm::config::MemoryConfig>,
+    /// `path=P[,readonly=on][,direct=on][,image_type=raw|qcow2][,id=I][,serial=S]` (repeatable).
+    #[arg(long, value_parser = cli::parse_disk, num_args = 1..)]
+    disk: Vec<hv::vmm::config::DiskConfig>,
+    /// `tap=T[,mac=M][,num_queues=N][,id=I]` (repeatable).
+    #[arg(long, value_parser = cli::parse_net, num_args = 1..)]
+    net: Vec<hv::vmm::config::NetConfig>,
+    /// `off`, `null`, `tty` or `file=F` (default null).
+    #[arg(long, value_parser = |s: &str| cli::parse_console("serial", s))]
+    serial: Option<ConsoleConfig>,
+    /// The virtio console: only `off` (hv has none).
+    #[arg(long, value_parser = |s: &str| cli::parse_console("console", s))]
+    console: Option<ConsoleConfig>,
+    /// `source_url=file:///DIR`: restore a snapshot instead of booting.
+    #[arg(long)]
+    restore: Option<String>,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Write the log here instead of standard error.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn install_logger(args: &Args) -> Result<(), String> {
+    let level = match args.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level).parse_default_env();
+    if let Some(path) = &args.log_file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+        b.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    b.try_init().map_err(|e| e.to_string())
+}
+
+/// The VM the flags describe, if they name a kernel.
+fn config_from(args: &Args) -> Option<VmConfig> {
+    let kernel = args.kernel.clone()?;
+    let mut c = VmConfig::with_kernel(kernel);
+    c.payload = PayloadConfig {
+        kernel: c.payload.kernel,
+        cmdline: args.cmdline.clone(),
+        initramfs: args.initramfs.clone(),
+        ..Default::default()
+    };
+    if let Some(cpus) = &args.cpus {
+        c.cpus = cpus.clone();
+    }
+    if let Some(memory) = &args.memory {
+        c.memory = memory.clone();
+    }
+    c.disks = (!args.disk.is_empty()).then(|| args.disk.clone());
+    c.net = (!args.net.is_empty()).then(|| args.net.clone());
+    if let Some(serial) = &args.serial {
+        c.serial = serial.clone();
+    }
+    if let Some(console) = &args.console {
+        c.console = console.clone();
+    }
+    Some(c)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = install_logger(&args) {
+        eprintln!("hv-vmm: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(source) = &args.restore {
+        log::error!("--restore {source}: restoring snapshots is not supported yet by hv-vmm");
+        return ExitCode::FAILURE;
+    }
+    let config = config_from(&args);
+    if config.is_none() && args.api_socket.is_none() {
+        log::error!("nothing to do: give --kernel to boot a VM, or --api-socket to wait for one");
+        return ExitCode::from(2);
+    }
+    let vmm = Arc::new(Vmm::new());
+    if let Some(config) = config {
+        let booted = vmm.manager().create(config).and_then(|()| vmm.manager().boot());
+        if let Err(e) = booted {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let api = match &args.api_socket {
+        // The API thread's own seccomp filter goes in this hook once hv-core provides one.
+        Some(path) => match server::spawn(path, vmm.clone(), None) {
+            Ok(api) => {
+                log::info!("API listening on {}", path.display());
+                Some(api)
+            }
+            Err(e) => {
+                log::error!("{e}");
+                vmm.manager().shutdown_vmm();
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let exit = vmm.wait_exit();
+    if let Some(api) = api {
+        api.stop(Duration::from_secs(1));
+    }
+    vmm.manager().shutdown_vmm();
+    ExitCode::from(exit.code())
+}
