@@ -129,7 +129,9 @@ fn main() -> ExitCode {
     }
     let vmm = Arc::new(Vmm::new());
     if let Some(config) = config {
-        let booted = vmm.manager().create(config).and_then(|()| vmm.manager().boot());
+        // Two statements: the manager's guard must be released between create and boot.
+        let created = vmm.manager().create(config);
+        let booted = created.and_then(|()| vmm.manager().boot());
         if let Err(e) = booted {
             log::error!("{e}");
             return ExitCode::FAILURE;

@@ -53,6 +53,8 @@ struct Inner {
     /// VMM processes this host started itself (reaped here); adopted ones are not children.
     children: HashMap<u32, Child>,
     next_id: u32,
+    /// Why each shut-off domain stopped, while this host process knows it.
+    last_reason: HashMap<DomainName, StateReason>,
 }
 
 /// One host's domains.
@@ -93,7 +95,13 @@ impl Host {
         let next_id = runs.values().map(|r| r.id).max().unwrap_or(0) + 1;
         let host = Host {
             cfg,
-            inner: Mutex::new(Inner { store, runs, children: HashMap::new(), next_id }),
+            inner: Mutex::new(Inner {
+                store,
+                runs,
+                children: HashMap::new(),
+                next_id,
+                last_reason: HashMap::new(),
+            }),
         };
         host.poll().await;
         Ok(host)
@@ -160,6 +168,7 @@ impl Host {
         match next {
             DomainState::ShutOff => {
                 inner.runs.remove(name);
+                inner.last_reason.insert(name.clone(), reason);
                 self.save_record(name, None)?;
             }
             _ => {
@@ -215,25 +224,24 @@ impl Host {
         let serial = self.serial_path(&def)?;
         let paths = VmmPaths::new(&run_dir);
         let args = vmm::command_line(&def, &disks, &nics, serial.as_deref(), &paths);
-        let started = async {
-            let (child, proc_) =
-                vmm::spawn(&self.cfg.vmm_binary, &args, &paths).map_err(vmm_err)?;
-            let pid = child.id();
-            inner.children.insert(pid, child);
-            VmmApi::new(&paths.api_socket)
-                .wait_ready(&proc_, &paths.log, START_TIMEOUT)
-                .await
-                .map_err(vmm_err)?;
-            Ok::<_, HostError>(proc_)
-        }
-        .await;
-        let proc_ = match started {
-            Ok(p) => p,
+        let (child, proc_) = match vmm::spawn(&self.cfg.vmm_binary, &args, &paths) {
+            Ok(c) => c,
             Err(e) => {
                 self.unplug_nics(&nics.iter().map(|n| n.tap.clone()).collect::<Vec<_>>());
-                return Err(e);
+                return Err(vmm_err(e));
             }
         };
+        inner.children.insert(child.id(), child);
+        let api = VmmApi::new(&paths.api_socket);
+        if let Err(e) = api.wait_ready(&proc_, &paths.log, START_TIMEOUT).await {
+            // A VMM that never answered is killed, not left behind.
+            proc_.kill(Duration::from_secs(5));
+            if let Some(mut c) = inner.children.remove(&proc_.pid) {
+                let _ = c.wait();
+            }
+            self.unplug_nics(&nics.iter().map(|n| n.tap.clone()).collect::<Vec<_>>());
+            return Err(vmm_err(e));
+        }
         inner.next_id += 1;
         let rec = RunRecord {
             id,
@@ -481,10 +489,13 @@ impl Host {
     pub async fn state(&self, key: &str) -> Result<(DomainState, StateReason)> {
         let inner = self.inner.lock().await;
         let d = inner.store.lookup(key)?;
-        Ok(inner
-            .runs
-            .get(&d.name)
-            .map_or((DomainState::ShutOff, StateReason::Unknown), |r| (r.state, r.reason.clone())))
+        Ok(match inner.runs.get(&d.name) {
+            Some(r) => (r.state, r.reason.clone()),
+            None => (
+                DomainState::ShutOff,
+                inner.last_reason.get(&d.name).cloned().unwrap_or(StateReason::Unknown),
+            ),
+        })
     }
 
     /// `dumpxml`.
