@@ -9,6 +9,7 @@
 //! | [`core`] | `hv-core` | the VMM: VMs, vCPUs, exits, devices, boot, lifecycle |
 //! | [`storage`] | `hv-storage` | storage pools, volumes, block backends, virtio-blk |
 //! | [`net`] | `hv-net` | TAP, bridges, NAT/isolated networks, virtio-net |
+//! | [`host`] | `hv-host` | one host: domains as `hv-vmm` processes, the `hvd` daemon |
 //! | [`vmm`] | `hv-vmm` | one VM per process behind Cloud Hypervisor's REST API |
 //! | [`orchestrator`] | `hv-orchestrator` | a multi-tenant control plane |
 
@@ -17,7 +18,10 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod logging;
+
 pub use hv_core as core;
+pub use hv_host as host;
 pub use hv_mem as mem;
 pub use hv_net as net;
 pub use hv_orchestrator as orchestrator;

@@ -1,0 +1,88 @@
+//! The host layer's errors.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::domain::{DomainName, TransitionError, XmlError};
+
+/// Errors of the host layer; each says what failed and with which domain, file or value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// No domain has this name or UUID.
+    #[error("Domain not found: no domain with matching name or uuid '{0}'")]
+    NoDomain(String),
+    /// `define` with a name another UUID already has.
+    #[error("domain '{name}' already exists with uuid {uuid}")]
+    NameInUse {
+        /// The name.
+        name: DomainName,
+        /// The UUID the existing domain has.
+        uuid: Uuid,
+    },
+    /// `define` with a UUID another domain already has.
+    #[error("domain '{name}' is already defined with uuid {uuid}")]
+    UuidInUse {
+        /// The UUID.
+        uuid: Uuid,
+        /// The domain that has it.
+        name: DomainName,
+    },
+    /// Bad domain XML.
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    /// A stored definition no longer parses.
+    #[error("stored domain definition {path} is corrupt: {source}")]
+    CorruptDefinition {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: XmlError,
+    },
+    /// The operation is not allowed in the domain's state.
+    #[error("Requested operation is not valid: {0}")]
+    State(#[from] TransitionError),
+    /// Something hv cannot do (yet), named.
+    #[error("Operation not supported: {0}")]
+    Unsupported(String),
+    /// The domain has no disk with that target.
+    #[error("No disk found whose source path or target is {target} in domain {domain}")]
+    NoDisk {
+        /// The domain.
+        domain: String,
+        /// The target asked for.
+        target: String,
+    },
+    /// The domain's VMM failed or refused.
+    #[error("VMM: {0}")]
+    Vmm(String),
+    /// A pool or volume operation failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A network operation failed.
+    #[error("network: {0}")]
+    Network(String),
+    /// An internal inconsistency (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A host file operation failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The host layer's result type.
+pub type Result<T> = std::result::Result<T, HostError>;
+
+/// Maps an I/O error on `path` to [`HostError::Io`].
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostError {
+    let path = path.to_path_buf();
+    move |source| HostError::Io { op, path, source }
+}

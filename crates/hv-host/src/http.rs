@@ -1,0 +1,181 @@
+//! A small HTTP/1.1 client over a Unix socket or TCP (hyper), for talking to `hv-vmm`'s API
+//! and to `hvd`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+pub use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A TCP address (`HOST:PORT`).
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// Errors talking to a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// Nothing listens there (or the connection was refused).
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("request to {endpoint} failed: {why}")]
+    Exchange {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        why: String,
+    },
+    /// No answer in time.
+    #[error("no answer from {0} in time")]
+    Timeout(Endpoint),
+}
+
+/// A response: status and body bytes.
+#[derive(Debug)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// Sends one request and reads the whole response, within `timeout`.
+pub async fn call(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let fut = async {
+        match endpoint {
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p)
+                    .await
+                    .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?;
+                exchange(endpoint, s, method, path, headers, body).await
+            }
+            Endpoint::Tcp(a) => {
+                let s = TcpStream::connect(a)
+                    .await
+                    .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?;
+                let _ = s.set_nodelay(true);
+                exchange(endpoint, s, method, path, headers, body).await
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| HttpError::Timeout(endpoint.clone()))?
+}
+
+async fn exchange<S>(
+    endpoint: &Endpoint,
+    stream: S,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Response, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", "localhost");
+    let has_body = body.is_some();
+    if has_body {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    Ok(Response { status, body })
+}
+
+/// Sends a `GET` and hands the response body to `sink` chunk by chunk as it arrives, until the
+/// server ends it or `sink` returns false. Returns the status (a non-2xx body goes to `sink`
+/// too).
+pub async fn stream(
+    endpoint: &Endpoint,
+    path: &str,
+    headers: &[(&str, &str)],
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> Result<StatusCode, HttpError> {
+    use hyper::body::Body as _;
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io: Box<dyn Io> = match endpoint {
+        Endpoint::Unix(p) => Box::new(
+            UnixStream::connect(p)
+                .await
+                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
+        ),
+        Endpoint::Tcp(a) => Box::new(
+            TcpStream::connect(a)
+                .await
+                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
+        ),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else { break };
+        let frame = frame.map_err(|e| fail(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if !sink(data) {
+                break;
+            }
+        }
+    }
+    conn.abort();
+    Ok(status)
+}
+
+/// A byte stream hyper can run HTTP over (Unix or TCP).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}

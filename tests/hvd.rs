@@ -1,0 +1,316 @@
+//! hvd and hvctl driven as a user drives them: real binaries, a real state directory, the test
+//! guest as each domain's kernel, its serial output read from the file the domain writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hv_test_support::{have_kvm, require, test_guest};
+
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `hvctl --state-dir DIR ARGS...`.
+    fn hvctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hvctl"))
+            .arg("--state-dir")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .expect("run hvctl")
+    }
+
+    /// Runs hvctl and returns its stdout, failing the test on a non-zero exit.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.hvctl(args);
+        assert!(
+            o.status.success(),
+            "hvctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs hvctl expecting failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.hvctl(args);
+        assert_eq!(o.status.code(), Some(1), "hvctl {args:?} should fail with 1: {o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn serial(&self, name: &str) -> PathBuf {
+        self.path().join(format!("{name}.serial"))
+    }
+
+    /// Defines domain `name` booting the test guest with `cmdline`, serial to a file.
+    fn define(&self, name: &str, cmdline: &str) {
+        let xml = format!(
+            "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type>hvm</type><kernel>{}</kernel><cmdline>{cmdline}</cmdline></os>\
+             <devices><serial type='file'><source path='{}'/></serial></devices></domain>",
+            test_guest().display(),
+            self.serial(name).display()
+        );
+        let file = self.path().join(format!("{name}.xml"));
+        std::fs::write(&file, xml).unwrap();
+        let out = self.ok(&["define", file.to_str().unwrap()]);
+        assert!(out.contains(&format!("Domain '{name}' defined from")), "{out}");
+    }
+
+    fn state(&self, name: &str) -> String {
+        self.ok(&["domstate", "--reason", name]).trim().to_string()
+    }
+
+    fn wait_state(&self, name: &str, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.state(name);
+            if s.starts_with(want) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_serial(&self, name: &str, line: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(self.serial(name)).unwrap_or_default();
+            if text.contains(line) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn vmm_pid(&self, name: &str) -> u32 {
+        let rec = std::fs::read_to_string(self.path().join(format!("run/{name}.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&rec).unwrap();
+        v["process"]["pid"].as_u64().unwrap() as u32
+    }
+
+    fn hvd_pid(&self) -> u32 {
+        let out = self.ok(&["list"]);
+        let _ = out;
+        let o = Command::new("pgrep")
+            .args(["-f", &format!("hvd --state-dir {}", self.path().display())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().next().expect("hvd runs").trim().parse().unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Stop whatever the test left running: domains, then the daemon.
+        let _ =
+            Command::new("pkill").args(["-9", "-f", &self.path().display().to_string()]).status();
+    }
+}
+
+/// The rows of a virsh-style table as cells (columns are separated by 3+ spaces).
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(2)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim().split("   ").map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+        })
+        .collect()
+}
+
+/// The `list --all` row of `name`: (id, state).
+fn listed(h: &Host, name: &str) -> Option<(String, String)> {
+    rows(&h.ok(&["list", "--all"]))
+        .into_iter()
+        .find(|r| r[1] == name)
+        .map(|r| (r[0].clone(), r[2].clone()))
+}
+
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+#[test]
+fn domain_lifecycle_through_hvd() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    h.define("web", "test=power-button");
+    assert_eq!(listed(&h, "web"), Some(("-".into(), "shut off".into())));
+    assert!(rows(&h.ok(&["list"])).is_empty(), "no active domain yet");
+    assert!(h.ok(&["start", "web"]).contains("Domain 'web' started"));
+    h.wait_serial("web", "waiting for the power button");
+    assert_eq!(rows(&h.ok(&["list"])), [["1", "web", "running"]]);
+    let info = h.ok(&["dominfo", "web"]);
+    for want in [
+        "Name:           web",
+        "State:          running",
+        "CPU(s):         1",
+        "Max memory:     65536 KiB",
+    ] {
+        assert!(info.contains(want), "{want} missing from\n{info}");
+    }
+    assert!(h.fails(&["start", "web"]).contains("cannot start a domain that is running"));
+    h.ok(&["suspend", "web"]);
+    assert_eq!(h.state("web"), "paused (user)");
+    h.ok(&["resume", "web"]);
+    assert_eq!(h.state("web"), "running (user)");
+    let xml = h.ok(&["dumpxml", "web"]);
+    assert!(xml.contains("<cmdline>test=power-button</cmdline>"), "{xml}");
+    // The ACPI power button reaches the guest, which powers off; the domain shuts off.
+    assert!(h.ok(&["shutdown", "web", "--timeout", "20"]).contains("is being shutdown"));
+    let serial = h.wait_serial("web", "hvtest: done");
+    assert!(serial.contains("power button pressed"), "{serial}");
+    assert_eq!(h.wait_state("web", "shut off"), "shut off (shutdown)");
+    // Destroy of a running domain, then undefine.
+    h.ok(&["start", "web"]);
+    h.wait_serial("web", "waiting for the power button");
+    let pid = h.vmm_pid("web");
+    assert!(h.ok(&["destroy", "web"]).contains("Domain 'web' destroyed"));
+    assert!(!alive(pid), "the VMM process is gone after destroy");
+    assert_eq!(h.state("web"), "shut off (destroyed)");
+    assert!(h.ok(&["undefine", "web"]).contains("has been undefined"));
+    assert!(h.fails(&["dominfo", "web"]).contains("Domain not found"));
+}
+
+#[test]
+fn domains_outlive_a_killed_hvd_and_a_dead_vmm_is_crashed() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    h.define("a", "test=power-button");
+    h.define("b", "test=power-button");
+    h.ok(&["start", "a"]);
+    h.ok(&["start", "b"]);
+    h.wait_serial("a", "waiting for the power button");
+    let (pa, pb) = (h.vmm_pid("a"), h.vmm_pid("b"));
+    let hvd = h.hvd_pid();
+    Command::new("kill").args(["-9", &hvd.to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pa) && alive(pb), "killing hvd leaves the guests running");
+    // A VMM dies while no daemon watches.
+    Command::new("kill").args(["-9", &pb.to_string()]).status().unwrap();
+    // The next hvctl starts a new daemon, which finds a running and b crashed.
+    assert_eq!(listed(&h, "a").map(|r| r.1), Some("running".into()));
+    let b = h.state("b");
+    assert!(b.starts_with("crashed (crashed: hv-vmm (pid"), "{b}");
+    assert_ne!(h.hvd_pid(), hvd);
+    // The adopted VMM is still driven: pause, resume, power button.
+    h.ok(&["suspend", "a"]);
+    assert_eq!(h.state("a"), "paused (user)");
+    h.ok(&["resume", "a"]);
+    h.ok(&["shutdown", "a", "--timeout", "20"]);
+    assert_eq!(h.wait_state("a", "shut off"), "shut off (shutdown)");
+    // A crashed domain starts again.
+    h.ok(&["start", "b"]);
+    assert!(h.state("b").starts_with("running"));
+    h.ok(&["destroy", "b"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    h.define("keep", "test=power-button");
+    let before = h.ok(&["list", "--all"]);
+    let bad = h.path().join("bad.xml");
+    for (xml, word) in [
+        ("<domain type='kvm'><name>x</name>", "domain XML"),
+        (
+            "<domain type='kvm'><name>x</name><memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type>\
+             <kernel>/k</kernel></os><devices><graphics type='vnc'/></devices></domain>",
+            "graphics",
+        ),
+        (
+            "<domain type='kvm'><name>keep</name><uuid>11111111-1111-4111-8111-111111111111</uuid>\
+             <memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type><kernel>/k</kernel></os></domain>",
+            "already exists",
+        ),
+    ] {
+        std::fs::write(&bad, xml).unwrap();
+        let err = h.fails(&["define", bad.to_str().unwrap()]);
+        assert!(err.contains(word), "{word}: {err}");
+    }
+    assert!(h.fails(&["start", "nope"]).contains("Domain not found"));
+    assert!(h.fails(&["define", "/nonexistent.xml"]).contains("Failed to open file"));
+    assert_eq!(h.ok(&["list", "--all"]), before, "nothing changed");
+    // A domain whose kernel does not exist fails to start, cleanly, and stays shut off.
+    let xml = "<domain type='kvm'><name>nokernel</name><memory>65536</memory><vcpu>1</vcpu>\
+               <os><type>hvm</type><kernel>/nonexistent/kernel</kernel></os></domain>";
+    std::fs::write(&bad, xml).unwrap();
+    h.ok(&["define", bad.to_str().unwrap()]);
+    let err = h.fails(&["start", "nokernel"]);
+    assert!(err.contains("hv-vmm"), "{err}");
+    assert_eq!(h.state("nokernel"), "shut off (unknown)");
+}
+
+#[test]
+fn autostart_domains_start_with_hvd() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    h.define("auto", "test=power-button");
+    h.define("manual", "test=power-button");
+    assert!(h.ok(&["autostart", "auto"]).contains("marked as autostarted"));
+    assert!(h.ok(&["dominfo", "auto"]).contains("Autostart:      enable"));
+    Command::new("kill").args(["-TERM", &h.hvd_pid().to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A new daemon starts autostart domains and only those.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed(&h, "auto").map(|r| r.1).as_deref() != Some("running") && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(listed(&h, "auto").map(|r| r.1).as_deref(), Some("running"));
+    assert_eq!(listed(&h, "manual").map(|r| r.1).as_deref(), Some("shut off"));
+    h.ok(&["autostart", "--disable", "auto"]);
+    h.ok(&["destroy", "auto"]);
+}
+
+#[test]
+fn tcp_clients_need_the_key() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    let key = h.path().join("key");
+    std::fs::write(&key, "s3cret-key\n").unwrap();
+    let port = 20000 + (std::process::id() % 20000);
+    let mut hvd = Command::new(env!("CARGO_BIN_EXE_hvd"))
+        .arg("--state-dir")
+        .arg(h.path())
+        .args(["--listen", &format!("tcp:127.0.0.1:{port}"), "--auth-key-file"])
+        .arg(&key)
+        .spawn()
+        .unwrap();
+    let uri = format!("hv+tcp://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let run = |k: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hvctl"))
+            .args(["-c", &uri, "--auth-key-file"])
+            .arg(k)
+            .args(["list", "--all"])
+            .output()
+            .unwrap()
+    };
+    while !run(&key).status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(run(&key).status.success());
+    let wrong = h.path().join("wrong");
+    std::fs::write(&wrong, "guess").unwrap();
+    let o = run(&wrong);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing or wrong key"), "{o:?}");
+    let _ = hvd.kill();
+    let _ = hvd.wait();
+}
