@@ -107,7 +107,8 @@ fn qcow2_image(raw: &Path) -> Option<PathBuf> {
 fn bench_request(c: &mut Criterion, name: &str, path: &Path, engine: Engine, type_: u32, len: u32) {
     let ram = GuestRam::new(&MemoryConfig::new(64 << 20)).unwrap();
     let mem = ram.memory();
-    let Ok(disk) = open_disk(path, DiskFormat::Raw, DiskOptions { engine, ..Default::default() }) else {
+    let Ok(disk) = open_disk(path, DiskFormat::Raw, DiskOptions { engine, ..Default::default() })
+    else {
         eprintln!("skipping {name}: cannot open {} with {engine:?}", path.display());
         return;
     };

@@ -11,7 +11,7 @@ use hv_mem::{Backing, HugePageSize, MemoryConfig as RamConfig};
 use hv_net::tap::{Tap, TapError};
 use hv_net::virtio_net::{NetBackend, NetConfig as NicConfig, NetHandle, TapBackend, VirtioNet};
 use hv_net::MacAddr;
-use hv_storage::block::{open_disk, BlockError, DiskOptions, ImageFormat};
+use hv_storage::block::{open_disk, BlockError, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
 
 use crate::config::{ConsoleMode, ImageType, VmConfig};
@@ -136,17 +136,13 @@ pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceErr
     }
     for (index, d) in config.disks.iter().flatten().enumerate() {
         let path = d.path.clone().unwrap_or_default();
+        // Explicit format, never probed; a qcow2 may open no backing or data file.
         let format = match d.image_type {
-            ImageType::Qcow2 => ImageFormat::Qcow2,
-            _ => ImageFormat::Raw,
+            ImageType::Qcow2 => DiskFormat::Qcow2,
+            _ => DiskFormat::Raw,
         };
-        let opts = DiskOptions {
-            read_only: d.readonly,
-            direct: d.direct,
-            format: Some(format),
-            ..Default::default()
-        };
-        let backend = open_disk(&path, opts).map_err(|source| DeviceError::Disk {
+        let opts = DiskOptions { read_only: d.readonly, direct: d.direct, ..Default::default() };
+        let backend = open_disk(&path, format, opts).map_err(|source| DeviceError::Disk {
             index,
             path: path.clone(),
             source,

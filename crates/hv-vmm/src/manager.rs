@@ -179,8 +179,9 @@ impl VmManager {
         if !stopped {
             return;
         }
-        let Some(mut booted) = self.booted.take() else { return };
-        let reason = booted.vm.wait();
+        let Some(booted) = self.booted.take() else { return };
+        // The VM was started (it stopped), so waiting cannot fail; a failure counts as killed.
+        let reason = booted.vm.wait().unwrap_or(ExitReason::Killed);
         drop(booted);
         self.state = Some(VmState::Shutdown);
         if matches!(reason, ExitReason::Reset) {
@@ -219,7 +220,7 @@ impl VmManager {
     fn start(&mut self) -> Result<(), ManagerError> {
         let config = self.config.as_ref().ok_or(ManagerError::NotCreated { action: "boot" })?;
         let machine = machine::builder(config, self.boots == 0)?;
-        let mut vm = machine.builder.build()?;
+        let vm = machine.builder.build()?;
         vm.start()?;
         self.boots += 1;
         log::info!("VM running, command line: {}", vm.cmdline());
@@ -230,12 +231,14 @@ impl VmManager {
 
     /// Stops the booted VM at once, if there is one, and waits for its vCPUs.
     fn stop(&mut self) {
-        if let Some(mut b) = self.booted.take() {
+        if let Some(b) = self.booted.take() {
             if let Err(e) = b.vm.kill() {
                 log::debug!("kill: {e}");
             }
-            let reason = b.vm.wait();
-            log::info!("VM stopped: {reason}");
+            match b.vm.wait() {
+                Ok(reason) => log::info!("VM stopped: {reason}"),
+                Err(e) => log::info!("VM stopped: {e}"),
+            }
         }
     }
 
