@@ -412,11 +412,8 @@ pub(crate) fn quota_sql(mode: QuotaMode) -> (&'static str, bool) {
 /// Builds the UPDATE for a quota change: `$1` amount, `$2` project, `$3` resource.
 pub(crate) fn quota_update(mode: QuotaMode) -> String {
     let (set, checked) = quota_sql(mode);
-    let guard = if checked {
-        " AND (hard_limit < 0 OR $1 <= 0 OR in_use + reserved + $1 <= hard_limit)"
-    } else {
-        ""
-    };
+    let guard =
+        if checked { " AND (hard_limit < 0 OR in_use + reserved + $1 <= hard_limit)" } else { "" };
     format!("UPDATE quotas SET {set} WHERE project_id = $2 AND resource = $3{guard}")
 }
 
