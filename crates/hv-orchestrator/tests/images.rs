@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use hv_orchestrator::image::{DiskFormat, ImageStatus, NewImage};
+use hv_orchestrator::image::{DiskFormat, ImageStatus, ImageUpdate, NewImage, Visibility};
 use hv_orchestrator::{Error, Role};
 use md5::{Digest, Md5};
 use sha2::Sha512;
@@ -89,6 +89,20 @@ fn uploads_are_checksummed_and_checked_against_their_format() {
         cloud.upload_image(&a, &lie2.id, &mut &[0u8; 1024][..]),
         Err(Error::ImageRefused { .. })
     ));
+
+    // Properties and visibility: members edit their own, only the admin publishes.
+    let mut change = ImageUpdate::default();
+    change.set.insert("os_command_line".into(), "console=ttyS0".into());
+    change.visibility = Some(Visibility::Private);
+    let upd = cloud.update_image(&a, &img.id, &change).unwrap();
+    assert_eq!(upd.properties["os_command_line"], "console=ttyS0");
+    assert_eq!(upd.visibility, Visibility::Private);
+    let publish = ImageUpdate { visibility: Some(Visibility::Public), ..Default::default() };
+    assert!(matches!(cloud.update_image(&a, &img.id, &publish), Err(Error::Forbidden { .. })));
+    assert_eq!(
+        cloud.update_image(&admin, &img.id, &publish).unwrap().visibility,
+        Visibility::Public
+    );
 
     // In use: cannot vanish; released: deleted with its data.
     cloud.use_image(&a, &img.id, "vm1").unwrap();

@@ -214,6 +214,21 @@ impl NewImage {
     }
 }
 
+/// A change to an image (`None` and empty collections keep what is there).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageUpdate {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new visibility (`public` needs the admin).
+    pub visibility: Option<Visibility>,
+    /// Protect or unprotect.
+    pub protected: Option<bool>,
+    /// Properties to set.
+    pub set: BTreeMap<String, String>,
+    /// Properties to remove.
+    pub remove: Vec<String>,
+}
+
 /// Properties reserved for Glance's own fields.
 const RESERVED: &[&str] = &[
     "id",
@@ -364,17 +379,10 @@ impl Cloud {
             .collect())
     }
 
-    /// Changes an image's name, visibility, protection and properties (`None` keeps).
-    pub fn update_image(
-        &self,
-        ctx: &Context,
-        id: &str,
-        name: Option<&str>,
-        visibility: Option<Visibility>,
-        protected: Option<bool>,
-        set: &BTreeMap<String, String>,
-        remove: &[String],
-    ) -> Result<Image> {
+    /// Changes an image's name, visibility, protection and properties.
+    pub fn update_image(&self, ctx: &Context, id: &str, change: &ImageUpdate) -> Result<Image> {
+        let ImageUpdate { name, visibility, protected, set, remove } = change;
+        let (name, visibility, protected) = (name.as_deref(), *visibility, *protected);
         authorize(ctx, Action::ImageUpdate)?;
         if visibility == Some(Visibility::Public) {
             authorize(ctx, Action::ImagePublish)?;
