@@ -1,4 +1,155 @@
-//! hv-orchestrator: an OpenStack-like multi-tenant control plane as a library (identity,
-//! quotas, images, flavors, scheduler, instances, networks, volumes).
+//! hv-orchestrator: a multi-tenant cloud control plane as a library, doing what OpenStack's
+//! Keystone, Glance and Nova's API and scheduler do, for programs that embed it (the
+//! `hv-cloud` OpenStack API server is one).
 //!
-//! Skeleton: the control plane lands in a later issue.
+//! # Architecture
+//!
+//! ```text
+//!   caller (hv-cloud's HTTP handlers, a test, an embedding program)
+//!     │  token ──> identity::validate ──> Context (user, project, roles)
+//!     ▼
+//!   Cloud  ── every call: policy::authorize(ctx, Action) against the one table in `policy`,
+//!     │        then ownership (a foreign id answers exactly like a missing one)
+//!     ├── identity/   domains, projects, users (argon2), roles, assignments, tokens, bootstrap
+//!     ├── quota       limits and usage per project; claims are conditional updates
+//!     ├── image/      Glance: streamed upload into an hv-storage directory pool, md5 + sha512,
+//!     │               format checked against the bytes, qcow2 backing/data files refused
+//!     ├── compute/    flavors, compute hosts, server groups, the scheduler (filters, weighers)
+//!     ├── events      who did what to which resource, when (per project)
+//!     ▼
+//!   store/  the `Store` trait: SQLite (embedded default) or PostgreSQL (shared), one schema
+//!           with versioned migrations, every multi-row change one all-or-nothing `apply`
+//! ```
+//!
+//! - All state is in the [`store::Store`]; a [`Cloud`] holds no state the store does not
+//!   have except caches it can rebuild (the scheduler's host view), so reopening the store
+//!   after a restart brings everything back, and several processes can share a PostgreSQL
+//!   store.
+//! - Atomicity: quota claims (`in_use + reserved + n <= limit`) and placement claims
+//!   (`used + n <= capacity * ratio`) are conditional UPDATEs in the same transaction as the
+//!   records they go with, so concurrent requests never overshoot a quota or a host.
+//! - Isolation: a [`policy::Context`] is made only from a valid token; list calls filter
+//!   by the caller's project in the query; get calls load and then check the owner, answering
+//!   [`Error::NotFound`] for another project's resource, exactly as for a missing one.
+//! - Types shaped for the OpenStack API: ids are UUIDs (Keystone's are 32 hex digits), image
+//!   states and visibilities are Glance's, quota usage is `limit / in_use / reserved`, so the
+//!   API layer serialises these types into OpenStack's JSON without a translation table.
+//!
+//! # What comes next
+//!
+//! Instances (Nova's lifecycle: BUILD -> ACTIVE -> SHUTOFF/PAUSED -> DELETED, ERROR with a
+//! fault) driven through hv-host's `hvd` as `hv-vmm` processes, placed by
+//! [`compute::scheduler`] and holding quota and image uses through the calls already here;
+//! tenant networks, subnets, ports, security groups, routers and floating IPs on hv-net;
+//! volumes in logical pools on hv-storage; then the HTTP API (`hv-cloud`).
+//!
+//! # Example
+//!
+//! ```
+//! use hv_orchestrator::{Cloud, Config, store::SqliteStore};
+//! use hv_orchestrator::identity::{Bootstrap, PasswordAuth};
+//! # fn main() -> Result<(), hv_orchestrator::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path().join("cloud.db"))?;
+//! let cloud = Cloud::open(std::sync::Arc::new(store), Config::new(dir.path().join("images")))?;
+//! cloud.bootstrap(&Bootstrap::new("admin-secret"))?;
+//! let admin = cloud.authenticate(&PasswordAuth::by_name("admin", "admin-secret", "admin"))?;
+//! let ctx = cloud.validate(&admin.secret)?;
+//! assert!(ctx.is_admin());
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hv_storage::pool::{DirPool, Pool, PoolDef, PoolState};
+
+pub mod compute;
+pub mod error;
+pub mod events;
+pub mod identity;
+pub mod ids;
+pub mod image;
+pub mod policy;
+pub mod quota;
+pub mod records;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use policy::{Action, Context, Role};
+
+use compute::scheduler::{HostView, Weigher};
+use quota::Limits;
+use store::Store;
+
+/// How a [`Cloud`] runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a token lives (Keystone's default: one hour).
+    pub token_ttl_secs: i64,
+    /// The directory of the image pool.
+    pub image_dir: PathBuf,
+    /// The limits a new project starts with.
+    pub default_limits: Limits,
+    /// How the scheduler ranks hosts.
+    pub weigher: Weigher,
+}
+
+impl Config {
+    /// Defaults, with images kept in `image_dir`.
+    pub fn new(image_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            token_ttl_secs: 3600,
+            image_dir: image_dir.into(),
+            default_limits: Limits::default(),
+            weigher: Weigher::Spread,
+        }
+    }
+}
+
+/// The control plane: one per process, shared by every request thread.
+#[derive(Debug)]
+pub struct Cloud {
+    store: Arc<dyn Store>,
+    config: Config,
+    images: Mutex<DirPool>,
+    hosts: HostView,
+}
+
+impl Cloud {
+    /// Opens the cloud over `store`, starting (building if needed) the image pool.
+    pub fn open(store: Arc<dyn Store>, config: Config) -> Result<Cloud> {
+        let def = PoolDef::dir("images", config.image_dir.clone()).build()?;
+        let mut pool = DirPool::new(def, PoolState::Inactive)?;
+        pool.build(Default::default())?;
+        pool.start()?;
+        let hosts = HostView::load(store.as_ref())?;
+        Ok(Cloud { store, config, images: Mutex::new(pool), hosts })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn image_pool(&self) -> std::sync::MutexGuard<'_, DirPool> {
+        self.images.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Checks a resource name: 1..=255 bytes, no control characters (names reach logs, tables
+/// and, later, host object names through the API).
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::invalid(field, "must be 1..=255 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}

@@ -22,6 +22,7 @@
 use std::path::PathBuf;
 
 pub mod netns;
+pub mod postgres;
 pub mod virtq;
 
 mod guest;
