@@ -52,7 +52,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use crate::block::BlockBackend;
 
-pub use device::VirtioBlock;
+pub use device::{BlockHandle, VirtioBlock};
 pub use queue_handler::{BlockQueueHandler, QueueHandlerError, QueueStats};
 pub use request::{
     DataDescriptor, DiscardWriteZeroesSegment, ParseFailure, Request, RequestError, RequestLimits,
