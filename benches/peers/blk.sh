@@ -29,11 +29,12 @@ done
 [ -r /dev/kvm ] || { echo "blk.sh: /dev/kvm is not usable" >&2; exit 2; }
 
 echo "building boot_linux (release) and the test guest..." >&2
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 (cd "$ROOT" && cargo build -q --release --example boot_linux)
 (cd "$ROOT/guests/test-guest" && env -u RUSTFLAGS cargo build -q --release \
-    --target-dir "$ROOT/target/test-guest")
-HV="$ROOT/target/release/examples/boot_linux"
-GUEST="$ROOT/target/test-guest/x86_64-unknown-linux-gnu/release/test-guest"
+    --target-dir "$TARGET/test-guest")
+HV="$TARGET/release/examples/boot_linux"
+GUEST="$TARGET/test-guest/x86_64-unknown-linux-gnu/release/test-guest"
 
 mkdir -p "$WORK" "$(dirname "$LOG")"
 trap 'rm -rf "$WORK"' EXIT
