@@ -113,7 +113,7 @@ done
 
 printf '\n%-7s %-22s %10s %10s %10s %10s %9s %9s %9s\n' format metric hv hv-uring qemu \
     qemu-uring hv/qemu hv/uring hv-uring/uring
-ratio() { awk -v h="$1" -v q="$2" 'BEGIN {if (q + 0 > 0) printf "%.2f", h / q; else print "-"}'; }
+ratio() { awk -v h="$1" -v q="$2" 'BEGIN {if (h != "-" && q + 0 > 0) printf "%.2f", h / q; else print "-"}'; }
 for fmt in raw qcow2; do
     for name in seqread seqwrite randread; do
         case $name in
