@@ -1,4 +1,5 @@
-//! `--disk PATH[,ro][,format=raw|qcow2|auto][,allow=PATH]...[,serial=S]` for boot_linux: a
+//! `--disk PATH[,ro][,format=raw|qcow2|auto][,allow=PATH]...[,engine=sync|uring][,serial=S]` for
+//! boot_linux: a
 //! virtio-blk disk per flag, in the order given (the first is the guest's `vda`).
 //!
 //! A disk is raw unless `format=` says otherwise: a guest can write a qcow2 header into a raw
@@ -10,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use hv::storage::block::{open_disk, Confinement, DiskFormat, DiskOptions};
+use hv::storage::block::{open_disk, Confinement, DiskFormat, DiskOptions, Engine};
 use hv::storage::virtio_blk::{BlockConfig, VirtioBlock};
 
 /// One `--disk` flag.
@@ -24,6 +25,8 @@ pub struct DiskArg {
     pub format: DiskFormat,
     /// Files or directories a backing or data file may be in.
     pub allow: Vec<PathBuf>,
+    /// The I/O engine for raw disks (`engine=sync|uring`, default sync).
+    pub engine: Engine,
     /// The GET_ID serial (default `hv-disk<N>`).
     pub serial: Option<String>,
 }
@@ -37,6 +40,7 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
         read_only: false,
         format: DiskFormat::Raw,
         allow: Vec::new(),
+        engine: Engine::Sync,
         serial: None,
     };
     for opt in parts {
@@ -49,6 +53,8 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
                 return Err(format!("--disk {s}: unknown format {other:?} (raw, qcow2 or auto)"))
             }
             Some(("allow", p)) if !p.is_empty() => disk.allow.push(PathBuf::from(p)),
+            Some(("engine", "sync")) => disk.engine = Engine::Sync,
+            Some(("engine", "uring")) => disk.engine = Engine::Uring,
             Some(("serial", v)) => disk.serial = Some(v.to_string()),
             _ => return Err(format!("--disk {s}: unknown option {opt:?}")),
         }
@@ -75,7 +81,12 @@ pub fn make_disks(args: &[DiskArg]) -> Result<Vec<Disk>, String> {
                     if p.is_dir() { confinement.allow_dir(p) } else { confinement.allow_file(p) };
                 confinement = allowed.map_err(|e| format!("--disk allow={}: {e}", p.display()))?;
             }
-            let opts = DiskOptions { read_only: a.read_only, confinement, ..Default::default() };
+            let opts = DiskOptions {
+                read_only: a.read_only,
+                confinement,
+                engine: a.engine,
+                ..Default::default()
+            };
             let backend = open_disk(&a.path, a.format, opts)
                 .map_err(|e| format!("--disk {}: {e}", a.path.display()))?;
             let serial = a.serial.clone().unwrap_or_else(|| format!("hv-disk{i}"));

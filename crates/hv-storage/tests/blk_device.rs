@@ -10,7 +10,7 @@ use blk_common::*;
 use hv_core::bus::BusDevice;
 use hv_core::devices::IrqLine;
 use hv_core::rate_limiter::{BucketConfig, RateLimiter};
-use hv_core::virtio::MmioTransport;
+use hv_core::virtio::{MmioTransport, VirtioDevice};
 use hv_core::vmm_sys_util::eventfd::EventFd;
 use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
@@ -34,6 +34,11 @@ fn wr(t: &mut MmioTransport, off: u64, v: u32) {
 
 /// Negotiates every offered feature and sets up queue 0 at the TestQueue layout (base 0).
 fn bring_up(t: &mut MmioTransport) -> u64 {
+    bring_up_queue(t, 0)
+}
+
+/// Negotiates every offered feature and sets up only queue `sel` at the TestQueue layout.
+fn bring_up_queue(t: &mut MmioTransport, sel: u32) -> u64 {
     wr(t, 0x70, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
     let mut features = 0u64;
     for sel in 0..2 {
@@ -47,7 +52,7 @@ fn bring_up(t: &mut MmioTransport) -> u64 {
     let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
     wr(t, 0x70, s);
     assert_ne!(rd(t, 0x70) & VIRTIO_CONFIG_S_FEATURES_OK, 0, "features accepted");
-    wr(t, 0x30, 0);
+    wr(t, 0x30, sel);
     assert_eq!(rd(t, 0x34), u32::from(QUEUE_SIZE));
     wr(t, 0x38, u32::from(QUEUE_SIZE));
     wr(t, 0x80, 0);
@@ -72,8 +77,9 @@ fn wait_used(q: &TestQueue, n: u16) {
 }
 
 fn transport(dev: VirtioBlock, mem: &hv_mem::GuestMemory) -> MmioTransport {
-    // Non-blocking, as the worker drains the eventfd after each wake-up.
-    let notify = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+    // One per queue, non-blocking, as the worker drains the eventfd after each wake-up.
+    let queues = dev.queue_max_sizes().len();
+    let notify = (0..queues).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
     MmioTransport::new(Box::new(dev), mem.clone(), IrqLine::disconnected().unwrap(), notify)
         .unwrap()
 }
@@ -149,4 +155,40 @@ fn a_throttled_device_finishes_its_requests_later() {
     wait_used(&q, 4);
     assert!(start.elapsed() >= Duration::from_millis(50), "the limit was applied");
     assert!(statuses.iter().all(|&s| q.status_at(s) == 0));
+}
+
+#[test]
+fn a_driver_that_readies_only_some_queues_is_served_on_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_file(dir.path(), "disk.raw", MIB, 43);
+    let disk = open_disk(&path, DiskFormat::Raw, DiskOptions::default()).unwrap();
+    let config = BlockConfig { queue_size: QUEUE_SIZE, ..Default::default() }.with_queues(2);
+    let ram = ram();
+    let mem = ram.memory();
+    let dev = VirtioBlock::new(disk, config);
+    let handle = dev.handle();
+    let mut t = transport(dev, mem);
+    let mut q = TestQueue::new(mem);
+    // Queue 0 is left not ready; only queue 1 is set up.
+    bring_up_queue(&mut t, 1);
+    driver_ok(&mut t);
+    assert_eq!(rd(&mut t, 0x70) & 0x40, 0, "no DEVICE_NEEDS_RESET");
+    assert_eq!(handle.active_queues(), [1]);
+    let (r, s) = q.rw(VIRTIO_BLK_T_IN, 8, &[4096], W);
+    wr(&mut t, 0x50, 1);
+    wait_used(&q, 1);
+    assert_eq!(q.status_at(s), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(q.read_guest(r[0], 4096), pattern(MIB, 43)[4096..8192]);
+    // The counters reach the caller through the handle while the transport owns the device.
+    let start = Instant::now();
+    while handle.totals().requests < 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "counters never updated");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let per_queue = handle.queue_stats();
+    assert_eq!(per_queue.len(), 1);
+    assert_eq!((per_queue[0].0, per_queue[0].1.read_bytes), (1, 4096));
+    assert_eq!(handle.totals().read_bytes, 4096);
+    wr(&mut t, 0x70, 0);
+    assert!(handle.active_queues().is_empty(), "reset clears the active queues");
 }

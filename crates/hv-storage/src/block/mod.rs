@@ -28,6 +28,8 @@ pub mod segments;
 
 mod raw_io;
 
+pub(crate) use raw_io::mark_dirty;
+
 use std::fmt::Debug;
 use std::io;
 use std::path::PathBuf;
@@ -270,6 +272,43 @@ pub trait BlockBackend: Send + Debug {
 
     /// Another handle on the same disk, for another queue.
     fn try_clone(&self) -> Result<Box<dyn BlockBackend>>;
+
+    /// The engine's asynchronous interface, if it keeps many requests in flight (io_uring).
+    fn as_async(&mut self) -> Option<&mut dyn AsyncBlock> {
+        None
+    }
+}
+
+/// An engine that keeps many reads and writes in flight: the queue handler queues every read
+/// and write it pops, submits them together, and completes each when its tag comes back, in
+/// whatever order the host finishes them.
+pub trait AsyncBlock {
+    /// How many more requests can be queued now.
+    fn capacity(&self) -> usize;
+
+    /// Queues a read (or, with `write`, a write) of `bufs` at byte `offset` under `tag`,
+    /// without submitting it. `Ok(false)` when this request must go the synchronous way
+    /// instead (e.g. an O_DIRECT request that is not aligned); the caller then completes
+    /// everything queued first ([`Self::submit_and_complete`]) and performs it itself.
+    ///
+    /// # Safety
+    ///
+    /// The memory `bufs` describe must stay mapped, and untouched by the caller, until
+    /// [`Self::submit_and_complete`] has returned the completion for `tag`. A read's caller
+    /// marks the slices dirty once its completion came back successful.
+    unsafe fn queue(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        bufs: &[GuestSlice<'_>],
+        write: bool,
+    ) -> Result<bool>;
+
+    /// Submits everything queued (one system call for the batch) and waits until every
+    /// queued request has completed; appends `(tag, result)` to `out` for each, in completion
+    /// order. An `Err` means the engine itself failed (completions already known are still
+    /// appended).
+    fn submit_and_complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()>;
 }
 
 /// Checks that `[offset, offset + len)` lies inside a disk of `size` bytes.

@@ -1,38 +1,112 @@
 //! The io_uring raw engine: a raw file or block device read and written through an io_uring
-//! (the `io-uring` crate), straight into guest memory.
+//! (the `io-uring` crate), straight into guest memory, many requests in flight per queue.
 //!
-//! Each instance (one per virtqueue, see [`BlockBackend::try_clone`]) owns its ring. A request
-//! is submitted and reaped before the call returns, so the guest-memory borrows stay simple;
-//! short transfers are resubmitted for the rest. Flush is an `IORING_OP_FSYNC` with
-//! `DATASYNC`; discard and write-zeroes are `fallocate`/ioctl calls as in the sync engine.
+//! Each instance (one per virtqueue, see [`BlockBackend::try_clone`]) owns its ring and a
+//! table of in-flight requests indexed by tag (the SQE's `user_data`). The queue handler
+//! queues every read and write it pops ([`AsyncBlock::queue`]), submits them with one
+//! `io_uring_enter` and completes each request when the CQE carrying its tag arrives, in
+//! whatever order the kernel finishes them (Cloud Hypervisor's `engine_uring` is the model).
+//! Short transfers are resubmitted for the rest under the same tag.
 //!
-//! Opening checks that the kernel has io_uring and the opcodes used; when it does not (no
-//! io_uring, `kernel.io_uring_disabled`, seccomp), opening fails with
-//! [`BlockError::UringUnavailable`] and the caller can fall back to [`super::Engine::Sync`].
+//! Ownership: a request's iovec array lives in its table slot from the moment its SQE is
+//! pushed until the CQE with its tag is reaped; a failed `io_uring_enter` frees nothing (the
+//! kernel may hold some SQEs already). If the ring fails for good, the engine refuses further
+//! work and, when dropped, leaks the arrays of requests still in flight rather than free
+//! memory the kernel may still write. CQEs whose tag names no in-flight request are counted
+//! and ignored, never taken for another request's completion.
+//!
+//! Flush is an `IORING_OP_FSYNC` with `DATASYNC`; discard and write-zeroes are
+//! `fallocate`/ioctl calls as in the sync engine. Opening checks that the kernel has io_uring
+//! and the opcodes used; when it does not (no io_uring, `kernel.io_uring_disabled`, seccomp),
+//! opening fails with [`BlockError::UringUnavailable`] and the caller can fall back to
+//! [`super::Engine::Sync`].
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use io_uring::{opcode, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::raw_io::{advance_iovecs, iovecs, mark_dirty, RawFile};
-use super::{check_range, slices_len, BlockBackend, BlockError, GuestSlice, Result};
+use super::{check_range, slices_len, AsyncBlock, BlockBackend, BlockError, GuestSlice, Result};
 
-/// Submission queue entries per ring (one request is in flight at a time per instance).
-const RING_ENTRIES: u32 = 16;
+/// Submission queue entries per ring: requests in flight per queue at most.
+pub const RING_ENTRIES: u32 = 128;
 /// Most iovecs in one submission (Linux `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
+/// The tag of the engine's own synchronous requests (flush, and reads and writes made
+/// through [`BlockBackend`] directly).
+const SYNC_TAG: u64 = u64::MAX;
+
+/// The iovec array of a request.
+#[derive(Debug)]
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers describe guest memory (mapped for the VM's life, shared with every
+// thread anyway) that the request reads or writes; the array is only touched by the thread
+// that owns the engine, and the engine completes every request before it is handed on.
+unsafe impl Send for IoVecs {}
+
+/// One request in flight: its iovecs (owned until its CQE is reaped) and progress.
+#[derive(Debug)]
+struct Slot {
+    tag: u64,
+    op: Op,
+    iovs: IoVecs,
+    /// First iovec not yet transferred.
+    idx: usize,
+    /// Where the request starts and how long it is (for error messages).
+    start: u64,
+    /// Where the rest of it starts.
+    offset: u64,
+    len: u64,
+    /// Submitted (or pushed) and not yet completed.
+    in_kernel: bool,
+    /// The final result once known, with its place in completion order.
+    result: Option<io::Result<()>>,
+    finished_at: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Fsync,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Fsync => "flush",
+        }
+    }
+}
 
 /// A raw disk with I/O through io_uring.
 pub struct RawUringDisk {
     raw: RawFile,
     ring: IoUring,
+    /// Requests queued or in flight; the SQE's `user_data` is the slot position.
+    slots: Vec<Option<Slot>>,
+    /// Entries pushed to the SQ but not yet handed to the kernel.
+    unsubmitted: usize,
+    /// Set when `io_uring_enter` failed for good: no new work.
+    broken: Option<io::ErrorKind>,
+    /// CQEs that named no in-flight request.
+    stray_completions: u64,
+    /// Requests finished so far (orders completions).
+    finished: u64,
 }
 
 impl std::fmt::Debug for RawUringDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawUringDisk").field("raw", &self.raw).finish_non_exhaustive()
+        f.debug_struct("RawUringDisk")
+            .field("raw", &self.raw)
+            .field("in_flight", &self.in_flight())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,60 +140,250 @@ impl RawUringDisk {
     /// Opens the raw file or block device at `path` with a new io_uring.
     pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self> {
         let ring = new_ring()?;
-        Ok(Self { raw: RawFile::open(path, read_only, direct)?, ring })
+        Ok(Self::with_ring(RawFile::open(path, read_only, direct)?, ring))
     }
 
-    /// Submits one entry and waits for its completion; returns the result (bytes or 0).
-    fn run(&mut self, entry: io_uring::squeue::Entry) -> io::Result<usize> {
-        // SAFETY: every buffer the entry points to (iovec array and the guest memory it
-        // describes) is borrowed by our caller until this function has reaped the completion.
+    fn with_ring(raw: RawFile, ring: IoUring) -> Self {
+        let slots = (0..RING_ENTRIES).map(|_| None).collect();
+        Self { raw, ring, slots, unsubmitted: 0, broken: None, stray_completions: 0, finished: 0 }
+    }
+
+    /// Requests queued or in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Completions the kernel returned with a tag naming no request (should stay 0).
+    pub fn stray_completions(&self) -> u64 {
+        self.stray_completions
+    }
+
+    fn check_usable(&self) -> io::Result<()> {
+        match self.broken {
+            Some(kind) => Err(io::Error::new(kind, "the io_uring failed earlier")),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a free slot for `slot`; the position is the SQE's `user_data`.
+    fn insert(&mut self, slot: Slot) -> io::Result<usize> {
+        let pos = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| io::Error::other("io_uring has no free request slot"))?;
+        self.slots[pos] = Some(slot);
+        Ok(pos)
+    }
+
+    /// Pushes the SQE for (the rest of) slot `pos`.
+    fn push(&mut self, pos: usize) -> io::Result<()> {
+        let fd = types::Fd(self.raw.file.as_raw_fd());
+        let Some(slot) = self.slots[pos].as_mut() else { return Ok(()) };
+        let entry: squeue::Entry = match slot.op {
+            Op::Fsync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            Op::Read | Op::Write => {
+                let cnt = (slot.iovs.0.len() - slot.idx).min(IOV_MAX) as u32;
+                let ptr = slot.iovs.0[slot.idx..].as_ptr();
+                if slot.op == Op::Write {
+                    opcode::Writev::new(fd, ptr, cnt).offset(slot.offset).build()
+                } else {
+                    opcode::Readv::new(fd, ptr, cnt).offset(slot.offset).build()
+                }
+            }
+        };
+        let entry = entry.user_data(pos as u64);
+        // SAFETY: the entry points at `slot.iovs` (owned by the slot, which stays in
+        // `self.slots` until the CQE with this user_data is reaped: see `reap`) and at guest
+        // memory the caller of `queue` promised to keep valid until then.
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        slot.in_kernel = true;
+        self.unsubmitted += 1;
+        Ok(())
+    }
+
+    /// Hands every pushed SQE to the kernel and waits for at least `want` completions.
+    fn enter(&mut self, want: usize) -> io::Result<()> {
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {
+                    self.unsubmitted = 0;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if let Some(cqe) = self.ring.completion().next() {
-                let res = cqe.result();
-                return if res < 0 {
-                    Err(io::Error::from_raw_os_error(-res))
-                } else {
-                    Ok(res as usize)
-                };
+                // Completion queue full or out of kernel memory for now: reaping frees room.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(()),
+                Err(e) => {
+                    // The kernel may have taken some entries: nothing is freed (see the
+                    // module doc), the engine just refuses further work.
+                    self.broken = Some(e.kind());
+                    return Err(e);
+                }
             }
         }
     }
 
-    fn rw(&mut self, mut offset: u64, bufs: &[GuestSlice<'_>], write: bool) -> io::Result<()> {
-        let (mut iovs, _guards) = iovecs(bufs);
-        let mut idx = advance_iovecs(&mut iovs, 0, 0);
-        let fd = types::Fd(self.raw.file.as_raw_fd());
-        while idx < iovs.len() {
-            let cnt = (iovs.len() - idx).min(IOV_MAX) as u32;
-            let ptr = iovs[idx..].as_ptr();
-            let entry = if write {
-                opcode::Writev::new(fd, ptr, cnt).offset(offset).build()
-            } else {
-                opcode::Readv::new(fd, ptr, cnt).offset(offset).build()
+    /// Reaps every available CQE, matching each to its slot by tag; resubmits short
+    /// transfers. Returns how many slots finished.
+    fn reap(&mut self) -> io::Result<usize> {
+        let cqes: Vec<(u64, i32)> =
+            self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let mut finished = 0;
+        for (user_data, res) in cqes {
+            let pos = usize::try_from(user_data).ok().filter(|&p| p < self.slots.len());
+            let Some(slot) = pos.and_then(|p| self.slots[p].as_mut()).filter(|s| s.in_kernel)
+            else {
+                self.stray_completions += 1;
+                continue;
             };
-            let n = match self.run(entry) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            slot.in_kernel = false;
+            let pos = pos.expect("checked above");
+            self.finished += 1;
+            slot.finished_at = self.finished;
+            if res < 0 {
+                slot.result = Some(Err(io::Error::from_raw_os_error(-res)));
+                finished += 1;
+                continue;
+            }
+            let n = res as usize;
+            if slot.op == Op::Fsync {
+                slot.result = Some(Ok(()));
+                finished += 1;
+                continue;
+            }
             if n == 0 {
-                return Err(io::Error::from(if write {
+                let kind = if slot.op == Op::Write {
                     io::ErrorKind::WriteZero
                 } else {
                     io::ErrorKind::UnexpectedEof
-                }));
+                };
+                slot.result = Some(Err(io::Error::from(kind)));
+                finished += 1;
+                continue;
             }
-            offset += n as u64;
-            idx = advance_iovecs(&mut iovs, idx, n);
+            slot.offset += n as u64;
+            slot.idx = advance_iovecs(&mut slot.iovs.0, slot.idx, n);
+            if slot.idx >= slot.iovs.0.len() {
+                slot.result = Some(Ok(()));
+                finished += 1;
+            } else {
+                self.push(pos)?;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Runs everything queued until every slot has a result.
+    fn run_all(&mut self) -> io::Result<()> {
+        loop {
+            let waiting = self.slots.iter().flatten().filter(|s| s.result.is_none()).count();
+            if waiting == 0 {
+                return Ok(());
+            }
+            self.check_usable()?;
+            self.enter(1)?;
+            self.reap()?;
+        }
+    }
+
+    /// Takes the finished slots out: `(tag, op, offset, len, result)`.
+    fn take_finished(&mut self) -> Vec<(u64, Op, u64, u64, io::Result<()>)> {
+        let mut done: Vec<Slot> = Vec::new();
+        for s in self.slots.iter_mut() {
+            if s.as_ref().is_some_and(|s| s.result.is_some() && !s.in_kernel) {
+                done.extend(s.take());
+            }
+        }
+        done.sort_by_key(|s| s.finished_at);
+        done.into_iter().filter_map(|s| Some((s.tag, s.op, s.start, s.len, s.result?))).collect()
+    }
+
+    /// Queues one request (not yet submitted).
+    fn queue_slot(&mut self, tag: u64, op: Op, offset: u64, iovs: Vec<libc::iovec>) -> Result<()> {
+        let len = iovs.iter().map(|v| v.iov_len as u64).sum();
+        let io = |source| BlockError::Io { op: op.name(), offset, len, source };
+        self.check_usable().map_err(io)?;
+        let slot = Slot {
+            tag,
+            op,
+            iovs: IoVecs(iovs),
+            idx: 0,
+            start: offset,
+            offset,
+            len,
+            in_kernel: false,
+            result: None,
+            finished_at: 0,
+        };
+        let pos = self.insert(slot).map_err(io)?;
+        if let Err(e) = self.push(pos) {
+            self.slots[pos] = None; // never pushed: nothing in the kernel's hands
+            return Err(io(e));
         }
         Ok(())
+    }
+
+    /// One request from start to finish on the calling thread.
+    fn run_one(&mut self, op: Op, offset: u64, iovs: Vec<libc::iovec>) -> Result<()> {
+        let len = iovs.iter().map(|v| v.iov_len as u64).sum();
+        self.queue_slot(SYNC_TAG, op, offset, iovs)?;
+        let r = self.run_all();
+        let mut done = self.take_finished();
+        let io = |source| BlockError::Io { op: op.name(), offset, len, source };
+        r.map_err(io)?;
+        match done.iter().position(|d| d.0 == SYNC_TAG) {
+            Some(i) => done.swap_remove(i).4.map_err(io),
+            None => Err(io(io::Error::other("io_uring lost the request"))),
+        }
+    }
+}
+
+impl Drop for RawUringDisk {
+    fn drop(&mut self) {
+        // Arrays the kernel may still read after a failed enter are leaked, never freed.
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            if slot.in_kernel {
+                std::mem::forget(slot.iovs);
+            }
+        }
+    }
+}
+
+impl AsyncBlock for RawUringDisk {
+    fn capacity(&self) -> usize {
+        self.slots.len() - self.in_flight()
+    }
+
+    unsafe fn queue(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        bufs: &[GuestSlice<'_>],
+        write: bool,
+    ) -> Result<bool> {
+        if tag == SYNC_TAG
+            || (write && self.raw.read_only)
+            || !self.raw.aligned_for_direct(offset, bufs)
+        {
+            return Ok(false);
+        }
+        check_range(offset, slices_len(bufs), self.raw.size)?;
+        let (iovs, _guards) = iovecs(bufs);
+        self.queue_slot(tag, if write { Op::Write } else { Op::Read }, offset, iovs)?;
+        Ok(true)
+    }
+
+    fn submit_and_complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()> {
+        let r = self.run_all();
+        for (tag, op, offset, len, result) in self.take_finished() {
+            out.push((
+                tag,
+                result.map_err(|source| BlockError::Io { op: op.name(), offset, len, source }),
+            ));
+        }
+        r.map_err(|source| BlockError::Io { op: "submit", offset: 0, len: 0, source })
     }
 }
 
@@ -140,14 +404,9 @@ impl BlockBackend for RawUringDisk {
         if !self.raw.aligned_for_direct(offset, bufs) {
             return self.raw.read(offset, bufs);
         }
-        let len = slices_len(bufs);
-        check_range(offset, len, self.raw.size)?;
-        self.rw(offset, bufs, false).map_err(|source| BlockError::Io {
-            op: "read",
-            offset,
-            len,
-            source,
-        })?;
+        check_range(offset, slices_len(bufs), self.raw.size)?;
+        let (iovs, _guards) = iovecs(bufs);
+        self.run_one(Op::Read, offset, iovs)?;
         mark_dirty(bufs);
         Ok(())
     }
@@ -156,28 +415,16 @@ impl BlockBackend for RawUringDisk {
         if self.raw.read_only || !self.raw.aligned_for_direct(offset, bufs) {
             return self.raw.write(offset, bufs);
         }
-        let len = slices_len(bufs);
-        check_range(offset, len, self.raw.size)?;
-        self.rw(offset, bufs, true).map_err(|source| BlockError::Io {
-            op: "write",
-            offset,
-            len,
-            source,
-        })
+        check_range(offset, slices_len(bufs), self.raw.size)?;
+        let (iovs, _guards) = iovecs(bufs);
+        self.run_one(Op::Write, offset, iovs)
     }
 
     fn flush(&mut self) -> Result<()> {
         if self.raw.read_only {
             return Ok(());
         }
-        let fd = types::Fd(self.raw.file.as_raw_fd());
-        let entry = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
-        self.run(entry).map(drop).map_err(|source| BlockError::Io {
-            op: "flush",
-            offset: 0,
-            len: 0,
-            source,
-        })
+        self.run_one(Op::Fsync, 0, Vec::new())
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -189,6 +436,10 @@ impl BlockBackend for RawUringDisk {
     }
 
     fn try_clone(&self) -> Result<Box<dyn BlockBackend>> {
-        Ok(Box::new(Self { raw: self.raw.try_clone()?, ring: new_ring()? }))
+        Ok(Box::new(Self::with_ring(self.raw.try_clone()?, new_ring()?)))
+    }
+
+    fn as_async(&mut self) -> Option<&mut dyn AsyncBlock> {
+        Some(self)
     }
 }

@@ -1,8 +1,10 @@
 //! The virtio-blk device: configuration, feature offer and activation behind hv-core's
 //! [`VirtioDevice`] trait. The request work is the queue handlers'; this file only wires them
 //! to the transport: at activation it builds one [`BlockQueueHandler`] per queue the driver
-//! set up and starts a worker thread that waits on the queues' notification eventfds (and a
-//! timerfd for throttled queues) and raises the interrupt when a handler says so.
+//! made ready (a driver may leave some of the offered queues unused) and starts a worker
+//! thread that waits on those queues' notification eventfds (and a timerfd for throttled
+//! queues) and raises the interrupt when a handler says so. A [`BlockHandle`] lets the
+//! embedding program read the counters while the VM owns the device.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -30,10 +32,11 @@ use crate::block::BlockBackend;
 /// Worker token of the throttling timer (queue tokens are their positions).
 const TIMER_TOKEN: u64 = u64::MAX - 1;
 
-/// Counters and state the device's worker shares with its owner.
+/// Counters and state the device's worker shares with its owner and [`BlockHandle`]s.
 #[derive(Debug, Default)]
 struct Shared {
-    stats: Vec<QueueStats>,
+    /// Per active queue: its index and counters (this activation).
+    stats: Vec<(u16, QueueStats)>,
     /// Queues stopped because the driver broke them (e.g. a runaway avail index).
     broken: Vec<(u16, String)>,
     /// Where each queue stood after the worker's last event (read once it has stopped).
@@ -53,6 +56,60 @@ struct BlockDeviceState {
     capacity: u64,
     /// Whether the disk was read-only.
     read_only: bool,
+}
+
+/// A handle the embedding program keeps to watch a virtio-blk device it gave to a VM (like
+/// hv-net's `NetHandle`): the counters of the current activation, per queue and in total.
+///
+/// ```
+/// # use hv_storage::block::{Confinement, DiskFormat, DiskOptions, SegmentDisk};
+/// use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
+/// let disk = Box::new(SegmentDisk::new(vec![], false).unwrap());
+/// let dev = VirtioBlock::new(disk, BlockConfig::default());
+/// let handle = dev.handle();
+/// // ... give `dev` to a VM; the handle stays with the caller.
+/// assert_eq!(handle.totals().requests, 0);
+/// assert!(handle.active_queues().is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct BlockHandle {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl BlockHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counters per active queue, with the queue's index, in queue order.
+    pub fn queue_stats(&self) -> Vec<(u16, QueueStats)> {
+        self.lock().stats.clone()
+    }
+
+    /// The indices of the queues the driver made ready (empty while inactive).
+    pub fn active_queues(&self) -> Vec<u16> {
+        self.lock().stats.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// The counters of all queues added up.
+    pub fn totals(&self) -> QueueStats {
+        self.lock().stats.iter().fold(QueueStats::default(), |mut t, (_, s)| {
+            t.requests += s.requests;
+            t.read_bytes += s.read_bytes;
+            t.write_bytes += s.write_bytes;
+            t.flushes += s.flushes;
+            t.io_errors += s.io_errors;
+            t.invalid_requests += s.invalid_requests;
+            t.dropped_chains += s.dropped_chains;
+            t.throttled += s.throttled;
+            t
+        })
+    }
+
+    /// Queues the worker stopped serving because the driver broke them, with the reason.
+    pub fn broken_queues(&self) -> Vec<(u16, String)> {
+        self.lock().broken.clone()
+    }
 }
 
 /// A virtio-blk device over a block backend.
@@ -99,14 +156,19 @@ impl VirtioBlock {
         self
     }
 
+    /// A handle on the device's counters that outlives handing the device to a VM.
+    pub fn handle(&self) -> BlockHandle {
+        BlockHandle { shared: Arc::clone(&self.shared) }
+    }
+
     /// The per-queue counters of the current activation.
     pub fn stats(&self) -> Vec<QueueStats> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).stats.clone()
+        self.handle().queue_stats().into_iter().map(|(_, s)| s).collect()
     }
 
     /// Queues the worker stopped serving because the driver broke them, with the reason.
     pub fn broken_queues(&self) -> Vec<(u16, String)> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).broken.clone()
+        self.handle().broken_queues()
     }
 }
 
@@ -160,7 +222,7 @@ impl Running {
 
     /// Copies the counters and queue positions where the device's owner can read them.
     fn publish(&self) {
-        let stats = self.queues.iter().map(|q| q.3.stats()).collect();
+        let stats = self.queues.iter().map(|q| (q.0, q.3.stats())).collect();
         let positions = self
             .queues
             .iter()
@@ -233,11 +295,12 @@ impl VirtioDevice for VirtioBlock {
             fds.push((aq.notify.as_raw_fd(), pos as u64));
             owned.push((aq.index, queue, aq.notify, handler));
         }
-        self.shared = Arc::new(Mutex::new(Shared {
-            stats: vec![QueueStats::default(); owned.len()],
+        // The same shared state across activations, so handles taken earlier keep working.
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Shared {
+            stats: owned.iter().map(|q| (q.0, QueueStats::default())).collect(),
             broken: Vec::new(),
             positions: Vec::new(),
-        }));
+        };
         let mut running = Running {
             mem,
             broken: vec![false; owned.len()],
@@ -304,5 +367,6 @@ impl VirtioDevice for VirtioBlock {
         // Stops the thread; dropping the handlers closes their backend clones (qcow2 images
         // flush their metadata on the last drop).
         self.worker = None;
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).stats.clear();
     }
 }

@@ -12,14 +12,14 @@
 //! specification that the bindings do not name, is defined here.
 //!
 //! ```no_run
-//! use hv_storage::block::{open_disk, DiskOptions, ImageFormat};
+//! use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 //! use hv_storage::virtio_blk::queue_handler::handlers_for_queues;
 //! use hv_storage::virtio_blk::virtio_queue::Queue;
 //! use hv_storage::virtio_blk::{config_space, device_features, read_config, BlockConfig};
 //!
 //! # fn device(mem: &hv_mem::GuestMemory, queues: &mut [Queue]) -> Result<(), Box<dyn std::error::Error>> {
-//! let opts = DiskOptions { format: Some(ImageFormat::Qcow2), ..Default::default() };
-//! let disk = open_disk("/var/lib/hv/images/vm1.qcow2", opts)?;
+//! // A qcow2 image without a backing file (none is allowed by the default options).
+//! let disk = open_disk("/var/lib/hv/images/vm1.qcow2", DiskFormat::Qcow2, DiskOptions::default())?;
 //! let config = BlockConfig::default().with_serial("vm1-root").with_queues(2);
 //! let features = device_features(disk.as_ref(), &config); // offered to the driver
 //! let space = config_space(disk.as_ref(), &config);
@@ -52,7 +52,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use crate::block::BlockBackend;
 
-pub use device::VirtioBlock;
+pub use device::{BlockHandle, VirtioBlock};
 pub use queue_handler::{BlockQueueHandler, QueueHandlerError, QueueStats};
 pub use request::{
     DataDescriptor, DiscardWriteZeroesSegment, ParseFailure, Request, RequestError, RequestLimits,

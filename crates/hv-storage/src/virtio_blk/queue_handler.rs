@@ -6,6 +6,13 @@
 //! kicks the queue or a throttling timer fires. No KVM is involved: tests drive it with a guest
 //! memory and a queue they build.
 //!
+//! With an engine that keeps many requests in flight ([`BlockBackend::as_async`], io_uring),
+//! every read and write popped in one pass is queued on the engine, the batch is submitted with
+//! one system call, and each request is completed (status byte, used ring) when the completion
+//! carrying its tag comes back, in the order the host finishes them. Anything else (flush,
+//! discard, a request the engine hands back) first completes the batch, so a flush covers
+//! every write the guest queued before it.
+//!
 //! [`process_queue`]: BlockQueueHandler::process_queue
 
 use std::sync::atomic::Ordering;
@@ -19,9 +26,19 @@ use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::request::{Request, RequestLimits};
+use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+
+use super::request::{Request, RequestLimits, RequestType};
 use super::{BlockConfig, SERIAL_LEN};
-use crate::block::BlockBackend;
+use crate::block::{mark_dirty, BlockBackend, GuestSlice};
+
+/// A read or write queued on an asynchronous engine, waiting for its completion.
+struct Pending<'m> {
+    tag: u64,
+    head: u16,
+    req: Request,
+    slices: Vec<GuestSlice<'m>>,
+}
 
 /// Errors that stop queue processing (the queue itself is unusable; the device should be
 /// marked as needing a reset). Malformed requests are not errors here: they are answered.
@@ -74,6 +91,8 @@ pub struct BlockQueueHandler {
     throttled_bytes: Option<u64>,
     stats: QueueStats,
     last_error: Option<String>,
+    /// The tag of the next request queued on an asynchronous engine.
+    next_tag: u64,
 }
 
 impl BlockQueueHandler {
@@ -88,6 +107,7 @@ impl BlockQueueHandler {
             throttled_bytes: None,
             stats: QueueStats::default(),
             last_error: None,
+            next_tag: 0,
         }
     }
 
@@ -148,6 +168,7 @@ impl BlockQueueHandler {
     ) -> Result<bool, QueueHandlerError> {
         let event_idx = queue.event_idx_enabled();
         let mut used_any = false;
+        let mut pending: Vec<Pending<'_>> = Vec::new();
         self.throttled_bytes = None;
         'outer: loop {
             if event_idx {
@@ -173,7 +194,13 @@ impl BlockQueueHandler {
                             self.stats.throttled += 1;
                             break 'outer;
                         }
-                        self.perform(&req, mem)
+                        match self.try_queue(head, req, mem, &mut pending) {
+                            Ok(()) => continue,
+                            Err(req) => {
+                                self.complete_batch(queue, mem, &mut pending)?;
+                                self.perform(&req, mem)
+                            }
+                        }
                     }
                     Err(failure) => {
                         self.last_error = Some(failure.error.to_string());
@@ -193,6 +220,7 @@ impl BlockQueueHandler {
                 queue.add_used(mem, head, used_len)?;
                 used_any = true;
             }
+            used_any |= self.complete_batch(queue, mem, &mut pending)?;
             // pop_descriptor_chain() also ends when the driver's avail index is more than a
             // ring ahead of us; enable_notification() would then report work forever.
             let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
@@ -206,6 +234,7 @@ impl BlockQueueHandler {
                 break;
             }
         }
+        used_any |= self.complete_batch(queue, mem, &mut pending)?;
         if !used_any {
             return Ok(false);
         }
@@ -223,10 +252,108 @@ impl BlockQueueHandler {
             .unwrap_or(false)
     }
 
+    /// Queues a read or write on an asynchronous engine; hands the request back when it must
+    /// be performed synchronously (no such engine, another request type, no room, or the
+    /// engine declines it).
+    fn try_queue<'m>(
+        &mut self,
+        head: u16,
+        req: Request,
+        mem: &'m GuestMemory,
+        pending: &mut Vec<Pending<'m>>,
+    ) -> Result<(), Request> {
+        let write = match req.request_type {
+            RequestType::In => false,
+            RequestType::Out => true,
+            _ => return Err(req),
+        };
+        let Some(engine) = self.backend.as_async() else { return Err(req) };
+        if engine.capacity() == 0 {
+            return Err(req);
+        }
+        let Ok(slices) = req.slices(mem) else { return Err(req) };
+        let offset = req.sector << super::SECTOR_SHIFT;
+        // Tags are never reused within a handler, so a completion can only match its request.
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1) % (u64::MAX - 1);
+        // SAFETY: `slices` point into `mem`, borrowed for this whole `process_queue` call;
+        // every queued request is completed by `complete_batch` before the call returns, and
+        // nothing else touches these buffers meanwhile.
+        match unsafe { engine.queue(tag, offset, &slices, write) } {
+            Ok(true) => {
+                pending.push(Pending { tag, head, req, slices });
+                Ok(())
+            }
+            Ok(false) | Err(_) => Err(req),
+        }
+    }
+
+    /// Submits the queued batch, waits for it, and completes each request by its tag.
+    fn complete_batch(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        pending: &mut Vec<Pending<'_>>,
+    ) -> Result<bool, QueueHandlerError> {
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        let engine_result = match self.backend.as_async() {
+            Some(engine) => engine.submit_and_complete(&mut done),
+            None => Ok(()),
+        };
+        if let Err(e) = engine_result {
+            self.last_error = Some(e.to_string());
+        }
+        let mut results: Vec<Option<crate::block::Result<()>>> =
+            (0..pending.len()).map(|_| None).collect();
+        for (tag, r) in done {
+            if let Some(i) = pending.iter().position(|p| p.tag == tag) {
+                results[i] = Some(r);
+            }
+        }
+        for (p, r) in pending.drain(..).zip(results) {
+            let ok = match r {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    self.last_error = Some(e.to_string());
+                    false
+                }
+                // The engine failed before this one completed.
+                None => false,
+            };
+            self.stats.requests += 1;
+            let used_len = match (ok, p.req.request_type) {
+                (true, RequestType::In) => {
+                    mark_dirty(&p.slices);
+                    self.stats.read_bytes += u64::from(p.req.data_len);
+                    p.req.data_len + 1
+                }
+                (true, _) => {
+                    self.stats.write_bytes += u64::from(p.req.data_len);
+                    1
+                }
+                (false, _) => {
+                    self.stats.io_errors += 1;
+                    1
+                }
+            };
+            let status = if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR } as u8;
+            let used_len = if mem.write_obj(status, p.req.status_addr).is_ok() {
+                used_len
+            } else {
+                self.stats.dropped_chains += 1;
+                0
+            };
+            queue.add_used(mem, p.head, used_len)?;
+        }
+        Ok(true)
+    }
+
     /// Performs a parsed request, writes its status byte, updates the counters; returns the
     /// used length.
     fn perform(&mut self, req: &Request, mem: &GuestMemory) -> u32 {
-        use super::request::RequestType;
         let done = req.execute(mem, self.backend.as_mut(), &self.serial);
         self.stats.requests += 1;
         match (&done.error, req.request_type) {

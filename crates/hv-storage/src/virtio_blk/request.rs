@@ -434,7 +434,7 @@ impl Request {
     }
 
     /// Guest slices over the data buffers (validated at parse time).
-    fn slices<'m>(
+    pub(crate) fn slices<'m>(
         &self,
         mem: &'m GuestMemory,
     ) -> Result<Vec<GuestSlice<'m>>, vm_memory::GuestMemoryError> {
