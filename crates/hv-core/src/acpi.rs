@@ -39,6 +39,7 @@ pub const TABLES_END: u64 = 0x10_0000;
 
 /// Errors building the tables.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The tables do not fit in the BIOS area.
     #[error("ACPI tables need {need} bytes but only {have} fit below 1 MiB")]

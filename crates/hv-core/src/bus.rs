@@ -23,6 +23,7 @@ pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 /// Errors inserting devices.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// The range is empty or wraps around the address space.
     #[error("invalid bus range {base:#x}+{len:#x}")]

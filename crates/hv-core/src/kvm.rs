@@ -9,6 +9,7 @@ use kvm_ioctls::{Cap, Kvm};
 
 /// Errors opening or probing KVM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `/dev/kvm` does not exist: KVM is not loaded or not exposed to this container.
     #[error("/dev/kvm does not exist: load the kvm module or pass the device through")]
@@ -29,6 +30,7 @@ pub enum Error {
 
 /// What implements KVM on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HostKind {
     /// Intel VMX (`kvm_intel`).
     Vmx,

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 /// Errors from configuring a rate limiter.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RateLimiterError {
     /// A bucket was configured with a size of zero tokens.
     #[error("{which} bucket: size must be greater than zero")]
@@ -49,6 +50,7 @@ pub enum RateLimiterError {
 
 /// What a token stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TokenType {
     /// One byte of data.
     Bytes,

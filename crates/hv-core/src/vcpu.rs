@@ -17,6 +17,7 @@ use crate::vm::Context;
 
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A vCPU ioctl failed.
     #[error("vCPU {vcpu}: {what} failed: {source}")]

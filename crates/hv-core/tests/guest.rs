@@ -358,3 +358,49 @@ fn a_panicking_device_ends_its_vm_without_hanging_the_host() {
     assert!(matches!(r, ExitReason::Panicked { vcpu: 0 }), "{r}");
     assert_eq!(vm.state(), VmState::Stopped);
 }
+
+#[test]
+fn a_guest_printing_far_more_than_the_console_keeps_costs_bounded_memory() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let console = Capture::with_capacity(1024);
+    let vm = VmBuilder::new()
+        .kernel(test_guest())
+        .memory_mib(64)
+        .cmdline("test=ticks count=3000")
+        .serial_output(console.clone())
+        .build()
+        .unwrap();
+    vm.start().unwrap();
+    assert!(console.wait_for("hvtest: tick 2999\n", TIMEOUT), "{}", console.text());
+    let r = vm.wait_timeout(TIMEOUT).expect("the guest powers off");
+    assert!(matches!(r, ExitReason::PoweredOff), "{r}");
+    // ~50 KB printed, at most twice the capacity kept.
+    assert!(console.len() > 40_000, "{}", console.len());
+    assert!(console.retained() <= 2048, "{}", console.retained());
+    assert!(console.text().contains("hvtest: tick 2999\n"));
+    assert!(!console.text().contains("hvtest: boot"), "the start scrolled out");
+}
+
+#[test]
+fn one_thread_waits_while_another_kills_and_waiting_before_start_is_an_error() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (b, out) = guest("test=ticks count=1000000");
+    let vm = Arc::new(b.build().unwrap());
+    assert!(matches!(vm.wait(), Err(Error::InvalidState { state: VmState::Created, .. })));
+    vm.start().unwrap();
+    let waiter = {
+        let vm = vm.clone();
+        std::thread::spawn(move || vm.wait())
+    };
+    assert!(out.wait_for("hvtest: tick 1\n", TIMEOUT));
+    vm.kill().unwrap();
+    let r = waiter.join().unwrap().unwrap();
+    assert!(matches!(r, ExitReason::Killed), "{r}");
+    assert!(matches!(vm.wait().unwrap(), ExitReason::Killed), "waiting again answers the same");
+}
+
+#[test]
+fn a_memory_size_past_64_bits_is_a_typed_error() {
+    let e = VmBuilder::new().kernel(test_guest()).memory_mib(u64::MAX / 2).build().unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { field: "memory_mib", .. }), "{e}");
+}

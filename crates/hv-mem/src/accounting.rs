@@ -27,6 +27,7 @@ use crate::GuestRam;
 
 /// Errors from measuring memory use.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AccountingError {
     /// `mincore(2)` refused a guest RAM mapping.
     #[error("mincore on guest RAM at {gpa:#x} ({len:#x} bytes) failed: {source}")]

@@ -18,6 +18,7 @@ use crate::{Error, GuestMemory, Result, PAGE_SIZE};
 
 /// Size of the huge pages backing guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HugePageSize {
     /// 2 MiB pages.
     Size2M,
@@ -37,6 +38,7 @@ impl HugePageSize {
 
 /// What host memory backs guest RAM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backing {
     /// Private anonymous memory (the default).
     #[default]

@@ -40,6 +40,7 @@ use crate::{GuestMemory, GuestRam, PAGE_SIZE};
 
 /// Errors from building or combining dirty bitmaps.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DirtyError {
     /// A region's base or length is not a multiple of 4 KiB, or the length is zero.
     #[error("dirty-tracked region {base:#x} ({len:#x} bytes) is empty or not 4 KiB aligned")]

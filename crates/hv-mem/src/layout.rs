@@ -54,6 +54,7 @@ impl RamRange {
 
 /// What a reserved guest physical range is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReservedKind {
     /// EBDA, VGA hole and BIOS area below 1 MiB (ACPI tables live in the BIOS area).
     LegacyBios,

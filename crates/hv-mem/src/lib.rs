@@ -35,6 +35,7 @@ pub use vm_memory;
 
 /// Errors from building guest memory.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The requested RAM size is zero, not page aligned, or too large for the layout.
     #[error("invalid guest RAM size {size:#x}: {reason}")]

@@ -51,6 +51,7 @@ const LARGE_PAT: u64 = 1 << 12;
 
 /// How the guest's vCPU translates addresses, from its control registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PagingMode {
     /// CR0.PG clear: guest virtual addresses are guest physical addresses.
     Disabled,
@@ -96,6 +97,7 @@ impl PagingMode {
 
 /// Size of the page a translation went through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PageSize {
     /// A 4 KiB page (also what paging off reports).
     Size4K,
@@ -133,6 +135,7 @@ pub struct Translation {
 /// Levels count as the CPU's walk does: 4 is the PML4, 3 the page-directory-pointer table,
 /// 2 the page directory, 1 the page table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TranslateError {
     /// The entry at `level` that the walk for `gva` reached has its present bit clear.
     #[error("guest virtual address {gva:#x} is not mapped: entry at level {level} not present")]

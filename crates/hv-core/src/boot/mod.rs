@@ -44,6 +44,7 @@ pub mod layout {
 
 /// Errors loading a kernel or initrd.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The kernel file could not be opened or read.
     #[error("cannot read kernel {path}: {source}")]
@@ -105,6 +106,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The kind of kernel image, probed from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KernelFormat {
     /// An ELF executable (a vmlinux, or a PVH bare-metal program).
     Elf,
@@ -136,6 +138,7 @@ pub fn probe_format(path: &Path) -> Result<KernelFormat> {
 
 /// How the loaded kernel is entered.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum EntryPoint {
     /// PVH: 32-bit protected mode, paging off, `ebx` = `hvm_start_info`.
     Pvh(u64),

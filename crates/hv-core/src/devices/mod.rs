@@ -41,6 +41,7 @@ impl vm_superio::Trigger for IrqLine {
 
 /// What a device asks of the VM as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VmRequest {
     /// Power the machine off.
     PowerOff,

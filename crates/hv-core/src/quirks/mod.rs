@@ -9,6 +9,7 @@ use crate::kvm::HostKind;
 
 /// What a quirk layer did with an instruction KVM could not emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Emulated {
     /// The quirk completed or skipped the instruction; the vCPU can run on.
     Handled,

@@ -33,6 +33,7 @@ const BP_VECTOR: u8 = 3;
 
 /// What to do with an instruction, from its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// Advance RIP by `len` and inject #BP (a completed `int3`).
     CompleteInt3,

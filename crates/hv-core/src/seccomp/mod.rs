@@ -20,7 +20,15 @@
 //! calling thread, whose handler notes the call number in a thread-local and makes the call
 //! fail with `EPERM`. The thread's loop then sees the note and ends its VM as
 //! [`CrashReason::SeccompViolation`](crate::CrashReason::SeccompViolation), naming the call;
-//! other VMs of the process run on.
+//! other VMs of the process run on. Two calls are refused softly instead, with an errno and no
+//! crash, because libc makes them on its own and copes with the refusal: `open`/`openat`
+//! (`EACCES`: glibc's malloc reads the CPU count from `/sys` in whichever thread first needs
+//! it) and, on device threads, `clone3` (`ENOSYS`: glibc then starts threads with `clone`,
+//! whose flags the filter checks). No vCPU or device thread can open a file.
+//!
+//! A forbidden call made while the thread blocks every signal (glibc does so only briefly,
+//! around `clone`) cannot be trapped: the kernel then kills the process, as with
+//! `SECCOMP_RET_KILL`. The lists are built so that this does not happen.
 
 mod names;
 mod rules;
@@ -120,8 +128,8 @@ impl fmt::Display for Violation {
 }
 
 /// The compiled filters of one thread kind (none when `mode` is `Off`). The first allows the
-/// kind's calls; the optional second makes calls libc can do without fail with `ENOSYS` (a
-/// filter's `ERRNO` wins over another's `ALLOW`).
+/// kind's calls; the others make calls libc can do without fail with an errno (a filter's
+/// `ERRNO` wins over another's `ALLOW`).
 #[derive(Clone, Debug, Default)]
 pub struct Filters(Vec<BpfProgram>);
 
@@ -143,13 +151,12 @@ impl Filters {
         )
         .map_err(build)?;
         let mut programs = vec![BpfProgram::try_from(main).map_err(build)?];
-        let enosys = rules::enosys(kind);
-        if !enosys.is_empty() {
-            let refused = enosys.iter().map(|&nr| (nr, Vec::new())).collect();
+        for (errno, calls) in rules::refused(kind) {
+            let refused = calls.iter().map(|&nr| (nr, Vec::new())).collect();
             let filter = SeccompFilter::new(
                 refused,
                 SeccompAction::Allow,
-                SeccompAction::Errno(libc::ENOSYS as u32),
+                SeccompAction::Errno(errno),
                 arch,
             )
             .map_err(build)?;

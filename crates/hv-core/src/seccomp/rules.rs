@@ -290,10 +290,6 @@ pub(super) fn rules(kind: ThreadKind, extra: &[i64]) -> Result<Rules, BackendErr
                 libc::SYS_prctl,
                 vec![SeccompRule::new(vec![Cond::new(0, Len::Dword, Cmp::Eq, name)?])?],
             );
-            // Allowed here so that the `enosys` filter's ERRNO is what the call gets: a
-            // filter's TRAP would win over it, and glibc calls clone3 with every signal
-            // blocked, where SIGSYS kills the process.
-            rules.insert(libc::SYS_clone3, Vec::new());
         }
         ThreadKind::Main => {
             // Local sockets only (an API socket, netlink for links): no network connections.
@@ -308,16 +304,27 @@ pub(super) fn rules(kind: ThreadKind, extra: &[i64]) -> Result<Rules, BackendErr
             allow_ioctls(&mut rules, &main_ioctls())?;
         }
     }
+    // Allowed here so that the `refused` filters' ERRNO is what these calls get: a filter's
+    // TRAP would win over it (and glibc calls clone3 with every signal blocked, where SIGSYS
+    // kills the process).
+    for (_, calls) in refused(kind) {
+        allow(&mut rules, &calls);
+    }
     allow(&mut rules, extra);
     Ok(rules)
 }
 
-/// Calls refused with `ENOSYS` instead of trapping, so libc falls back to one the filter can
-/// check: `clone3` passes its flags in memory a filter cannot read, and glibc retries with
-/// `clone` on `ENOSYS`.
-pub(super) fn enosys(kind: ThreadKind) -> &'static [i64] {
+/// Calls refused with an error instead of trapping, by errno, so libc falls back or copes:
+/// - `clone3` with `ENOSYS`: it passes its flags in memory a filter cannot read, and glibc
+///   retries with `clone`, whose flags the device filter checks.
+/// - `open`/`openat` with `EACCES`: glibc's malloc reads `/sys/devices/system/cpu/online` (then
+///   `/proc/stat`) from whichever thread first needs its arena limit, and copes without them.
+///   No vCPU or device thread opens files otherwise; they never get one.
+pub(super) fn refused(kind: ThreadKind) -> Vec<(u32, Vec<i64>)> {
+    let files = (libc::EACCES as u32, vec![libc::SYS_open, libc::SYS_openat]);
     match kind {
-        ThreadKind::DeviceWorker => &[libc::SYS_clone3],
-        ThreadKind::Vcpu | ThreadKind::Main => &[],
+        ThreadKind::Vcpu => vec![files],
+        ThreadKind::DeviceWorker => vec![(libc::ENOSYS as u32, vec![libc::SYS_clone3]), files],
+        ThreadKind::Main => Vec::new(),
     }
 }

@@ -114,6 +114,7 @@ pub struct Activation {
 
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActivateError {
     /// The driver did not set up a queue the device needs.
     #[error("queue {0} is required but was not set up")]
