@@ -279,6 +279,13 @@ mod tests {
         assert!(NetworkDef::builder("a/b", NetworkMode::Nat).build().is_err());
         assert!(NetworkDef::builder("n", NetworkMode::Nat).build().is_err(), "nat needs --ip");
         assert!(NetworkDef::builder("n", NetworkMode::Bridge).build().is_err(), "needs --bridge");
+        for bad in ["br;0", "br\"0", "br{0}", "br#0", "br 0", "a-sixteen-byte-x"] {
+            let e = NetworkDef::builder("n", NetworkMode::Bridge).bridge(bad).build().unwrap_err();
+            assert!(e.to_string().contains("invalid interface name"), "{bad}: {e}");
+        }
+        // A state file naming such a bridge does not load.
+        let json = r#"{"name":"n","mode":"bridge","bridge":"br;flush ruleset"}"#;
+        assert!(serde_json::from_str::<NetworkDef>(json).is_err());
         assert!(NetworkDef::builder("n", NetworkMode::Bridge)
             .bridge("br0")
             .ip("10.0.0.1/24".parse().unwrap())
