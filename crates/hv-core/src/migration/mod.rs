@@ -1,7 +1,8 @@
 //! Live migration of a running VM over any byte stream (a Unix socket, TCP), by pre-copy.
 //!
 //! # How
-//! The source ([`Vm::send_migration`]) sends all of guest RAM while the guest runs, then, in
+//! The source ([`Vm::send_migration`]) sends guest RAM while the guest runs (all-zero pages
+//! are skipped in this first pass: the destination's RAM starts zeroed), then, in
 //! rounds, the pages the guest (or a device) wrote since the last round, from the dirty log
 //! (KVM's log of guest writes merged with the VMM's own, [`Vm::dirty_log`]). When what is
 //! left to send would take no longer than the downtime budget at the speed the link has
@@ -191,29 +192,61 @@ fn expect(kind: Kind, expected: Kind, what: &'static str, payload: &[u8]) -> Res
     Ok(())
 }
 
-/// Sends every page set in `bitmap` (or all RAM when `None`); returns the bytes sent.
+/// Writes one memory frame: `data` at `gpa`.
+fn send_run(w: &mut impl Write, gpa: u64, data: &[u8]) -> Result<()> {
+    let io = |source| Error::Io { during: "sending memory", source };
+    let mut head = [0u8; protocol::HEADER_LEN + 8];
+    head[..protocol::HEADER_LEN]
+        .copy_from_slice(&protocol::header(Kind::Memory, 8 + data.len() as u64));
+    head[protocol::HEADER_LEN..].copy_from_slice(&gpa.to_le_bytes());
+    w.write_all(&head).map_err(io)?;
+    w.write_all(data).map_err(io)
+}
+
+/// Sends every page set in `bitmap`, or, for the first full pass (`None`), every page of RAM
+/// that is not all zeroes (the destination's fresh RAM is zeroed already). Returns the bytes
+/// of RAM sent.
 fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: Option<&DirtyBitmap>) -> Result<u64> {
+    const PAGE: usize = hv_mem::PAGE_SIZE as usize;
+    let full = bitmap.is_none();
     let runs: Vec<(u64, u64)> = match bitmap {
         Some(b) => b.runs().collect(),
         None => ram.memory().iter().map(|r| (r.start_addr().0, r.len())).collect(),
     };
-    let mut frame = Vec::with_capacity(protocol::HEADER_LEN + 8 + MAX_RUN);
+    let mut buf = vec![0u8; MAX_RUN];
     let mut sent = 0u64;
     for (start, len) in runs {
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(MAX_RUN as u64) as usize;
             let gpa = start + off;
-            frame.clear();
-            frame.extend_from_slice(&protocol::header(Kind::Memory, 8 + n as u64));
-            frame.extend_from_slice(&gpa.to_le_bytes());
-            let at = frame.len();
-            frame.resize(at + n, 0);
+            let chunk = &mut buf[..n];
             ram.memory()
-                .read_slice(&mut frame[at..], GuestAddress(gpa))
+                .read_slice(chunk, GuestAddress(gpa))
                 .map_err(|_| Error::BadMemoryRun { gpa, len: n })?;
-            w.write_all(&frame).map_err(|source| Error::Io { during: "sending memory", source })?;
-            sent += n as u64;
+            if full {
+                // Runs of pages with something in them.
+                let mut page = 0;
+                let pages = n / PAGE;
+                while page < pages {
+                    let nonzero =
+                        |p: usize| chunk[p * PAGE..(p + 1) * PAGE].iter().any(|&b| b != 0);
+                    if !nonzero(page) {
+                        page += 1;
+                        continue;
+                    }
+                    let first = page;
+                    while page < pages && nonzero(page) {
+                        page += 1;
+                    }
+                    let data = &chunk[first * PAGE..page * PAGE];
+                    send_run(w, gpa + (first * PAGE) as u64, data)?;
+                    sent += data.len() as u64;
+                }
+            } else {
+                send_run(w, gpa, chunk)?;
+                sent += n as u64;
+            }
             off += n as u64;
         }
     }

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hv_core::rate_limiter::RateLimiter;
 use hv_core::virtio::worker::Worker;
-use hv_core::virtio::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
+use hv_core::virtio::{
+    ActivateError, Activation, ActiveQueue, DeviceState, Interrupt, Quiesced, StateError,
+    VirtioDevice,
+};
 use virtio_bindings::bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -37,6 +40,18 @@ pub enum NetDeviceError {
         "a virtio-net device needs 1 to {MAX_QUEUE_PAIRS} backends (one per queue pair), got {0}"
     )]
     Backends(usize),
+}
+
+/// Version of [`NetDeviceState`].
+const STATE_VERSION: u32 = 1;
+
+/// What a snapshot keeps of a virtio-net device besides its queue positions: the link state
+/// and the MAC (checked on restore, so a guest never sees its MAC change under it).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetDeviceState {
+    link_up: bool,
+    mac: [u8; 6],
 }
 
 /// State shared between the device, its workers and [`NetHandle`]s.
@@ -347,6 +362,54 @@ impl VirtioDevice for VirtioNet {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.reset();
         self.start(activation)
+    }
+
+    fn quiesce(&mut self) -> Result<Quiesced, StateError> {
+        let bad = |reason: &str| StateError::BadState {
+            device_type: VIRTIO_ID_NET,
+            reason: reason.to_owned(),
+        };
+        let Some(running) = self.running.as_mut() else {
+            return Err(bad("the device is not active"));
+        };
+        if running.ctrl.is_some() {
+            // The control queue's worker owns its queue; its position is not kept yet.
+            return Err(bad("a multiqueue device (with a control queue) cannot be snapshotted"));
+        }
+        let mut queues = Vec::new();
+        for (worker, slot) in &mut running.pairs {
+            worker.stop();
+            if let Some(state) = lock(slot).as_ref() {
+                queues.extend(state.positions());
+            }
+        }
+        let state = NetDeviceState {
+            link_up: self.shared.link_up.load(Ordering::SeqCst),
+            mac: self.config.mac.0,
+        };
+        self.reset();
+        let data = serde_json::to_value(&state).map_err(|e| bad(&e.to_string()))?;
+        Ok(Quiesced { queues, state: DeviceState { version: STATE_VERSION, data } })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let bad = |reason: String| StateError::BadState { device_type: VIRTIO_ID_NET, reason };
+        if state.version != STATE_VERSION {
+            return Err(bad(format!(
+                "state version {}, this hv reads {STATE_VERSION}",
+                state.version
+            )));
+        }
+        let saved: NetDeviceState =
+            serde_json::from_value(state.data.clone()).map_err(|e| bad(e.to_string()))?;
+        if saved.mac != self.config.mac.0 {
+            return Err(bad(format!(
+                "the snapshot's device had MAC {:02x?}, this one {:02x?}",
+                saved.mac, self.config.mac.0
+            )));
+        }
+        self.shared.link_up.store(saved.link_up, Ordering::SeqCst);
+        Ok(())
     }
 
     fn reset(&mut self) {

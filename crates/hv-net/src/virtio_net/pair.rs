@@ -122,6 +122,21 @@ impl PairState {
         list
     }
 
+    /// Where the RX and TX queues stand for a snapshot. RX buffers the handler took from the
+    /// avail ring but no frame has used yet are given back by rewinding the RX position over
+    /// them, so the restored device takes them again (a frame read from the backend but not
+    /// yet delivered is dropped, as a NIC drops one).
+    pub(crate) fn positions(&self) -> [hv_core::virtio::QueuePosition; 2] {
+        use virtio_queue::QueueT;
+        let held = u16::try_from(self.handler.rx_buffers_held()).unwrap_or(u16::MAX);
+        let at = |q: &ActiveQueue, rewind: u16| hv_core::virtio::QueuePosition {
+            index: q.index,
+            next_avail: q.queue.next_avail().wrapping_sub(rewind),
+            next_used: q.queue.next_used(),
+        };
+        [at(&self.rx, held), at(&self.tx, 0)]
+    }
+
     /// Gives the handler (and with it the backend) back.
     pub(crate) fn into_handler(self) -> NetQueueHandler {
         self.handler
