@@ -75,9 +75,8 @@ fn bench_place(c: &mut Criterion) {
     store.apply(&ops).expect("hosts");
     let cloud = Cloud::open(store, Config::new(dir.path().join("images"))).expect("cloud");
     cloud.bootstrap(&Bootstrap::new("bench-admin")).expect("bootstrap");
-    let token = cloud
-        .authenticate(&PasswordAuth::by_name("admin", "bench-admin", "admin"))
-        .expect("token");
+    let token =
+        cloud.authenticate(&PasswordAuth::by_name("admin", "bench-admin", "admin")).expect("token");
     let ctx = cloud.validate(&token.secret).expect("context");
     cloud.set_quota(&ctx, ctx.project_id(), Resource::Instances, -1).expect("quota");
     let flavor = cloud.create_flavor(&ctx, &NewFlavor::new("m1.small", 1, 512, 1)).expect("flavor");

@@ -22,7 +22,7 @@ use hv::core::migration::{self, MigrationOptions};
 use hv::core::{Vm, VmBuilder};
 
 fn guest(elf: &PathBuf, mib: u64, pages: u64, console: &Capture) -> Vm {
-    let mut vm = VmBuilder::new()
+    let vm = VmBuilder::new()
         .kernel(elf)
         .memory_mib(mib)
         .dirty_tracking(true)

@@ -377,7 +377,7 @@ impl VirtioDevice for VirtioNet {
             return Err(bad("a multiqueue device (with a control queue) cannot be snapshotted"));
         }
         let mut queues = Vec::new();
-        for (worker, slot) in &mut running.pairs {
+        for (_, worker, slot) in &mut running.pairs {
             worker.stop();
             if let Some(state) = lock(slot).as_ref() {
                 queues.extend(state.positions());

@@ -126,7 +126,7 @@ impl PairState {
     /// avail ring but no frame has used yet are given back by rewinding the RX position over
     /// them, so the restored device takes them again (a frame read from the backend but not
     /// yet delivered is dropped, as a NIC drops one).
-    pub(crate) fn positions(&self) -> [hv_core::virtio::QueuePosition; 2] {
+    pub(crate) fn positions(&self) -> Vec<hv_core::virtio::QueuePosition> {
         use virtio_queue::QueueT;
         let held = u16::try_from(self.handler.rx_buffers_held()).unwrap_or(u16::MAX);
         let at = |q: &ActiveQueue, rewind: u16| hv_core::virtio::QueuePosition {
@@ -134,7 +134,8 @@ impl PairState {
             next_avail: q.queue.next_avail().wrapping_sub(rewind),
             next_used: q.queue.next_used(),
         };
-        [at(&self.rx, held), at(&self.tx, 0)]
+        // Only the queues the driver made ready have a position.
+        self.rx.iter().map(|q| at(q, held)).chain(self.tx.iter().map(|q| at(q, 0))).collect()
     }
 
     /// Gives the handler (and with it the backend) back.
