@@ -8,7 +8,7 @@
 #![no_main]
 
 use hv_fuzz::{allow_known_panics, scratch_dir, IMAGO_FEATURE_TABLE};
-use hv_storage::block::{open_disk, DiskOptions};
+use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
@@ -18,7 +18,7 @@ fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
     }
     let _ = hv_storage::pool::format::probe_path(&path);
     let options = DiskOptions { read_only: true, ..DiskOptions::default() };
-    if open_disk(&path, options).is_ok() {
+    if open_disk(&path, DiskFormat::Auto, options).is_ok() {
         hv_fuzz::reached("opened");
     }
     let _ = std::fs::remove_file(&path);

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use hv_fuzz::{allow_known_panics, scratch_dir, strict, Reader, IMAGO_FEATURE_TABLE};
 use hv_mem::{GuestRam, MemoryConfig};
-use hv_storage::block::{open_disk, DiskOptions, ImageFormat};
+use hv_storage::block::{open_disk, DiskFormat, DiskOptions};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -77,9 +77,8 @@ fuzz_target!(init: allow_known_panics(&[IMAGO_FEATURE_TABLE]), |data: &[u8]| {
         hv_fuzz::log_known("refcount table misses clusters in use", MISSING.fetch_add(1, Relaxed) + 1);
     }
     let read_only = names_other_files(image) || (missing && !strict());
-    let options =
-        DiskOptions { read_only, format: Some(ImageFormat::Qcow2), ..DiskOptions::default() };
-    let Ok(mut disk) = open_disk(&path, options) else { return };
+    let options = DiskOptions { read_only, ..DiskOptions::default() };
+    let Ok(mut disk) = open_disk(&path, DiskFormat::Qcow2, options) else { return };
     hv_fuzz::reached("opened");
     let size = disk.size();
     let ram = GuestRam::new(&MemoryConfig::new(RAM)).expect("guest RAM");
