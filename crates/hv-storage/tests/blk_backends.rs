@@ -479,3 +479,36 @@ fn a_qcow2_image_that_panics_imago_is_refused_by_hvs_header_check() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// A qcow2 whose refcount table lost an entry (found by the `qcow2_io` fuzzer): imago 0.2.6's
+/// allocator recursed until the stack overflowed on the first write, killing the VMM. hv
+/// refuses to open such an image writable; read-only access, which never allocates, still works.
+#[test]
+fn a_qcow2_with_a_zeroed_refcount_entry_is_refused_for_writing() {
+    use std::os::unix::fs::FileExt;
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("damaged.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        img.to_str().unwrap(),
+        "1M",
+    ]);
+    // Healthy: opens writable.
+    assert!(open_disk(&img, DiskFormat::Qcow2, DiskOptions::default()).is_ok());
+    // The refcount table starts at cluster 1 (0x200) for 512-byte clusters: zero entry 0.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&[0u8; 8], 0x200).unwrap();
+    drop(f);
+    let err = open_disk(&img, DiskFormat::Qcow2, DiskOptions::default()).unwrap_err();
+    assert!(matches!(err, BlockError::BadHeader { .. }), "{err}");
+    assert!(err.to_string().contains("refcount table entry 0"), "{err}");
+    let ro = DiskOptions { read_only: true, ..DiskOptions::default() };
+    let disk = open_disk(&img, DiskFormat::Qcow2, ro).expect("read-only open still works");
+    assert_eq!(disk.size(), MIB as u64);
+}

@@ -27,6 +27,7 @@ pub mod raw_uring;
 pub mod segments;
 
 mod raw_io;
+mod refcount_check;
 
 pub(crate) use raw_io::mark_dirty;
 

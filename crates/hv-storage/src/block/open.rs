@@ -174,6 +174,9 @@ pub fn open_disk(
 /// Opens the qcow2 image at `path` (checked by hv's parser) with its confined chain.
 pub fn open_qcow2(path: &Path, options: &DiskOptions) -> Result<Qcow2Disk> {
     let links = validate_chain(path, &options.confinement)?;
+    if !options.read_only {
+        super::refcount_check::check(path)?;
+    }
     let gate = ChainGate { links: Arc::new(links), pending: None };
     Qcow2Disk::open_gated(path, options.read_only, options.direct, gate)
 }
