@@ -206,7 +206,10 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
-        let mut new = v;
+        // A driver may only set status bits; only a reset (writing 0) clears them. So DRIVER_OK
+        // cannot be cleared and set again to activate a running device twice (its queues would
+        // restart at index 0 and replay old requests), nor NEEDS_RESET be cleared.
+        let mut new = v | old;
         // FEATURES_OK only sticks for a feature set the device accepts.
         if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 && old & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             let offered = self.offered_features();
@@ -523,6 +526,11 @@ mod tests {
         wr(&mut t, 0x44, 1);
         wr(&mut t, 0x70, 0x3 | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
         assert!(t.activated());
+        assert_eq!(*acts.lock().unwrap(), vec![1]);
+        // Status bits cannot be cleared but by a reset: no second activation (fuzzer's F4).
+        wr(&mut t, 0x70, 0x3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_ne!(rd(&mut t, 0x70) & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+        wr(&mut t, 0x70, 0x3 | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
         assert_eq!(*acts.lock().unwrap(), vec![1]);
         // Config space.
         let mut b = [0u8; 2];
