@@ -625,8 +625,3 @@ impl Host {
         Ok(name)
     }
 }
-
-/// Whether a domain's name is one of the host's (for clients that want to check first).
-pub fn is_valid_name(s: &str) -> bool {
-    s.parse::<DomainName>().is_ok()
-}

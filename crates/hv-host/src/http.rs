@@ -74,36 +74,33 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Response, HttpError> {
     let fut = async {
-        match endpoint {
-            Endpoint::Unix(p) => {
-                let s = UnixStream::connect(p)
-                    .await
-                    .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?;
-                exchange(endpoint, s, method, path, headers, body).await
-            }
-            Endpoint::Tcp(a) => {
-                let s = TcpStream::connect(a)
-                    .await
-                    .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?;
-                let _ = s.set_nodelay(true);
-                exchange(endpoint, s, method, path, headers, body).await
-            }
-        }
+        let stream = connect(endpoint).await?;
+        exchange(endpoint, stream, method, path, headers, body).await
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| HttpError::Timeout(endpoint.clone()))?
 }
 
-async fn exchange<S>(
+/// Opens a byte stream to `endpoint` (TCP without Nagle's delay: requests are small).
+async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Io>, HttpError> {
+    let fail = |source| HttpError::Connect { endpoint: endpoint.clone(), source };
+    Ok(match endpoint {
+        Endpoint::Unix(p) => Box::new(UnixStream::connect(p).await.map_err(fail)?),
+        Endpoint::Tcp(a) => {
+            let s = TcpStream::connect(a).await.map_err(fail)?;
+            let _ = s.set_nodelay(true);
+            Box::new(s)
+        }
+    })
+}
+
+async fn exchange(
     endpoint: &Endpoint,
-    stream: S,
+    stream: Box<dyn Io>,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
-) -> Result<Response, HttpError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<Response, HttpError> {
     let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -139,18 +136,7 @@ pub async fn stream(
 ) -> Result<StatusCode, HttpError> {
     use hyper::body::Body as _;
     let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
-    let io: Box<dyn Io> = match endpoint {
-        Endpoint::Unix(p) => Box::new(
-            UnixStream::connect(p)
-                .await
-                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
-        ),
-        Endpoint::Tcp(a) => Box::new(
-            TcpStream::connect(a)
-                .await
-                .map_err(|source| HttpError::Connect { endpoint: endpoint.clone(), source })?,
-        ),
-    };
+    let io = connect(endpoint).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| fail(e.to_string()))?;
