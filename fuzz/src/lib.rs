@@ -113,11 +113,6 @@ pub struct KnownPanic {
     pub line: u32,
 }
 
-/// imago 0.2.6 slices a qcow2 feature-name table entry without a length check
-/// (`feat[2..]` on a table whose length is 1 modulo 48); hv-storage catches it.
-pub const IMAGO_FEATURE_TABLE: KnownPanic =
-    KnownPanic { krate: "imago-0.2.6", file: "src/qcow2/metadata.rs", line: 1027 };
-
 static KNOWN_PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// Logs a known finding's running count at powers of two (libFuzzer gives a target no exit

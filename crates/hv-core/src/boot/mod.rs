@@ -7,6 +7,7 @@
 //! bzImage or an ELF without the note enters 64-bit code with the zero page, like Firecracker.
 
 pub mod bzimage;
+mod fit;
 pub mod params;
 pub mod regs;
 
@@ -69,6 +70,32 @@ pub enum Error {
         /// The loader's error.
         #[source]
         source: linux_loader::loader::Error,
+    },
+    /// A part of the kernel image would lie outside guest RAM (past its end, or in a hole).
+    #[error("kernel {path} does not fit in guest RAM: {size:#x} bytes at {start:#x}")]
+    KernelOutsideRam {
+        /// The kernel path.
+        path: PathBuf,
+        /// Guest physical address of the part.
+        start: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The image's headers contradict themselves.
+    #[error("kernel {path} is malformed: {reason}")]
+    KernelMalformed {
+        /// The kernel path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The kernel's entry point is not in guest RAM.
+    #[error("kernel {path} enters at {entry:#x}, outside guest RAM")]
+    EntryOutsideRam {
+        /// The kernel path.
+        path: PathBuf,
+        /// The entry address.
+        entry: u64,
     },
     /// The initrd could not be read.
     #[error("cannot read initrd {path}: {source}")]
@@ -163,21 +190,17 @@ pub struct LoadedKernel {
 }
 
 /// Loads the kernel at `path` into `mem`.
+///
+/// Every range the kernel occupies (each ELF `PT_LOAD` segment's `p_paddr + p_memsz`, a
+/// bzImage's `code32_start + init_size`) is checked against guest RAM before anything is
+/// written: an image that does not fit is [`Error::KernelOutsideRam`], and
+/// [`LoadedKernel::end`] is always inside RAM.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel> {
     let format = probe_format(path)?;
     let mut file =
         File::open(path).map_err(|source| Error::KernelFile { path: path.to_owned(), source })?;
-    let load_err = |source| Error::Load { path: path.to_owned(), source };
-    match format {
-        KernelFormat::Elf => {
-            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::KERNEL_START)))
-                .map_err(load_err)?;
-            let entry = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr.raw_value()),
-                _ => EntryPoint::Linux64 { entry: r.kernel_load.raw_value(), header: None },
-            };
-            Ok(LoadedKernel { format, entry, end: r.kernel_end })
-        }
+    let loaded = match format {
+        KernelFormat::Elf => load_elf(mem, path, &mut file, None)?,
         KernelFormat::BzImage => {
             let mut image = Vec::new();
             file.read_to_end(&mut image)
@@ -185,27 +208,47 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel> {
             if let Some(vmlinux) = bzimage::extract_vmlinux(&image) {
                 let header = bzimage::setup_header_of(&image);
                 let mut cursor = std::io::Cursor::new(vmlinux);
-                let r = Elf::load(mem, None, &mut cursor, Some(GuestAddress(layout::KERNEL_START)))
-                    .map_err(load_err)?;
-                let entry = match r.pvh_boot_cap {
-                    PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr.raw_value()),
-                    _ => EntryPoint::Linux64 { entry: r.kernel_load.raw_value(), header },
-                };
-                return Ok(LoadedKernel { format, entry, end: r.kernel_end });
+                LoadedKernel { format, ..load_elf(mem, path, &mut cursor, header)? }
+            } else {
+                let end = fit::bzimage_end(mem, path, &image)?;
+                let mut cursor = std::io::Cursor::new(image);
+                let r =
+                    BzImage::load(mem, None, &mut cursor, Some(GuestAddress(layout::KERNEL_START)))
+                        .map_err(|source| Error::Load { path: path.to_owned(), source })?;
+                // The 64-bit entry is 0x200 past the protected-mode code start.
+                let entry = r.kernel_load.raw_value() + 0x200;
+                LoadedKernel {
+                    format,
+                    entry: EntryPoint::Linux64 { entry, header: r.setup_header },
+                    end: end.max(r.kernel_end),
+                }
             }
-            file.seek(SeekFrom::Start(0))
-                .map_err(|source| Error::KernelFile { path: path.to_owned(), source })?;
-            let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::KERNEL_START)))
-                .map_err(load_err)?;
-            // The 64-bit entry is 0x200 past the protected-mode code start.
-            let entry = r.kernel_load.raw_value() + 0x200;
-            Ok(LoadedKernel {
-                format,
-                entry: EntryPoint::Linux64 { entry, header: r.setup_header },
-                end: r.kernel_end,
-            })
         }
-    }
+    };
+    let entry = match loaded.entry {
+        EntryPoint::Pvh(entry) | EntryPoint::Linux64 { entry, .. } => entry,
+    };
+    fit::check_entry(mem, path, entry)?;
+    Ok(loaded)
+}
+
+/// Loads an ELF kernel (a vmlinux, a PVH image, or the vmlinux unpacked from a bzImage whose
+/// setup header is `header`) at its physical addresses.
+fn load_elf<R: Read + Seek + vm_memory::ReadVolatile>(
+    mem: &GuestMemory,
+    path: &Path,
+    image: &mut R,
+    header: Option<setup_header>,
+) -> Result<LoadedKernel> {
+    let end = fit::elf_end(mem, path, image)?;
+    let r = Elf::load(mem, None, image, Some(GuestAddress(layout::KERNEL_START)))
+        .map_err(|source| Error::Load { path: path.to_owned(), source })?;
+    let entry = match r.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr.raw_value()),
+        _ => EntryPoint::Linux64 { entry: r.kernel_load.raw_value(), header },
+    };
+    // linux-loader's end counts only segments with file bytes; ours every PT_LOAD.
+    Ok(LoadedKernel { format: KernelFormat::Elf, entry, end: end.max(r.kernel_end) })
 }
 
 /// Where an initrd went.
