@@ -1,7 +1,8 @@
 //! The `hv-vmm` binary as a user runs it: a VM booted from Cloud Hypervisor's flags, the
 //! process ending with its guest (power-off 0, crash 1 with the reason logged at error),
 //! a reset rebooting the guest, the power button over the API, disks opened with an explicit
-//! format, and bad flags refused.
+//! format, every thread confined by a seccomp filter (unless `--seccomp false`), and bad
+//! flags refused.
 
 mod vmm_process;
 
@@ -193,6 +194,7 @@ fn bad_flags_are_refused() {
         ("--cpus", "boot=two"),
         ("--serial", "pty"),
         ("--net", "mac=52:54:00:00:00:01"),
+        ("--seccomp", "trap"),
     ] {
         let (code, err) = run(&["--kernel", "/nonexistent", flag, value]);
         assert_eq!(code, Some(2), "{flag} {value}: {err}");
@@ -260,4 +262,59 @@ fn a_nic_on_a_tap_by_name_carries_the_guests_traffic_and_counts_it() {
     let l = lines(&vmm);
     assert!(l.contains(&"net mac=52:54:00:77:00:02".to_string()), "{l:?}");
     assert!(l.contains(&"net ping 10.77.0.1 ok 3/3".to_string()), "{l:?}");
+}
+
+/// `(thread name, Seccomp: value)` of every thread of `pid`.
+fn thread_seccomp(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).expect("Seccomp:");
+        out.push((comm.trim().to_owned(), mode.trim().to_owned()));
+    }
+    out
+}
+
+/// Boots the power-button guest through the API with `flags`, answers the threads' seccomp
+/// modes while it runs, then presses the button and checks the process ends cleanly.
+fn seccomp_of_a_running_vmm(flags: &[&str]) -> Vec<(String, String)> {
+    let mut vmm = VmmProcess::spawn(flags, true);
+    let c = vmm.client();
+    assert_eq!(
+        put(&c, "vm.create", Some(&guest_config("test=power-button", &vmm.serial))).status,
+        204
+    );
+    assert_eq!(put(&c, "vm.boot", None).status, 204);
+    vmm.wait_for_line("waiting for the power button", 1);
+    let threads = thread_seccomp(vmm.child.id());
+    assert_eq!(get(&c, "vm.info").status, 200);
+    assert_eq!(put(&c, "vm.power-button", None).status, 204);
+    let status = vmm.wait_exit();
+    let log = vmm.log_text();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert!(!log.contains("forbids"), "a thread made a forbidden call:\n{log}");
+    threads
+}
+
+#[test]
+fn every_thread_of_a_running_vmm_is_confined_unless_seccomp_is_false() {
+    if !can_run_guests() {
+        return;
+    }
+    let threads = seccomp_of_a_running_vmm(&[]);
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    // The main thread, the API thread and the vCPU at least.
+    assert!(threads.len() >= 3, "{threads:?}");
+    assert!(names.contains(&"hv-vmm") && names.contains(&"hv-vmm-api"), "{names:?}");
+    let unconfined: Vec<_> = threads.iter().filter(|(_, mode)| mode != "2").collect();
+    assert!(unconfined.is_empty(), "threads without a seccomp filter: {unconfined:?}");
+
+    let threads = seccomp_of_a_running_vmm(&["--seccomp", "false"]);
+    assert!(threads.iter().all(|(_, mode)| mode == "0"), "{threads:?}");
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use hv_core::seccomp::SeccompMode;
+
 use crate::config::{
     ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
 };
@@ -180,6 +182,23 @@ pub fn parse_api_socket(s: &str) -> Result<PathBuf, OptionError> {
     Ok(PathBuf::from(o.get("path").ok_or_else(|| o.err("path= is required"))?))
 }
 
+/// `--seccomp true|false|log`, as Cloud Hypervisor spells it: confine every thread of the
+/// process (`true`, the default: a forbidden call fails and ends the VM as crashed), no
+/// filters (`false`, for debugging), or filters that let forbidden calls through and have the
+/// kernel log them (`log`).
+pub fn parse_seccomp(s: &str) -> Result<SeccompMode, OptionError> {
+    match s {
+        "true" => Ok(SeccompMode::Trap),
+        "false" => Ok(SeccompMode::Off),
+        "log" => Ok(SeccompMode::Log),
+        _ => Err(OptionError {
+            flag: "seccomp",
+            value: s.into(),
+            reason: "want true, false or log".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +224,10 @@ mod tests {
         assert_eq!(parse_console("serial", "file=/x").unwrap().file, Some("/x".into()));
         assert_eq!(parse_api_socket("/s").unwrap(), PathBuf::from("/s"));
         assert_eq!(parse_api_socket("path=/s").unwrap(), PathBuf::from("/s"));
+        assert_eq!(parse_seccomp("true").unwrap(), SeccompMode::Trap);
+        assert_eq!(parse_seccomp("false").unwrap(), SeccompMode::Off);
+        assert_eq!(parse_seccomp("log").unwrap(), SeccompMode::Log);
+        assert!(parse_seccomp("trap").is_err());
         for (f, bad) in [
             (parse_disk as fn(&str) -> Result<DiskConfig, OptionError>, "readonly=on"),
             (parse_disk, "path=/a,image_type=vmdk"),

@@ -10,6 +10,7 @@
 //! stops the VM and keeps the configuration, so `vm.boot` can start it again; a guest reset
 //! reboots it from the same configuration.
 
+use hv_core::seccomp::SeccompMode;
 use hv_core::{ExitReason, Vm};
 
 use crate::api::{VmCounters, VmInfo, VmState};
@@ -144,6 +145,8 @@ pub struct VmManager {
     boots: u64,
     /// How the guest ended on its own, until the process owner takes it.
     guest_end: Option<ExitReason>,
+    /// The seccomp filters of the VM's vCPU and device threads.
+    seccomp: SeccompMode,
 }
 
 impl std::fmt::Debug for VmManager {
@@ -156,6 +159,11 @@ impl VmManager {
     /// A manager with no VM.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A manager with no VM whose VMs confine their vCPU and device threads as `mode` says.
+    pub fn with_seccomp(mode: SeccompMode) -> Self {
+        Self { seccomp: mode, ..Self::default() }
     }
 
     /// The VM's state (`None`: not created).
@@ -220,7 +228,7 @@ impl VmManager {
     fn start(&mut self) -> Result<(), ManagerError> {
         let config = self.config.as_ref().ok_or(ManagerError::NotCreated { action: "boot" })?;
         let machine = machine::builder(config, self.boots == 0)?;
-        let vm = machine.builder.build()?;
+        let vm = machine.builder.seccomp(self.seccomp).build()?;
         vm.start()?;
         self.boots += 1;
         log::info!("VM running, command line: {}", vm.cmdline());

@@ -45,6 +45,12 @@ impl Vmm {
         Self::default()
     }
 
+    /// A process with no VM yet whose VMs confine their vCPU and device threads as `mode` says
+    /// (by default they do, [`SeccompMode::Trap`](hv_core::seccomp::SeccompMode::Trap)).
+    pub fn with_seccomp(mode: hv_core::seccomp::SeccompMode) -> Self {
+        Self { manager: Mutex::new(VmManager::with_seccomp(mode)), ..Self::default() }
+    }
+
     /// The manager, locked: API calls are served one at a time.
     pub fn manager(&self) -> MutexGuard<'_, VmManager> {
         self.manager.lock().unwrap_or_else(|e| e.into_inner())
