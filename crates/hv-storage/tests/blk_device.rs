@@ -192,3 +192,141 @@ fn a_driver_that_readies_only_some_queues_is_served_on_those() {
     wr(&mut t, 0x70, 0);
     assert!(handle.active_queues().is_empty(), "reset clears the active queues");
 }
+
+/// An ext4 file system in an image on a loop device, mounted for the test, that the test can
+/// freeze: a write to a file on it then waits in the kernel until it is thawed, which makes a
+/// request that stays in flight for as long as the test wants. Unmounted on drop.
+struct FreezableFs {
+    _dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new(cmd).args(args).output().expect(cmd);
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl FreezableFs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), img.as_os_str()]);
+        run("mount", &["-o".as_ref(), "loop,noatime".as_ref(), img.as_os_str(), mnt.as_os_str()]);
+        FreezableFs { _dir: dir, mnt }
+    }
+
+    /// Freezes the file system until the guard is dropped.
+    fn freeze(&self) -> Frozen<'_> {
+        run("fsfreeze", &["-f".as_ref(), self.mnt.as_os_str()]);
+        Frozen(self)
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// Thaws the file system when dropped (also when the test fails, before the device waits
+/// for its write).
+struct Frozen<'a>(&'a FreezableFs);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0.mnt).status();
+    }
+}
+
+/// Waits (at most 10 s, a bound for a device that never signals, not a timing) for `fd`.
+fn wait_readable(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, 10_000) == 1 }
+}
+
+/// Waits on the interrupt alone until `n` requests are used, re-arming it as a driver with
+/// EVENT_IDX does (used_event = the next used entry it will read, then a recheck); false if
+/// an interrupt never comes.
+fn wait_used_by_interrupt(q: &TestQueue, irq: &EventFd, n: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    loop {
+        let seen = q.used_idx();
+        q.set_used_event(seen);
+        if q.used_idx() != seen {
+            continue;
+        }
+        if seen >= n {
+            return true;
+        }
+        if !wait_readable(irq.as_raw_fd()) {
+            return false;
+        }
+        let _ = irq.read();
+    }
+}
+
+#[test]
+fn io_uring_completions_reach_the_guest_by_interrupt_while_a_request_is_still_in_flight() {
+    hv_test_support::require!(hv_test_support::is_root(), "root (mount, fsfreeze)");
+    hv_test_support::require!(
+        hv_storage::block::raw_uring::uring_available().is_ok(),
+        "io_uring is not available"
+    );
+    hv_test_support::require!(
+        std::process::Command::new("mkfs.ext4").arg("-V").output().is_ok(),
+        "mkfs.ext4 (e2fsprogs)"
+    );
+    let fs = FreezableFs::new();
+    let path = raw_file(&fs.mnt, "disk.raw", MIB, 44);
+    let opts = DiskOptions { engine: hv_storage::block::Engine::Uring, ..Default::default() };
+    let disk = open_disk(&path, DiskFormat::Raw, opts).unwrap();
+    let config = BlockConfig { queue_size: QUEUE_SIZE, ..Default::default() };
+    let ram = ram();
+    let mem = ram.memory();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let notify = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+    let dev = Box::new(VirtioBlock::new(disk, config));
+    let mut t =
+        MmioTransport::new(dev, mem.clone(), IrqLine::new(irq.try_clone().unwrap()), notify)
+            .unwrap();
+    let mut q = TestQueue::new(mem);
+    bring_up(&mut t);
+    driver_ok(&mut t);
+
+    let frozen = fs.freeze();
+    // A write, which waits in the kernel while the file system is frozen, then 20 reads (the
+    // queue's 64 descriptors hold 21 requests), all made available with one notification.
+    let data = pattern(4096, 45);
+    let (w, write_status) = q.rw(VIRTIO_BLK_T_OUT, 0, &[4096], R);
+    q.write_guest(w[0], &data);
+    let reads: Vec<(u64, Vec<u64>, u64)> = (0..20u64)
+        .map(|i| {
+            let sector = 8 + i * 8;
+            let (bufs, status) = q.rw(VIRTIO_BLK_T_IN, sector, &[4096], W);
+            (sector, bufs, status)
+        })
+        .collect();
+    wr(&mut t, 0x50, 0);
+    // From here the driver only waits for interrupts: it never notifies again.
+    assert!(
+        wait_used_by_interrupt(&q, &irq, 20),
+        "no interrupt for the reads while the write is in flight ({} used)",
+        q.used_idx()
+    );
+    assert_eq!(q.status_at(write_status), 0xff, "the write cannot have finished yet");
+    let orig = pattern(MIB, 44);
+    for (sector, bufs, status) in &reads {
+        assert_eq!(q.status_at(*status), VIRTIO_BLK_S_OK as u8, "read of sector {sector}");
+        let at = *sector as usize * 512;
+        assert_eq!(q.read_guest(bufs[0], 4096), orig[at..at + 4096], "read of sector {sector}");
+    }
+    drop(frozen);
+    assert!(wait_used_by_interrupt(&q, &irq, 21), "no interrupt for the write after the thaw");
+    assert_eq!(q.status_at(write_status), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(std::fs::read(&path).unwrap()[..4096], data[..]);
+    wr(&mut t, 0x70, 0);
+}

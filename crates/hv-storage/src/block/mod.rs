@@ -33,6 +33,7 @@ pub(crate) use raw_io::mark_dirty;
 
 use std::fmt::Debug;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 pub use crate::format::{ImageFormat, QCOW2_MAGIC};
@@ -281,22 +282,27 @@ pub trait BlockBackend: Send + Debug {
 }
 
 /// An engine that keeps many reads and writes in flight: the queue handler queues every read
-/// and write it pops, submits them together, and completes each when its tag comes back, in
-/// whatever order the host finishes them.
+/// and write it pops, submits them together without waiting, and completes each when its tag
+/// comes back, in whatever order the host finishes them. The engine signals an eventfd
+/// ([`Self::completion_fd`]) when completions arrive, so the handler's owner waits on it with
+/// the queues' notifications instead of blocking (Cloud Hypervisor's `engine_uring` model).
 pub trait AsyncBlock {
     /// How many more requests can be queued now.
     fn capacity(&self) -> usize;
 
+    /// Requests queued or in flight.
+    fn in_flight(&self) -> usize;
+
     /// Queues a read (or, with `write`, a write) of `bufs` at byte `offset` under `tag`,
     /// without submitting it. `Ok(false)` when this request must go the synchronous way
     /// instead (e.g. an O_DIRECT request that is not aligned); the caller then completes
-    /// everything queued first ([`Self::submit_and_complete`]) and performs it itself.
+    /// everything in flight first ([`Self::submit_and_complete`]) and performs it itself.
     ///
     /// # Safety
     ///
     /// The memory `bufs` describe must stay mapped, and untouched by the caller, until
-    /// [`Self::submit_and_complete`] has returned the completion for `tag`. A read's caller
-    /// marks the slices dirty once its completion came back successful.
+    /// [`Self::complete`] or [`Self::submit_and_complete`] has returned the completion for
+    /// `tag`. A read's caller marks the slices dirty once its completion came back successful.
     unsafe fn queue(
         &mut self,
         tag: u64,
@@ -305,10 +311,21 @@ pub trait AsyncBlock {
         write: bool,
     ) -> Result<bool>;
 
-    /// Submits everything queued (one system call for the batch) and waits until every
-    /// queued request has completed; appends `(tag, result)` to `out` for each, in completion
-    /// order. An `Err` means the engine itself failed (completions already known are still
-    /// appended).
+    /// Hands everything queued to the host (one system call for the batch) without waiting.
+    fn submit(&mut self) -> Result<()>;
+
+    /// An eventfd that becomes readable when completions may be waiting: wait on it, then
+    /// call [`Self::complete`] (which drains it).
+    fn completion_fd(&self) -> RawFd;
+
+    /// Appends `(tag, result)` for every request that finished so far, in completion order,
+    /// without waiting (the rest of a short transfer is resubmitted under the same tag). An
+    /// `Err` means the engine itself failed (completions already known are still appended).
+    fn complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()>;
+
+    /// Submits everything queued and waits until every request in flight has completed;
+    /// appends `(tag, result)` to `out` for each, in completion order. An `Err` means the
+    /// engine itself failed (completions already known are still appended).
     fn submit_and_complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()>;
 }
 

@@ -3,17 +3,21 @@
 //!
 //! Each instance (one per virtqueue, see [`BlockBackend::try_clone`]) owns its ring and a
 //! table of in-flight requests indexed by tag (the SQE's `user_data`). The queue handler
-//! queues every read and write it pops ([`AsyncBlock::queue`]), submits them with one
-//! `io_uring_enter` and completes each request when the CQE carrying its tag arrives, in
-//! whatever order the kernel finishes them (Cloud Hypervisor's `engine_uring` is the model).
-//! Short transfers are resubmitted for the rest under the same tag.
+//! queues every read and write it pops ([`AsyncBlock::queue`]) and submits them with one
+//! `io_uring_enter`, without waiting. The ring signals an eventfd registered with it
+//! (`IORING_REGISTER_EVENTFD`) for each completion; the device's worker waits on that eventfd
+//! beside the queues' notifications and, when it fires, reaps the CQEs and completes each
+//! request by the tag it carries, in whatever order the kernel finishes them (Cloud
+//! Hypervisor's `engine_uring` is the model). Short transfers are resubmitted for the rest
+//! under the same tag.
 //!
 //! Ownership: a request's iovec array lives in its table slot from the moment its SQE is
 //! pushed until the CQE with its tag is reaped; a failed `io_uring_enter` frees nothing (the
 //! kernel may hold some SQEs already). If the ring fails for good, the engine refuses further
 //! work and, when dropped, leaks the arrays of requests still in flight rather than free
-//! memory the kernel may still write. CQEs whose tag names no in-flight request are counted
-//! and ignored, never taken for another request's completion.
+//! memory the kernel may still write; otherwise dropping the engine first waits for every
+//! request in flight. CQEs whose tag names no in-flight request are counted and ignored,
+//! never taken for another request's completion.
 //!
 //! Flush is an `IORING_OP_FSYNC` with `DATASYNC`; discard and write-zeroes are
 //! `fallocate`/ioctl calls as in the sync engine. Opening checks that the kernel has io_uring
@@ -22,9 +26,10 @@
 //! [`super::Engine::Sync`].
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
+use hv_core::vmm_sys_util::eventfd::EventFd;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::raw_io::{advance_iovecs, iovecs, mark_dirty, RawFile};
@@ -88,6 +93,8 @@ impl Op {
 pub struct RawUringDisk {
     raw: RawFile,
     ring: IoUring,
+    /// Registered with the ring: readable when CQEs were posted.
+    completions: EventFd,
     /// Requests queued or in flight; the SQE's `user_data` is the slot position.
     slots: Vec<Option<Slot>>,
     /// Entries pushed to the SQ but not yet handed to the kernel.
@@ -140,12 +147,34 @@ impl RawUringDisk {
     /// Opens the raw file or block device at `path` with a new io_uring.
     pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self> {
         let ring = new_ring()?;
-        Ok(Self::with_ring(RawFile::open(path, read_only, direct)?, ring))
+        Self::with_ring(RawFile::open(path, read_only, direct)?, ring)
     }
 
-    fn with_ring(raw: RawFile, ring: IoUring) -> Self {
+    fn with_ring(raw: RawFile, ring: IoUring) -> Result<Self> {
+        let completions =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+                BlockError::UringUnavailable {
+                    reason: "cannot make the completion eventfd",
+                    source,
+                }
+            })?;
+        ring.submitter().register_eventfd(completions.as_raw_fd()).map_err(|source| {
+            BlockError::UringUnavailable {
+                reason: "cannot register the completion eventfd",
+                source,
+            }
+        })?;
         let slots = (0..RING_ENTRIES).map(|_| None).collect();
-        Self { raw, ring, slots, unsubmitted: 0, broken: None, stray_completions: 0, finished: 0 }
+        Ok(Self {
+            raw,
+            ring,
+            completions,
+            slots,
+            unsubmitted: 0,
+            broken: None,
+            stray_completions: 0,
+            finished: 0,
+        })
     }
 
     /// Requests queued or in flight.
@@ -275,11 +304,11 @@ impl RawUringDisk {
         Ok(finished)
     }
 
-    /// Runs everything queued until every slot has a result.
-    fn run_all(&mut self) -> io::Result<()> {
+    /// Submits and waits until every slot `which` selects has a result.
+    fn run_until(&mut self, which: impl Fn(&Slot) -> bool) -> io::Result<()> {
         loop {
-            let waiting = self.slots.iter().flatten().filter(|s| s.result.is_none()).count();
-            if waiting == 0 {
+            let waiting = self.slots.iter().flatten().any(|s| which(s) && s.result.is_none());
+            if !waiting {
                 return Ok(());
             }
             self.check_usable()?;
@@ -288,11 +317,14 @@ impl RawUringDisk {
         }
     }
 
-    /// Takes the finished slots out: `(tag, op, offset, len, result)`.
-    fn take_finished(&mut self) -> Vec<(u64, Op, u64, u64, io::Result<()>)> {
+    /// Takes the finished slots `which` selects out: `(tag, op, offset, len, result)`.
+    fn take_finished(
+        &mut self,
+        which: impl Fn(&Slot) -> bool,
+    ) -> Vec<(u64, Op, u64, u64, io::Result<()>)> {
         let mut done: Vec<Slot> = Vec::new();
         for s in self.slots.iter_mut() {
-            if s.as_ref().is_some_and(|s| s.result.is_some() && !s.in_kernel) {
+            if s.as_ref().is_some_and(|s| which(s) && s.result.is_some() && !s.in_kernel) {
                 done.extend(s.take());
             }
         }
@@ -329,19 +361,40 @@ impl RawUringDisk {
     fn run_one(&mut self, op: Op, offset: u64, iovs: Vec<libc::iovec>) -> Result<()> {
         let len = iovs.iter().map(|v| v.iov_len as u64).sum();
         self.queue_slot(SYNC_TAG, op, offset, iovs)?;
-        let r = self.run_all();
-        let mut done = self.take_finished();
+        // Only this request is waited for: others in flight keep their results for
+        // `complete` (their CQEs left the completion eventfd readable).
+        let r = self.run_until(is_sync);
+        let mut done = self.take_finished(is_sync);
         let io = |source| BlockError::Io { op: op.name(), offset, len, source };
         r.map_err(io)?;
-        match done.iter().position(|d| d.0 == SYNC_TAG) {
-            Some(i) => done.swap_remove(i).4.map_err(io),
+        match done.pop() {
+            Some(d) => d.4.map_err(io),
             None => Err(io(io::Error::other("io_uring lost the request"))),
+        }
+    }
+
+    /// Moves the finished asynchronous requests to `out`.
+    fn take_async(&mut self, out: &mut Vec<(u64, Result<()>)>) {
+        for (tag, op, offset, len, result) in self.take_finished(|s| !is_sync(s)) {
+            out.push((
+                tag,
+                result.map_err(|source| BlockError::Io { op: op.name(), offset, len, source }),
+            ));
         }
     }
 }
 
+fn is_sync(slot: &Slot) -> bool {
+    slot.tag == SYNC_TAG
+}
+
 impl Drop for RawUringDisk {
     fn drop(&mut self) {
+        // The kernel must not write into memory after its owner got it back: wait for what is
+        // in flight, unless the ring failed (then waiting may never end).
+        if self.broken.is_none() {
+            let _ = self.run_until(|_| true);
+        }
         // Arrays the kernel may still read after a failed enter are leaked, never freed.
         for slot in self.slots.iter_mut().filter_map(Option::take) {
             if slot.in_kernel {
@@ -354,6 +407,10 @@ impl Drop for RawUringDisk {
 impl AsyncBlock for RawUringDisk {
     fn capacity(&self) -> usize {
         self.slots.len() - self.in_flight()
+    }
+
+    fn in_flight(&self) -> usize {
+        RawUringDisk::in_flight(self)
     }
 
     unsafe fn queue(
@@ -375,14 +432,37 @@ impl AsyncBlock for RawUringDisk {
         Ok(true)
     }
 
+    fn submit(&mut self) -> Result<()> {
+        let r = if self.unsubmitted > 0 {
+            self.check_usable().and_then(|()| self.enter(0))
+        } else {
+            Ok(())
+        };
+        r.map_err(|source| BlockError::Io { op: "submit", offset: 0, len: 0, source })
+    }
+
+    fn completion_fd(&self) -> RawFd {
+        self.completions.as_raw_fd()
+    }
+
+    fn complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()> {
+        // Drained before reaping: a CQE posted after the reap makes it readable again.
+        let _ = self.completions.read();
+        let r = self.reap().and_then(|_| {
+            // Short transfers pushed again by reap go to the kernel now.
+            if self.unsubmitted > 0 {
+                self.check_usable()?;
+                self.enter(0)?;
+            }
+            Ok(())
+        });
+        self.take_async(out);
+        r.map_err(|source| BlockError::Io { op: "complete", offset: 0, len: 0, source })
+    }
+
     fn submit_and_complete(&mut self, out: &mut Vec<(u64, Result<()>)>) -> Result<()> {
-        let r = self.run_all();
-        for (tag, op, offset, len, result) in self.take_finished() {
-            out.push((
-                tag,
-                result.map_err(|source| BlockError::Io { op: op.name(), offset, len, source }),
-            ));
-        }
+        let r = self.run_until(|s| !is_sync(s));
+        self.take_async(out);
         r.map_err(|source| BlockError::Io { op: "submit", offset: 0, len: 0, source })
     }
 }
@@ -436,7 +516,7 @@ impl BlockBackend for RawUringDisk {
     }
 
     fn try_clone(&self) -> Result<Box<dyn BlockBackend>> {
-        Ok(Box::new(Self::with_ring(self.raw.try_clone()?, new_ring()?)))
+        Ok(Box::new(Self::with_ring(self.raw.try_clone()?, new_ring()?)?))
     }
 
     fn as_async(&mut self) -> Option<&mut dyn AsyncBlock> {

@@ -2,8 +2,9 @@
 //! [`VirtioDevice`] trait. The request work is the queue handlers'; this file only wires them
 //! to the transport: at activation it builds one [`BlockQueueHandler`] per queue the driver
 //! made ready (a driver may leave some of the offered queues unused) and starts a worker
-//! thread that waits on those queues' notification eventfds (and a timerfd for throttled
-//! queues) and raises the interrupt when a handler says so. A [`BlockHandle`] lets the
+//! thread that waits on those queues' notification eventfds, the completion eventfds of their
+//! asynchronous engines (io_uring), and a timerfd for throttled queues, and raises the
+//! interrupt when a handler says so. A [`BlockHandle`] lets the
 //! embedding program read the counters while the VM owns the device.
 
 use std::os::fd::AsRawFd;
@@ -31,6 +32,8 @@ use crate::block::BlockBackend;
 
 /// Worker token of the throttling timer (queue tokens are their positions).
 const TIMER_TOKEN: u64 = u64::MAX - 1;
+/// Worker tokens of the queues' engine completions: this bit plus the queue's position.
+const COMPLETION_TOKEN: u64 = 1 << 32;
 
 /// Counters and state the device's worker shares with its owner and [`BlockHandle`]s.
 #[derive(Debug, Default)]
@@ -182,13 +185,33 @@ struct Running {
     shared: Arc<Mutex<Shared>>,
 }
 
+/// What the worker does for a queue.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Serve the available requests (a notification or the throttling timer).
+    Requests,
+    /// Complete what the engine finished.
+    Completions,
+    /// Wait for everything the engine holds and complete it (the worker is stopping).
+    Drain,
+}
+
 impl Running {
     fn serve(&mut self, i: usize) {
-        if self.broken[i] {
+        self.work(i, Work::Requests);
+    }
+
+    fn work(&mut self, i: usize, work: Work) {
+        let (index, queue, _, handler) = &mut self.queues[i];
+        if self.broken[i] && !matches!(work, Work::Drain) {
             return;
         }
-        let (index, queue, _, handler) = &mut self.queues[i];
-        match handler.process_queue(queue, &self.mem) {
+        let r = match work {
+            Work::Requests => handler.process_queue(queue, &self.mem),
+            Work::Completions => handler.process_completions(queue, &self.mem),
+            Work::Drain => handler.drain(queue, &self.mem),
+        };
+        match r {
             Ok(true) => self.interrupt.signal_used_queue(),
             Ok(false) => {}
             Err(e) => {
@@ -211,6 +234,12 @@ impl Running {
                 if self.queues[i].3.throttled_for().is_some() {
                     self.serve(i);
                 }
+            }
+        } else if token & COMPLETION_TOKEN != 0 {
+            let i = (token & !COMPLETION_TOKEN) as usize;
+            if i < self.queues.len() {
+                // The engine drains its eventfd itself.
+                self.work(i, Work::Completions);
             }
         } else if let Some(i) = usize::try_from(token).ok().filter(|&i| i < self.queues.len()) {
             let _ = self.queues[i].2.read();
@@ -253,6 +282,20 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// The worker stops between events: requests still in the engine's hands are waited for
+    /// and completed, so none outlives the worker (and a snapshot finds each request either
+    /// completed or untouched in the avail ring).
+    fn drop(&mut self) {
+        for i in 0..self.queues.len() {
+            if self.queues[i].3.in_flight() > 0 {
+                self.work(i, Work::Drain);
+            }
+        }
+        self.publish();
+    }
+}
+
 impl VirtioDevice for VirtioBlock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
@@ -289,10 +332,13 @@ impl VirtioDevice for VirtioBlock {
         let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
         let mut fds = vec![(timer.as_raw_fd(), TIMER_TOKEN)];
         let mut owned = Vec::with_capacity(queues.len());
-        for (pos, (aq, handler)) in queues.into_iter().zip(handlers).enumerate() {
+        for (pos, (aq, mut handler)) in queues.into_iter().zip(handlers).enumerate() {
             let mut queue = aq.queue;
             queue.set_event_idx(event_idx);
             fds.push((aq.notify.as_raw_fd(), pos as u64));
+            if let Some(fd) = handler.completion_fd() {
+                fds.push((fd, COMPLETION_TOKEN | pos as u64));
+            }
             owned.push((aq.index, queue, aq.notify, handler));
         }
         // The same shared state across activations, so handles taken earlier keep working.

@@ -7,14 +7,22 @@
 //! memory and a queue they build.
 //!
 //! With an engine that keeps many requests in flight ([`BlockBackend::as_async`], io_uring),
-//! every read and write popped in one pass is queued on the engine, the batch is submitted with
-//! one system call, and each request is completed (status byte, used ring) when the completion
-//! carrying its tag comes back, in the order the host finishes them. Anything else (flush,
-//! discard, a request the engine hands back) first completes the batch, so a flush covers
-//! every write the guest queued before it.
+//! every read and write popped in one pass is queued on the engine and the batch is submitted
+//! with one system call; `process_queue` returns without waiting for it. The engine's
+//! completion eventfd ([`completion_fd`]) then wakes the handler's owner, which calls
+//! [`process_completions`]: each request is completed (status byte, used ring) when the
+//! completion carrying its tag comes back, in the order the host finishes them, and the guest
+//! is interrupted. Anything else (flush, discard, a request the engine hands back) first waits
+//! for every request in flight, so a flush covers every write the guest queued before it.
+//! Before the handler is dropped, its owner calls [`drain`] so that no request is left in the
+//! host's hands.
 //!
 //! [`process_queue`]: BlockQueueHandler::process_queue
+//! [`process_completions`]: BlockQueueHandler::process_completions
+//! [`completion_fd`]: BlockQueueHandler::completion_fd
+//! [`drain`]: BlockQueueHandler::drain
 
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -30,14 +38,14 @@ use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK}
 
 use super::request::{Request, RequestLimits, RequestType};
 use super::{BlockConfig, SERIAL_LEN};
-use crate::block::{mark_dirty, BlockBackend, GuestSlice};
+use crate::block::{mark_dirty, BlockBackend};
 
 /// A read or write queued on an asynchronous engine, waiting for its completion.
-struct Pending<'m> {
+#[derive(Debug)]
+struct Pending {
     tag: u64,
     head: u16,
     req: Request,
-    slices: Vec<GuestSlice<'m>>,
 }
 
 /// Errors that stop queue processing (the queue itself is unusable; the device should be
@@ -93,6 +101,8 @@ pub struct BlockQueueHandler {
     last_error: Option<String>,
     /// The tag of the next request queued on an asynchronous engine.
     next_tag: u64,
+    /// Reads and writes the asynchronous engine holds, by tag.
+    pending: Vec<Pending>,
 }
 
 impl BlockQueueHandler {
@@ -108,6 +118,7 @@ impl BlockQueueHandler {
             stats: QueueStats::default(),
             last_error: None,
             next_tag: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -158,7 +169,42 @@ impl BlockQueueHandler {
         Some(self.limiter().map_or(Duration::ZERO, |rl| rl.retry_after(bytes)))
     }
 
-    /// Completes every available request of `queue` (until the rate limiter says wait).
+    /// The eventfd the asynchronous engine signals when requests complete (`None` for a
+    /// synchronous engine): wait on it and call [`process_completions`](Self::process_completions).
+    pub fn completion_fd(&mut self) -> Option<RawFd> {
+        self.backend.as_async().map(|engine| engine.completion_fd())
+    }
+
+    /// Requests the asynchronous engine holds for this queue.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Completes the requests the asynchronous engine finished since the last call, without
+    /// waiting. Returns whether the guest should be interrupted.
+    pub fn process_completions(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<bool, QueueHandlerError> {
+        let used = self.complete_pending(queue, mem, false)?;
+        self.notification_needed(queue, mem, used)
+    }
+
+    /// Waits for every request the asynchronous engine holds and completes them. Returns
+    /// whether the guest should be interrupted.
+    pub fn drain(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<bool, QueueHandlerError> {
+        let used = self.complete_pending(queue, mem, true)?;
+        self.notification_needed(queue, mem, used)
+    }
+
+    /// Serves every available request of `queue` (until the rate limiter says wait): requests
+    /// for a synchronous engine are completed, reads and writes for an asynchronous one are
+    /// submitted and completed later ([`process_completions`](Self::process_completions)).
     /// Returns whether the guest should be interrupted (something was used and the driver's
     /// notification suppression, EVENT_IDX or NO_INTERRUPT, does not rule it out).
     pub fn process_queue(
@@ -168,7 +214,6 @@ impl BlockQueueHandler {
     ) -> Result<bool, QueueHandlerError> {
         let event_idx = queue.event_idx_enabled();
         let mut used_any = false;
-        let mut pending: Vec<Pending<'_>> = Vec::new();
         self.throttled_bytes = None;
         'outer: loop {
             if event_idx {
@@ -194,10 +239,10 @@ impl BlockQueueHandler {
                             self.stats.throttled += 1;
                             break 'outer;
                         }
-                        match self.try_queue(head, req, mem, &mut pending) {
+                        match self.try_queue(head, req, mem) {
                             Ok(()) => continue,
                             Err(req) => {
-                                self.complete_batch(queue, mem, &mut pending)?;
+                                self.complete_pending(queue, mem, true)?;
                                 self.perform(&req, mem)
                             }
                         }
@@ -220,7 +265,7 @@ impl BlockQueueHandler {
                 queue.add_used(mem, head, used_len)?;
                 used_any = true;
             }
-            used_any |= self.complete_batch(queue, mem, &mut pending)?;
+            used_any |= self.submit_pending(queue, mem)?;
             // pop_descriptor_chain() also ends when the driver's avail index is more than a
             // ring ahead of us; enable_notification() would then report work forever.
             let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
@@ -234,11 +279,21 @@ impl BlockQueueHandler {
                 break;
             }
         }
-        used_any |= self.complete_batch(queue, mem, &mut pending)?;
-        if !used_any {
+        self.notification_needed(queue, mem, used_any)
+    }
+
+    /// Whether the guest should be interrupted after `used` (something was put in the used
+    /// ring): the driver's EVENT_IDX or NO_INTERRUPT may rule it out.
+    fn notification_needed(
+        &self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        used: bool,
+    ) -> Result<bool, QueueHandlerError> {
+        if !used {
             return Ok(false);
         }
-        if !event_idx && self.driver_suppresses_interrupts(queue, mem) {
+        if !queue.event_idx_enabled() && self.driver_suppresses_interrupts(queue, mem) {
             return Ok(false);
         }
         Ok(queue.needs_notification(mem)?)
@@ -255,13 +310,7 @@ impl BlockQueueHandler {
     /// Queues a read or write on an asynchronous engine; hands the request back when it must
     /// be performed synchronously (no such engine, another request type, no room, or the
     /// engine declines it).
-    fn try_queue<'m>(
-        &mut self,
-        head: u16,
-        req: Request,
-        mem: &'m GuestMemory,
-        pending: &mut Vec<Pending<'m>>,
-    ) -> Result<(), Request> {
+    fn try_queue(&mut self, head: u16, req: Request, mem: &GuestMemory) -> Result<(), Request> {
         let write = match req.request_type {
             RequestType::In => false,
             RequestType::Out => true,
@@ -276,79 +325,119 @@ impl BlockQueueHandler {
         // Tags are never reused within a handler, so a completion can only match its request.
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1) % (u64::MAX - 1);
-        // SAFETY: `slices` point into `mem`, borrowed for this whole `process_queue` call;
-        // every queued request is completed by `complete_batch` before the call returns, and
-        // nothing else touches these buffers meanwhile.
+        // SAFETY: `slices` point into the guest memory `mem`, which the handler's owner keeps
+        // mapped (it holds a clone of it) until it has drained the handler (`drain`), and the
+        // engine itself waits for requests in flight before it is dropped. The buffers belong
+        // to a descriptor chain the device holds until it is put in the used ring, after its
+        // completion: the device touches them no more meanwhile.
         match unsafe { engine.queue(tag, offset, &slices, write) } {
             Ok(true) => {
-                pending.push(Pending { tag, head, req, slices });
+                self.pending.push(Pending { tag, head, req });
                 Ok(())
             }
             Ok(false) | Err(_) => Err(req),
         }
     }
 
-    /// Submits the queued batch, waits for it, and completes each request by its tag.
-    fn complete_batch(
+    /// Submits what this pass queued, without waiting, and completes whatever has finished.
+    fn submit_pending(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemory,
-        pending: &mut Vec<Pending<'_>>,
     ) -> Result<bool, QueueHandlerError> {
-        if pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(false);
         }
-        let mut done = Vec::with_capacity(pending.len());
+        if let Some(Err(e)) = self.backend.as_async().map(|engine| engine.submit()) {
+            self.last_error = Some(e.to_string());
+            // The engine failed: what it still holds cannot complete.
+            return self.complete_pending(queue, mem, true);
+        }
+        self.complete_pending(queue, mem, false)
+    }
+
+    /// Completes the requests the engine finished (with `wait`, every request in flight,
+    /// waiting for them), each by its tag. Returns whether anything was put in the used ring.
+    fn complete_pending(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        wait: bool,
+    ) -> Result<bool, QueueHandlerError> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let mut done = Vec::new();
         let engine_result = match self.backend.as_async() {
-            Some(engine) => engine.submit_and_complete(&mut done),
+            Some(engine) if wait => engine.submit_and_complete(&mut done),
+            Some(engine) => engine.complete(&mut done),
             None => Ok(()),
         };
+        let failed = engine_result.is_err();
         if let Err(e) = engine_result {
             self.last_error = Some(e.to_string());
         }
-        let mut results: Vec<Option<crate::block::Result<()>>> =
-            (0..pending.len()).map(|_| None).collect();
+        let mut used = false;
         for (tag, r) in done {
-            if let Some(i) = pending.iter().position(|p| p.tag == tag) {
-                results[i] = Some(r);
+            let Some(i) = self.pending.iter().position(|p| p.tag == tag) else { continue };
+            let p = self.pending.swap_remove(i);
+            self.complete_one(queue, mem, p, Some(r))?;
+            used = true;
+        }
+        if wait && failed {
+            // The engine failed before these completed: they are answered with an error.
+            for p in std::mem::take(&mut self.pending) {
+                self.complete_one(queue, mem, p, None)?;
+                used = true;
             }
         }
-        for (p, r) in pending.drain(..).zip(results) {
-            let ok = match r {
-                Some(Ok(())) => true,
-                Some(Err(e)) => {
-                    self.last_error = Some(e.to_string());
-                    false
+        Ok(used)
+    }
+
+    /// Writes the status of a read or write the engine finished (`None`: it never will) and
+    /// puts its chain in the used ring.
+    fn complete_one(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        p: Pending,
+        result: Option<crate::block::Result<()>>,
+    ) -> Result<(), QueueHandlerError> {
+        let ok = match result {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                self.last_error = Some(e.to_string());
+                false
+            }
+            None => false,
+        };
+        self.stats.requests += 1;
+        let used_len = match (ok, p.req.request_type) {
+            (true, RequestType::In) => {
+                if let Ok(slices) = p.req.slices(mem) {
+                    mark_dirty(&slices);
                 }
-                // The engine failed before this one completed.
-                None => false,
-            };
-            self.stats.requests += 1;
-            let used_len = match (ok, p.req.request_type) {
-                (true, RequestType::In) => {
-                    mark_dirty(&p.slices);
-                    self.stats.read_bytes += u64::from(p.req.data_len);
-                    p.req.data_len + 1
-                }
-                (true, _) => {
-                    self.stats.write_bytes += u64::from(p.req.data_len);
-                    1
-                }
-                (false, _) => {
-                    self.stats.io_errors += 1;
-                    1
-                }
-            };
-            let status = if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR } as u8;
-            let used_len = if mem.write_obj(status, p.req.status_addr).is_ok() {
-                used_len
-            } else {
-                self.stats.dropped_chains += 1;
-                0
-            };
-            queue.add_used(mem, p.head, used_len)?;
-        }
-        Ok(true)
+                self.stats.read_bytes += u64::from(p.req.data_len);
+                p.req.data_len + 1
+            }
+            (true, _) => {
+                self.stats.write_bytes += u64::from(p.req.data_len);
+                1
+            }
+            (false, _) => {
+                self.stats.io_errors += 1;
+                1
+            }
+        };
+        let status = if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR } as u8;
+        let used_len = if mem.write_obj(status, p.req.status_addr).is_ok() {
+            used_len
+        } else {
+            self.stats.dropped_chains += 1;
+            0
+        };
+        queue.add_used(mem, p.head, used_len)?;
+        Ok(())
     }
 
     /// Performs a parsed request, writes its status byte, updates the counters; returns the
