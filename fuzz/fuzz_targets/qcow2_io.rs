@@ -7,7 +7,8 @@
 //! (see `gen_seeds.py`); the fuzzer damages their header, L1/L2 and refcount tables.
 //!
 //! Any panic is a crash (imago 0.2.6's feature-name table panic, finding F2, is refused by
-//! hv's header check before imago parses anything; see `disk_image`). Images naming a backing or external data file are opened read-only and not written: imago's
+//! hv's header check before imago parses anything; see `disk_image`). Images naming a backing
+//! or external data file are opened read-only and not written: imago's
 //! permissive open would follow the name to a host file, which this target must not modify.
 //!
 //! Finding F1 (README, regressions/qcow2_io/): a write to an image whose refcount table has a
