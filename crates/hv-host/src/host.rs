@@ -61,6 +61,8 @@ struct Inner {
 pub struct Host {
     cfg: HostConfig,
     inner: Mutex<Inner>,
+    /// The networks' DHCP servers (see the network module).
+    pub(crate) dhcp: std::sync::Mutex<crate::network::DhcpServers>,
 }
 
 impl std::fmt::Debug for Host {
@@ -102,6 +104,7 @@ impl Host {
                 next_id,
                 last_reason: HashMap::new(),
             }),
+            dhcp: Default::default(),
         };
         host.poll().await;
         Ok(host)
@@ -264,7 +267,8 @@ impl Host {
                     Ok(ResolvedDisk { path: path.clone(), format: *format, read_only: d.read_only })
                 }
                 DiskSource::Volume { pool, volume, format } => {
-                    let (path, recorded) = crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
+                    let (path, recorded) =
+                        crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
                     if let Some(f) = format {
                         if *f != recorded {
                             return Err(HostError::Unsupported(format!(

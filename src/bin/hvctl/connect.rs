@@ -96,15 +96,40 @@ impl Conn {
             http::call(&self.endpoint, Method::POST, "/v1/call", &hdrs, Some(body), CALL_TIMEOUT)
                 .await
                 .map_err(|e| format!("failed to connect to the hypervisor: {e}"))?;
+        answer(r)
+    }
+
+    /// Sends the chunks `body` yields to `path` (a `PUT`), `len` bytes in all.
+    pub async fn upload(
+        &self,
+        path: &str,
+        len: u64,
+        body: tokio::sync::mpsc::Receiver<std::io::Result<http::Bytes>>,
+    ) -> Result<Reply, String> {
+        let h = self.headers();
+        let len = len.to_string();
+        let mut hdrs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        hdrs.push(("x-hv-length", &len));
+        let r = http::upload(&self.endpoint, Method::PUT, path, &hdrs, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        answer(r)
+    }
+
+    /// Hands the body of `GET path` to `sink` as it arrives.
+    pub async fn download(
+        &self,
+        path: &str,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let h = self.headers();
+        let hdrs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r =
+            http::download(&self.endpoint, path, &hdrs, sink).await.map_err(|e| e.to_string())?;
         if r.status.is_success() {
-            serde_json::from_slice(&r.body).map_err(|e| format!("bad answer from hvd: {e}"))
+            Ok(())
         } else {
-            match serde_json::from_slice::<ErrorReply>(&r.body) {
-                Ok(e) => Err(e.message),
-                Err(_) => {
-                    Err(format!("hvd answered {}: {}", r.status, String::from_utf8_lossy(&r.body)))
-                }
-            }
+            answer(r).map(drop)
         }
     }
 
@@ -118,6 +143,20 @@ impl Conn {
             Ok(())
         } else {
             Err(format!("hvd answered {status}"))
+        }
+    }
+}
+
+/// The daemon's answer: its reply, or its error's message.
+fn answer(r: http::Response) -> Result<Reply, String> {
+    if r.status.is_success() {
+        serde_json::from_slice(&r.body).map_err(|e| format!("bad answer from hvd: {e}"))
+    } else {
+        match serde_json::from_slice::<ErrorReply>(&r.body) {
+            Ok(e) => Err(e.message),
+            Err(_) => {
+                Err(format!("hvd answered {}: {}", r.status, String::from_utf8_lossy(&r.body)))
+            }
         }
     }
 }

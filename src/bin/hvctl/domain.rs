@@ -1,4 +1,4 @@
-//! The domain verbs: one small function each that makes the call and prints the answer.
+//! The domain verbs (and the dispatch to the storage and network verbs): one small function each that makes the call and prints the answer.
 
 use std::io::Write;
 use std::path::Path;
@@ -129,6 +129,8 @@ pub async fn run(conn: &Conn, verb: Verb) -> VerbResult {
             println!("Domain restored from {}\n", file.display());
             Ok(())
         }
+        Verb::Storage(v) => crate::storage::run(conn, v).await,
+        Verb::Net(v) => crate::net::run(conn, v).await,
         Verb::Completions { .. } => Ok(()),
     }
 }

@@ -1,4 +1,4 @@
-//! hvctl: virsh's verbs for hv hosts. A client of `hvd`: it parses the verb, sends one call to
+//! hvctl: virsh's verbs for hv hosts (domains, pools and volumes, networks). A client of `hvd`: it parses the verb, sends one call to
 //! the daemon, and prints the answer as virsh prints it.
 //!
 //! ```text
@@ -12,7 +12,10 @@
 
 mod connect;
 mod domain;
+mod net;
 mod output;
+mod progress;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +182,10 @@ enum Verb {
         /// What `save` wrote.
         file: PathBuf,
     },
+    #[command(flatten)]
+    Storage(storage::StorageVerb),
+    #[command(flatten)]
+    Net(net::NetVerb),
     /// Print shell completions for hvctl.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
