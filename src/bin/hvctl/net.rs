@@ -19,7 +19,7 @@ type VerbResult = Result<(), String>;
 pub enum NetVerb {
     /// Define a network.
     #[command(name = "net-define")]
-    NetDefine {
+    Define {
         /// The network name.
         name: String,
         /// `nat`, `isolated` or `bridge`.
@@ -40,25 +40,25 @@ pub enum NetVerb {
     },
     /// Start a network: its bridge, address, firewall and DHCP server.
     #[command(name = "net-start")]
-    NetStart {
+    Start {
         /// The network.
         network: String,
     },
     /// Stop a network's DHCP server and remove what net-start made.
     #[command(name = "net-destroy")]
-    NetDestroy {
+    Destroy {
         /// The network.
         network: String,
     },
     /// Forget an inactive network.
     #[command(name = "net-undefine")]
-    NetUndefine {
+    Undefine {
         /// The network.
         network: String,
     },
     /// List networks.
     #[command(name = "net-list")]
-    NetList {
+    List {
         /// Inactive networks too.
         #[arg(long)]
         all: bool,
@@ -68,13 +68,13 @@ pub enum NetVerb {
     },
     /// A network's mode, state, bridge and addresses.
     #[command(name = "net-info")]
-    NetInfo {
+    Info {
         /// The network.
         network: String,
     },
     /// The DHCP server's active leases.
     #[command(name = "net-dhcp-leases")]
-    NetDhcpLeases {
+    DhcpLeases {
         /// The network.
         network: String,
         /// Only this client's leases.
@@ -123,7 +123,7 @@ fn definition(
 pub async fn run(conn: &Conn, verb: NetVerb) -> VerbResult {
     use NetVerb as V;
     match verb {
-        V::NetDefine { name, mode, bridge, ip, dhcp_range, dhcp_host } => {
+        V::Define { name, mode, bridge, ip, dhcp_range, dhcp_host } => {
             let def = definition(
                 &name,
                 &mode,
@@ -135,19 +135,19 @@ pub async fn run(conn: &Conn, verb: NetVerb) -> VerbResult {
             conn.call(&Call::NetDefine { def }).await?;
             println!("Network {name} defined");
         }
-        V::NetStart { network } => {
+        V::Start { network } => {
             conn.call(&Call::NetStart { network: network.clone() }).await?;
             println!("Network {network} started");
         }
-        V::NetDestroy { network } => {
+        V::Destroy { network } => {
             conn.call(&Call::NetDestroy { network: network.clone() }).await?;
             println!("Network {network} destroyed");
         }
-        V::NetUndefine { network } => {
+        V::Undefine { network } => {
             conn.call(&Call::NetUndefine { network: network.clone() }).await?;
             println!("Network {network} has been undefined");
         }
-        V::NetList { all, inactive } => {
+        V::List { all, inactive } => {
             let Reply::Networks { networks } = conn.call(&Call::NetList).await? else {
                 return Err("unexpected answer".into());
             };
@@ -161,7 +161,7 @@ pub async fn run(conn: &Conn, verb: NetVerb) -> VerbResult {
                 .collect();
             table(&["Name", "State", "Autostart", "Persistent"], &rows);
         }
-        V::NetInfo { network } => {
+        V::Info { network } => {
             let Reply::NetInfo(n) = conn.call(&Call::NetInfo { network }).await? else {
                 return Err("unexpected answer".into());
             };
@@ -190,7 +190,7 @@ pub async fn run(conn: &Conn, verb: NetVerb) -> VerbResult {
             }
             println!();
         }
-        V::NetDhcpLeases { network, mac } => {
+        V::DhcpLeases { network, mac } => {
             let Reply::Leases { leases } = conn.call(&Call::NetDhcpLeases { network, mac }).await?
             else {
                 return Err("unexpected answer".into());
