@@ -1,6 +1,7 @@
 //! The host's networks (hv-net's [`NetworkManager`] on the host's state directory) as virsh's
 //! `net-*` verbs on [`Host`], and plugging a domain's NICs in: a persistent TAP per NIC, on an
-//! hv network's bridge or on a host bridge, removed again when the domain stops.
+//! hv network's bridge (with port security: anti-spoofing) or on a host bridge, removed again
+//! when the domain stops.
 //!
 //! A network's DHCP server runs, as libvirt runs one dnsmasq per network, in a process of its
 //! own when the host has a DHCP command ([`Host::set_dhcp_command`]; hvd runs itself with
@@ -9,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,8 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hv_net::dhcp::DhcpHandle;
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode, NetworkState};
+use hv_net::nft::port::{table_name as port_table, PortSecurity, PortSpec, Protocol, SecurityRule};
+use hv_net::nft::{Family, Nft};
 use hv_net::tap::Tap;
-use hv_net::MacAddr;
+use hv_net::{IfName, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::InterfaceSource;
@@ -27,15 +31,27 @@ use crate::host::Host;
 /// How long `net-start` waits for the DHCP process to bind its socket.
 const DHCP_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most addresses a port's anti-spoofing set lists for a guest without a reservation.
+const MAX_PORT_ADDRESSES: u64 = 4096;
+
 /// Makes TAP `tap` (persistent, so it outlives this process until the VMM opens it) and plugs
-/// it into what `source` names.
-pub fn plug(state_dir: &Path, source: &InterfaceSource, tap: &str, _mac: MacAddr) -> Result<()> {
+/// it into what `source` names. On an hv network of mode nat or isolated the port gets port
+/// security (see [`port_spec`]): its frames must carry `mac` and one of the guest's addresses.
+pub fn plug(state_dir: &Path, source: &InterfaceSource, tap: &str, mac: MacAddr) -> Result<()> {
     let net = |e: &dyn std::fmt::Display| HostError::Network(format!("TAP {tap}: {e}"));
     let t = Tap::builder(tap).persistent(true).open().map_err(|e| net(&e))?;
     drop(t);
     let r = match source {
         InterfaceSource::Network(name) => {
             let mgr = NetworkManager::open(state_dir).map_err(|e| net(&e))?;
+            let def = mgr.get(name)?;
+            match port_spec(&def, tap, mac)? {
+                Some(spec) => {
+                    let nft = Nft::locate().map_err(|e| net(&e))?;
+                    PortSecurity::new(nft).apply(&spec).map_err(|e| net(&e))?;
+                }
+                None => log::info!("TAP {tap}: network {name} is bridged: no port security"),
+            }
             mgr.attach_port(name, tap).map_err(|e| net(&e))
         }
         InterfaceSource::Bridge(bridge) => {
@@ -49,13 +65,59 @@ pub fn plug(state_dir: &Path, source: &InterfaceSource, tap: &str, _mac: MacAddr
     r
 }
 
-/// Removes TAP `tap` (and so its bridge port); a TAP that is already gone is fine.
+/// Removes TAP `tap` (and so its bridge port) and its port security; what is already gone is
+/// fine.
 pub fn unplug(tap: &str) {
     if let Ok(mut nl) = hv_net::netlink::Netlink::new() {
         if let Err(e) = nl.delete_link(tap) {
             log::debug!("removing TAP {tap}: {e}");
         }
     }
+    if let (Ok(port), Ok(nft)) = (IfName::new(tap), Nft::locate()) {
+        if nft.has_table(Family::Bridge, &port_table(&port)).unwrap_or(false) {
+            if let Err(e) = PortSecurity::new(nft).remove(&port) {
+                log::warn!("removing port security of {tap}: {e}");
+            }
+        }
+    }
+}
+
+/// The port security of a domain's TAP on network `def`: its MAC, and as its addresses the
+/// network's DHCP reservation for that MAC when there is one, else the network's DHCP range,
+/// else every host address of its subnet but the gateway's (libvirt's `clean-traffic` filter
+/// learns the address instead; a reservation pins it). Security groups are the cloud's: the
+/// port lets any protocol through both ways. `None` for a bridged network, whose addresses hv
+/// does not know.
+pub fn port_spec(def: &NetworkDef, tap: &str, mac: MacAddr) -> Result<Option<PortSpec>> {
+    let bad =
+        |why: String| HostError::Network(format!("port {tap} on network {}: {why}", def.name));
+    let Some(subnet) = def.ip.filter(|_| def.mode != NetworkMode::Bridge) else {
+        return Ok(None);
+    };
+    let port = IfName::new(tap).map_err(|e| bad(e.to_string()))?;
+    let range = |first: u32, last: u32| -> Result<Vec<Ipv4Addr>> {
+        if u64::from(last.saturating_sub(first)) >= MAX_PORT_ADDRESSES {
+            return Err(bad(format!(
+                "more than {MAX_PORT_ADDRESSES} possible guest addresses: give the MAC a \
+                 --dhcp-host reservation"
+            )));
+        }
+        Ok((first..=last).map(Ipv4Addr::from).filter(|a| *a != subnet.addr).collect())
+    };
+    let ips = if let Some(h) = def.dhcp_hosts.iter().find(|h| h.mac == mac) {
+        vec![h.ip]
+    } else if let Some(r) = def.dhcp_range {
+        range(u32::from(r.first), u32::from(r.last))?
+    } else {
+        let net = u32::from(subnet.network().addr);
+        range(net + 1, u32::from(subnet.broadcast()).saturating_sub(1))?
+    };
+    Ok(Some(PortSpec {
+        port,
+        mac,
+        ips,
+        rules: vec![SecurityRule::ingress(Protocol::Any), SecurityRule::egress(Protocol::Any)],
+    }))
 }
 
 /// How the host runs networks' DHCP servers.
