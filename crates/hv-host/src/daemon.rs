@@ -298,9 +298,8 @@ pub async fn dispatch(host: &Host, call: Call) -> Result<Reply, HostError> {
             done(host.attach_disk(&domain, &source, &target, format.as_deref(), read_only).await?)
         }
         Call::DetachDisk { domain, target } => done(host.detach_disk(&domain, &target).await?),
-        Call::Save { .. } | Call::Restore { .. } => {
-            return Err(HostError::Unsupported("save/restore (needs hv-vmm snapshots)".into()))
-        }
+        Call::Save { domain, file } => done(host.save(&domain, &file).await?),
+        Call::Restore { file } => done(host.restore(&file).await?),
         Call::PoolDefineAs(spec) => Reply::Done { domain: Some(host.pool_define_as(spec).await?) },
         Call::Pool { pool, action } => {
             host.pool_action(&pool, action).await?;

@@ -25,6 +25,8 @@ use crate::process::ProcessRecord;
 use crate::protocol::{DomInfo, DomainRow, IfRow};
 use crate::vmm::{self, ResolvedDisk, ResolvedNic, VmmApi, VmmPaths};
 
+mod save;
+
 /// How long a VMM gets to bring its API up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -484,7 +486,7 @@ impl Host {
             max_memory_kib: d.memory_kib,
             used_memory_kib: d.memory_kib,
             autostart: inner.store.autostart(&d.name),
-            managed_save: false,
+            managed_save: self.has_saved_state(&d.name),
             pid: rec.and_then(|r| r.process).map(|p| p.pid),
         })
     }
