@@ -210,7 +210,9 @@ impl From<&HostError> for ErrorKind {
         match e {
             HostError::NoDomain(_) | HostError::NoDisk { .. } => ErrorKind::NotFound,
             HostError::State(_) => ErrorKind::InvalidState,
-            HostError::Xml(_) | HostError::Unsupported(_) => ErrorKind::InvalidArgument,
+            HostError::Xml(_) | HostError::Unsupported(_) | HostError::Migration(_) => {
+                ErrorKind::InvalidArgument
+            }
             HostError::NameInUse { .. } | HostError::UuidInUse { .. } => ErrorKind::Conflict,
             HostError::Pool(p) => {
                 use hv_storage::pool::PoolError as P;
@@ -300,6 +302,15 @@ pub async fn dispatch(host: &Host, call: Call) -> Result<Reply, HostError> {
         Call::DetachDisk { domain, target } => done(host.detach_disk(&domain, &target).await?),
         Call::Save { domain, file } => done(host.save(&domain, &file).await?),
         Call::Restore { file } => done(host.restore(&file).await?),
+        Call::Migrate { domain, dest_uri, dest_key, flags } => {
+            let dest = crate::http::Endpoint::parse_uri(&dest_uri)
+                .map_err(|e| HostError::Migration(e.to_string()))?;
+            done(host.migrate(&domain, &dest, dest_key.as_deref(), flags).await?)
+        }
+        Call::MigratePrepare { xml, taps, disks, tcp } => {
+            Reply::MigrateReady { receiver: host.migrate_prepare(&xml, &taps, &disks, tcp).await? }
+        }
+        Call::MigrateFinish { domain, sent } => done(host.migrate_finish(&domain, sent).await?),
         Call::PoolDefineAs(spec) => Reply::Done { domain: Some(host.pool_define_as(spec).await?) },
         Call::Pool { pool, action } => {
             host.pool_action(&pool, action).await?;

@@ -69,6 +69,9 @@ pub enum HostError {
     /// A network operation failed (hv-net's error, naming the network).
     #[error(transparent)]
     Net(#[from] hv_net::network::NetworkError),
+    /// A migration failed or was refused (shared storage missing, destination unreachable...).
+    #[error("migration: {0}")]
+    Migration(String),
     /// An internal inconsistency (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -25,7 +25,10 @@ use crate::process::ProcessRecord;
 use crate::protocol::{DomInfo, DomainRow, IfRow};
 use crate::vmm::{self, ResolvedDisk, ResolvedNic, VmmApi, VmmPaths};
 
+mod migrate;
 mod save;
+
+pub use migrate::{MigrateFlags, SharedDisk};
 
 /// How long a VMM gets to bring its API up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -65,6 +68,8 @@ pub struct Host {
     inner: Mutex<Inner>,
     /// The networks' DHCP servers (see the network module).
     pub(crate) dhcp: std::sync::Mutex<crate::network::DhcpServers>,
+    /// Migrations this host prepared to receive.
+    incoming: migrate::IncomingMap,
 }
 
 impl std::fmt::Debug for Host {
@@ -107,6 +112,7 @@ impl Host {
                 last_reason: HashMap::new(),
             }),
             dhcp: Default::default(),
+            incoming: Default::default(),
         };
         host.poll().await;
         Ok(host)

@@ -21,6 +21,37 @@ pub enum Endpoint {
     Tcp(String),
 }
 
+/// A host URI that is not `hv+unix:///ABS/PATH` or `hv+tcp://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid URI {uri}: {why}")]
+pub struct InvalidUri {
+    /// The URI given.
+    pub uri: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+impl Endpoint {
+    /// Parses a host daemon's URI: `hv+unix:///ABS/PATH/hvd.sock` or `hv+tcp://HOST:PORT`.
+    pub fn parse_uri(uri: &str) -> Result<Endpoint, InvalidUri> {
+        let bad = |why| InvalidUri { uri: uri.to_string(), why };
+        if let Some(path) = uri.strip_prefix("hv+unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("hv+unix:// needs an absolute path"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = uri.strip_prefix("hv+tcp://") {
+            let addr = addr.trim_end_matches('/');
+            if !addr.contains(':') {
+                return Err(bad("hv+tcp:// needs HOST:PORT"));
+            }
+            return Ok(Endpoint::Tcp(addr.to_string()));
+        }
+        Err(bad("use hv+unix:///PATH/hvd.sock or hv+tcp://HOST:PORT"))
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

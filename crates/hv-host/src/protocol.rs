@@ -134,6 +134,35 @@ pub enum Call {
         /// What `save` wrote, an absolute path.
         file: PathBuf,
     },
+    /// `migrate [--live] [--undefinesource] DOM DESTURI`.
+    Migrate {
+        /// Name or UUID.
+        domain: String,
+        /// The destination daemon: `hv+unix:///ABS/PATH/hvd.sock` or `hv+tcp://HOST:PORT`.
+        dest_uri: String,
+        /// The destination's shared key (TCP destinations).
+        dest_key: Option<String>,
+        /// libvirt's flags.
+        flags: crate::host::MigrateFlags,
+    },
+    /// A migration's first step on the destination (host to host).
+    MigratePrepare {
+        /// The domain's XML.
+        xml: String,
+        /// Its TAPs, in NIC order.
+        taps: Vec<String>,
+        /// Its disks as the source sees them (shared storage).
+        disks: Vec<crate::host::SharedDisk>,
+        /// Listen on TCP (else a Unix socket).
+        tcp: bool,
+    },
+    /// A migration's last step on the destination (host to host).
+    MigrateFinish {
+        /// The domain's name.
+        domain: String,
+        /// Whether the source sent it.
+        sent: bool,
+    },
     /// `pool-define-as`.
     PoolDefineAs(PoolDefineAs),
     /// `pool-build`, `pool-start`, `pool-destroy`, `pool-delete`, `pool-refresh`.
@@ -289,6 +318,11 @@ pub enum Reply {
     Interfaces {
         /// One row per NIC.
         interfaces: Vec<IfRow>,
+    },
+    /// A destination is ready for a migration.
+    MigrateReady {
+        /// A Unix socket path, or a TCP port.
+        receiver: String,
     },
     /// `pool-list`.
     Pools {

@@ -22,20 +22,19 @@ pub struct Conn {
 
 /// Parses `hv+unix:///ABS/PATH` or `hv+tcp://HOST:PORT`.
 pub fn parse_uri(uri: &str) -> Result<Endpoint, String> {
-    if let Some(path) = uri.strip_prefix("hv+unix://") {
-        if !path.starts_with('/') {
-            return Err(format!("invalid URI {uri}: hv+unix:// needs an absolute path"));
-        }
-        return Ok(Endpoint::Unix(PathBuf::from(path)));
-    }
-    if let Some(addr) = uri.strip_prefix("hv+tcp://") {
-        let addr = addr.trim_end_matches('/');
-        if !addr.contains(':') {
-            return Err(format!("invalid URI {uri}: hv+tcp:// needs HOST:PORT"));
-        }
-        return Ok(Endpoint::Tcp(addr.to_string()));
-    }
-    Err(format!("invalid URI {uri}: use hv+unix:///PATH/hvd.sock or hv+tcp://HOST:PORT"))
+    Endpoint::parse_uri(uri).map_err(|e| e.to_string())
+}
+
+/// The shared key for TCP hosts: `--auth-key-file`, else `$HV_AUTH_KEY_FILE`.
+pub fn read_key(key_file: Option<&Path>) -> Result<String, String> {
+    let file = key_file
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("HV_AUTH_KEY_FILE").map(PathBuf::from))
+        .ok_or("hv+tcp:// hosts need a key: --auth-key-file or HV_AUTH_KEY_FILE")?;
+    Ok(std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read key file {}: {e}", file.display()))?
+        .trim()
+        .to_string())
 }
 
 impl Conn {
@@ -59,25 +58,7 @@ impl Conn {
             }
         };
         let key = match &endpoint {
-            Endpoint::Tcp(_) => {
-                let file = key_file
-                    .map(Path::to_path_buf)
-                    .or_else(|| std::env::var_os("HV_AUTH_KEY_FILE").map(PathBuf::from));
-                match file {
-                    Some(f) => Some(
-                        std::fs::read_to_string(&f)
-                            .map_err(|e| format!("cannot read key file {}: {e}", f.display()))?
-                            .trim()
-                            .to_string(),
-                    ),
-                    None => {
-                        return Err(
-                            "hv+tcp:// hosts need a key: --auth-key-file or HV_AUTH_KEY_FILE"
-                                .into(),
-                        )
-                    }
-                }
-            }
+            Endpoint::Tcp(_) => Some(read_key(key_file)?),
             Endpoint::Unix(_) => None,
         };
         Ok(Conn { endpoint, key })
