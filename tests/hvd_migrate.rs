@@ -42,6 +42,29 @@ impl Hvd {
         Hvd { state: state.to_path_buf(), child }
     }
 
+    /// An hvd in a mount namespace of its own where `hidden` is an empty tmpfs: a host that
+    /// does not share that storage.
+    fn start_without(state: &Path, hidden: &Path) -> Hvd {
+        std::fs::create_dir_all(state).unwrap();
+        let script = format!(
+            "mount -t tmpfs none '{}' && exec '{}' --state-dir '{}' --log-file '{}'",
+            hidden.display(),
+            env!("CARGO_BIN_EXE_hvd"),
+            state.display(),
+            state.join("hvd.log").display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .spawn()
+            .expect("start hvd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(state.join("hvd.sock")).is_err() {
+            assert!(Instant::now() < deadline, "hvd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Hvd { state: state.to_path_buf(), child }
+    }
+
     fn uri(&self) -> String {
         format!("hv+unix://{}", self.state.join("hvd.sock").display())
     }
@@ -200,4 +223,27 @@ fn live_migration_over_tcp_between_two_network_namespaces() {
     assert_eq!(src.state_of("t"), "shut off (migrated)");
     let at = last_round(&serial);
     wait_round(&serial, at + 2 * DIRTY_EVERY);
+}
+
+#[test]
+fn migration_without_shared_storage_is_refused_and_the_guest_stays() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    require!(is_root(), "root (a mount namespace for the destination)");
+    let tmp = tempfile::tempdir().unwrap();
+    let disks = tmp.path().join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    let src = Hvd::start(&tmp.path().join("a"), None, None);
+    let dst = Hvd::start_without(&tmp.path().join("b"), &disks);
+    let serial = tmp.path().join("s.serial");
+    define_dirty(&src, "s", &serial, &disks.join("s.img"));
+    src.ok(&["start", "s"]);
+    wait_round(&serial, 0);
+    let o = src.hvctl(&["migrate", "--live", "s", &dst.uri()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("migration needs shared storage: disk vda"), "{err}");
+    assert!(src.state_of("s").starts_with("running"));
+    assert!(dst.hvctl(&["dominfo", "s"]).status.code() == Some(1), "nothing defined there");
+    let at = last_round(&serial);
+    wait_round(&serial, at + DIRTY_EVERY);
 }
