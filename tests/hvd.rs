@@ -374,3 +374,38 @@ fn save_and_restore_go_on_where_the_guest_was() {
     std::fs::create_dir_all(&bogus).unwrap();
     assert!(h.fails(&["restore", bogus.to_str().unwrap()]).contains("cannot read"));
 }
+
+#[test]
+fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    let images = h.path().join("images");
+    h.ok(&["pool-define-as", "p", "dir", "--target", images.to_str().unwrap()]);
+    h.ok(&["pool-build", "p"]);
+    h.ok(&["pool-start", "p"]);
+    h.ok(&["vol-create-as", "p", "v", "1M"]);
+    // The raw volume's bytes are made to look like a qcow2 image (as a guest could write).
+    let mut fake = b"QFI\xfb\0\0\0\x03".to_vec();
+    fake.resize(4096, 0);
+    let up = h.path().join("fake");
+    std::fs::write(&up, &fake).unwrap();
+    h.ok(&["vol-upload", "v", up.to_str().unwrap(), "--pool", "p"]);
+    let xml = format!(
+        "<domain type='kvm'><name>vd</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type>hvm</type><kernel>{}</kernel><cmdline>test=power-button</cmdline></os>\
+         <devices><disk type='volume'><source pool='p' volume='v'/><target dev='vda'/></disk>\
+         <serial type='file'><source path='{}'/></serial></devices></domain>",
+        test_guest().display(),
+        h.serial("vd").display()
+    );
+    let file = h.path().join("vd.xml");
+    std::fs::write(&file, xml).unwrap();
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "vd"]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.vmm_pid("vd"))).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let want = format!("path={},image_type=raw", images.join("v").display());
+    assert!(cmdline.contains(&want), "{want} not in {cmdline}");
+    assert!(h.ok(&["domblklist", "vd"]).contains("p/v"));
+    h.ok(&["destroy", "vd"]);
+}

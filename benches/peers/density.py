@@ -28,6 +28,16 @@ def kib(status_path, field):
     return 0
 
 
+def private_kib(pid):
+    """Private_Clean + Private_Dirty of the whole process (pages no other process shares)."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def guest_rss_kib(pid):
     """Resident KiB of the mappings sized like guest RAM (the guest's pages)."""
     total, size, rss = 0, None, 0
@@ -81,13 +91,16 @@ def main():
         rss = [kib(f"/proc/{p}/status", "VmRSS") for p in running]
         guest_rss = [guest_rss_kib(p) for p in running]
         beyond = [r - g for r, g in zip(rss, guest_rss)]
+        private = [private_kib(p) - g for p, g in zip(running, guest_rss)]
         hvd_rss = kib(f"/proc/{d.pid}/status", "VmRSS")
         print(f"domains started: {started} of {count} in {elapsed:.1f} s; running now: {len(running)}")
         print(f"hvd RSS: {hvd_rss / 1024:.1f} MiB")
         print(f"per domain: hv-vmm RSS median {statistics.median(rss) / 1024:.1f} MiB, "
               f"guest pages resident median {statistics.median(guest_rss) / 1024:.1f} MiB, "
               f"beyond guest pages median {statistics.median(beyond) / 1024:.2f} MiB "
-              f"(min {min(beyond) / 1024:.2f} max {max(beyond) / 1024:.2f})")
+              f"(min {min(beyond) / 1024:.2f} max {max(beyond) / 1024:.2f}); "
+              f"private beyond guest pages median {statistics.median(private) / 1024:.2f} MiB "
+              f"(binary text and libraries are shared between the VMMs)")
         with open("/proc/meminfo") as f:
             avail = next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:"))
         print(f"host MemAvailable with them running: {avail / 1024 / 1024:.1f} GiB")
