@@ -203,9 +203,16 @@ fn bad_flags_are_refused() {
     let (code, err) = run(&["--kernel", "/nonexistent/vmlinux"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/vmlinux"), "{err}");
-    let (code, err) = run(&["--restore", "source_url=file:///tmp/none"]);
+    // A snapshot directory that is not there: the process fails with the file it missed.
+    let (code, err) = run(&["--restore", "source_url=file:///nonexistent/snap"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("/nonexistent/snap/vmm-config.json"), "{err}");
+    for bad in ["file:///s", "source_url=/s", "source_url=file:///s,bogus=1"] {
+        let (code, err) = run(&["--restore", bad]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+    }
+    let (code, _) = run(&["--restore", "source_url=file:///s", "--kernel", "/k"]);
+    assert_eq!(code, Some(2), "--restore and --kernel exclude each other");
 }
 
 #[test]

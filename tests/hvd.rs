@@ -314,3 +314,98 @@ fn tcp_clients_need_the_key() {
     let _ = hvd.kill();
     let _ = hvd.wait();
 }
+
+/// Reports of the memory-checking guest (`test=dirty`): a round report every `DIRTY_EVERY`.
+const DIRTY_EVERY: u64 = 4;
+
+/// Waits until domain `name`'s dirty guest reported a round after `after` with every page
+/// right so far (its serial file spans every VMM the domain ran in); answers that round.
+fn wait_dirty_round(h: &Host, name: &str, after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(h.serial(name)).unwrap_or_default();
+        match hv_test_support::check_dirty_transcript(&text, DIRTY_EVERY) {
+            Ok(r) if r > after => return r,
+            Err(e) if e.contains("bad page") || e.contains("follows") => panic!("{e}:\n{text}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no dirty round after {after}:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn save_and_restore_go_on_where_the_guest_was() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    h.define("mem", &format!("test=dirty pages=256 every={DIRTY_EVERY}"));
+    h.ok(&["start", "mem"]);
+    let first = wait_dirty_round(&h, "mem", 0);
+    let pid = h.vmm_pid("mem");
+    let file = h.path().join("mem.save");
+    let out = h.ok(&["save", "mem", file.to_str().unwrap()]);
+    assert!(out.contains("Domain 'mem' saved to"), "{out}");
+    assert!(!alive(pid), "save stops the VMM");
+    assert_eq!(h.state("mem"), "shut off (saved)");
+    assert!(h.ok(&["dominfo", "mem"]).contains("Managed save:   yes"));
+    let text = std::fs::read_to_string(h.serial("mem")).unwrap();
+    let saved = hv_test_support::check_dirty_transcript(&text, DIRTY_EVERY).unwrap();
+    assert!(saved >= first);
+    assert!(h.fails(&["save", "mem", file.to_str().unwrap()]).contains("not valid"));
+
+    assert!(h.ok(&["restore", file.to_str().unwrap()]).contains("Domain restored from"));
+    assert_eq!(h.state("mem"), "running (restored)");
+    assert!(h.ok(&["dominfo", "mem"]).contains("Managed save:   no"));
+    // The guest goes on from the round it was in, every page right.
+    wait_dirty_round(&h, "mem", saved + 2 * DIRTY_EVERY);
+
+    // A paused domain comes back paused.
+    let paused = h.path().join("paused.save");
+    h.ok(&["suspend", "mem"]);
+    h.ok(&["save", "mem", paused.to_str().unwrap()]);
+    let text = std::fs::read_to_string(h.serial("mem")).unwrap();
+    let at = hv_test_support::check_dirty_transcript(&text, DIRTY_EVERY).unwrap();
+    h.ok(&["restore", paused.to_str().unwrap()]);
+    assert_eq!(h.state("mem"), "paused (restored)");
+    h.ok(&["resume", "mem"]);
+    wait_dirty_round(&h, "mem", at + DIRTY_EVERY);
+    h.ok(&["destroy", "mem"]);
+    let bogus = h.path().join("bogus");
+    std::fs::create_dir_all(&bogus).unwrap();
+    assert!(h.fails(&["restore", bogus.to_str().unwrap()]).contains("cannot read"));
+}
+
+#[test]
+fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    let images = h.path().join("images");
+    h.ok(&["pool-define-as", "p", "dir", "--target", images.to_str().unwrap()]);
+    h.ok(&["pool-build", "p"]);
+    h.ok(&["pool-start", "p"]);
+    h.ok(&["vol-create-as", "p", "v", "1M"]);
+    // The raw volume's bytes are made to look like a qcow2 image (as a guest could write).
+    let mut fake = b"QFI\xfb\0\0\0\x03".to_vec();
+    fake.resize(4096, 0);
+    let up = h.path().join("fake");
+    std::fs::write(&up, &fake).unwrap();
+    h.ok(&["vol-upload", "v", up.to_str().unwrap(), "--pool", "p"]);
+    let xml = format!(
+        "<domain type='kvm'><name>vd</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type>hvm</type><kernel>{}</kernel><cmdline>test=power-button</cmdline></os>\
+         <devices><disk type='volume'><source pool='p' volume='v'/><target dev='vda'/></disk>\
+         <serial type='file'><source path='{}'/></serial></devices></domain>",
+        test_guest().display(),
+        h.serial("vd").display()
+    );
+    let file = h.path().join("vd.xml");
+    std::fs::write(&file, xml).unwrap();
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "vd"]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.vmm_pid("vd"))).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let want = format!("path={},image_type=raw", images.join("v").display());
+    assert!(cmdline.contains(&want), "{want} not in {cmdline}");
+    assert!(h.ok(&["domblklist", "vd"]).contains("p/v"));
+    h.ok(&["destroy", "vd"]);
+}

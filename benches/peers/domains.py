@@ -3,8 +3,8 @@
 guest booted by direct kernel boot, runs alternating between the two so load hits both.
 
 For each run: `define` + `start` until the guest's first serial line is in its file, then
-`suspend`/`resume`, then `destroy`, then `undefine`; prints min/median/max per operation and
-the median ratio hv/libvirt.
+`suspend`/`resume`, `save` to a file and `restore` from it, then `destroy`, then `undefine`;
+prints min/median/max per operation and the median ratio hv/libvirt.
 
 usage: domains.py RUNS HVCTL GUEST_ELF
 Needs libvirtd running with qemu:///system (see benches/peers/README.md) and root.
@@ -63,6 +63,14 @@ def once(tool, name, guest, work, libvirt):
     t0 = time.perf_counter()
     run(tool + ["resume", name])
     t["resume"] = time.perf_counter() - t0
+    state = os.path.join(work, f"{name}.save")
+    t0 = time.perf_counter()
+    run(tool + ["save", name, state])
+    t["save"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run(tool + ["restore", state])
+    t["restore"] = time.perf_counter() - t0
+    subprocess.run(["rm", "-rf", state], check=True)
     t0 = time.perf_counter()
     run(tool + ["destroy", name])
     t["destroy"] = time.perf_counter() - t0

@@ -55,9 +55,10 @@ struct Args {
     /// The virtio console: only `off` (hv has none).
     #[arg(long, value_parser = |s: &str| cli::parse_console("console", s))]
     console: Option<ConsoleConfig>,
-    /// `source_url=file:///DIR`: restore a snapshot instead of booting.
-    #[arg(long)]
-    restore: Option<String>,
+    /// `source_url=file:///DIR[,prefault=on][,resume=on]`: restore a snapshot (paused, unless
+    /// `resume=on`) instead of booting.
+    #[arg(long, value_parser = cli::parse_restore, conflicts_with = "kernel")]
+    restore: Option<hv::vmm::api::RestoreConfig>,
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -123,12 +124,8 @@ fn main() -> ExitCode {
         eprintln!("hv-vmm: {e}");
         return ExitCode::from(2);
     }
-    if let Some(source) = &args.restore {
-        log::error!("--restore {source}: restoring snapshots is not supported yet by hv-vmm");
-        return ExitCode::FAILURE;
-    }
     let config = config_from(&args);
-    if config.is_none() && args.api_socket.is_none() {
+    if config.is_none() && args.restore.is_none() && args.api_socket.is_none() {
         log::error!("nothing to do: give --kernel to boot a VM, or --api-socket to wait for one");
         return ExitCode::from(2);
     }
@@ -149,6 +146,16 @@ fn main() -> ExitCode {
         drop(manager);
         if let Err(e) = booted {
             log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(r) = &args.restore {
+        // The URL was checked by the flag's parser.
+        let dir = hv::vmm::urls::snapshot_dir(&r.source_url).unwrap_or_default();
+        let restored =
+            vmm.manager().restore(&dir, r.prefault.unwrap_or(false), r.resume.unwrap_or(false));
+        if let Err(e) = restored {
+            log::error!("--restore {}: {e}", r.source_url);
             return ExitCode::FAILURE;
         }
     }

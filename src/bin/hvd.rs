@@ -1,6 +1,6 @@
 //! hvd: the host daemon. One per host: it owns the host's domains (each running domain an
-//! `hv-vmm` process), and serves them to `hvctl` and to the cloud's compute service on
-//! `STATE_DIR/hvd.sock` (and, with `--listen tcp:HOST:PORT`, on TCP with a shared key).
+//! `hv-vmm` process), pools and networks, and serves them to `hvctl` and to the cloud's
+//! compute service on `STATE_DIR/hvd.sock` (and, with `--listen tcp:HOST:PORT`, on TCP with a shared key).
 //!
 //! hvd can be killed or upgraded at any time: running domains keep running, and the next hvd on
 //! the same state directory finds them again.
@@ -36,6 +36,10 @@ struct Args {
     /// Log to this file instead of stderr.
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Run network NAME's DHCP server in this process until SIGTERM (hvd starts itself so
+    /// for each active network: the server outlives a restart of the daemon).
+    #[arg(long, value_name = "NAME", hide = true)]
+    dhcp_serve: Option<String>,
     /// More log output (-v info, -vv debug); `RUST_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -55,6 +59,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if let Some(network) = &args.dhcp_serve {
+        let mgr =
+            hv::net::network::NetworkManager::open(&args.state_dir).map_err(|e| e.to_string())?;
+        return mgr.run_dhcp_daemon(network).map_err(|e| e.to_string());
+    }
     let vmm_binary = match args.vmm_binary {
         Some(p) => p,
         None => std::env::current_exe()
@@ -86,7 +95,14 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
         let cfg = HostConfig { state_dir: args.state_dir.clone(), vmm_binary };
-        let host = Arc::new(Host::open(cfg).await.map_err(|e| e.to_string())?);
+        let host = Host::open(cfg).await.map_err(|e| e.to_string())?;
+        let me = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+        let state_dir = std::path::absolute(&args.state_dir).map_err(|e| e.to_string())?;
+        host.set_dhcp_command(
+            me,
+            vec!["--state-dir".into(), state_dir.into_os_string(), "--dhcp-serve".into()],
+        );
+        let host = Arc::new(host);
         let opts =
             DaemonOptions { tcp, tcp_key, idle_timeout: args.timeout.map(Duration::from_secs) };
         daemon::serve(host, &args.state_dir, opts).await.map_err(|e| e.to_string())

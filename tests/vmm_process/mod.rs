@@ -148,3 +148,57 @@ pub fn guest_config(cmdline: &str, serial: &Path) -> String {
 pub fn can_run_guests() -> bool {
     hv_test_support::check(hv_test_support::have_kvm(), "/dev/kvm is not usable")
 }
+
+/// Reports of `test=dirty` (a round report every `DIRTY_EVERY` rounds).
+pub const DIRTY_EVERY: u64 = 4;
+
+/// A `vm.create` body for the memory-checking test guest (`pages` pages rewritten and checked
+/// in a loop) with `mib` MiB of RAM.
+pub fn dirty_config(pages: u64, mib: u64, serial: &Path) -> String {
+    serde_json::json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": mib << 20},
+        "payload": {
+            "kernel": hv_test_support::test_guest(),
+            "cmdline": format!("test=dirty pages={pages} every={DIRTY_EVERY}"),
+        },
+        "serial": {"mode": "File", "file": serial},
+        "console": {"mode": "Off"},
+    })
+    .to_string()
+}
+
+/// Waits until the dirty guest writing to `serial` has reported a round after `after`, with
+/// every page right so far; answers that round.
+pub fn wait_dirty_round(serial: &Path, after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        match hv_test_support::check_dirty_transcript(&text, DIRTY_EVERY) {
+            Ok(r) if r > after => return r,
+            Err(e) if e.contains("bad page") || e.contains("follows") => {
+                panic!("{e}; serial:\n{text}")
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no dirty round after {after}; serial:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The VM's state as `vm.info` says.
+pub fn vm_state(c: &Client) -> String {
+    let info = c.info().expect("vm.info");
+    serde_json::to_value(info.state).expect("state").as_str().expect("string").to_owned()
+}
+
+impl VmmProcess {
+    /// Waits until the process's log has a line containing `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_text().contains(text) {
+            assert!(Instant::now() < deadline, "{text:?} never logged:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

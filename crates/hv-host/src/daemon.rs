@@ -66,12 +66,138 @@ struct App {
     host: Arc<Host>,
     last_request: AtomicU64,
     started: Instant,
+    /// Byte streams in progress (volume uploads and downloads): the daemon is not idle.
+    transfers: AtomicU64,
 }
 
 impl App {
     fn touch(&self) {
         self.last_request.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// Counts a transfer in progress until dropped.
+struct Transfer(Arc<App>);
+
+impl Transfer {
+    fn new(app: &Arc<App>) -> Transfer {
+        app.touch();
+        app.transfers.fetch_add(1, Ordering::Relaxed);
+        Transfer(app.clone())
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.transfers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many body chunks may wait between the network and the pool in a transfer.
+const TRANSFER_QUEUE: usize = 8;
+
+/// The request body of an upload as a blocking [`std::io::Read`] (for the pool's copy), fed
+/// chunk by chunk through a bounded channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    chunk: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// A blocking [`std::io::Write`] that hands each write to a response body stream.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `PUT /v1/pools/{pool}/volumes/{vol}/data`: `vol-upload`, the body streamed into the volume
+/// (`x-hv-length` announces its length, for an early size check).
+async fn vol_upload(
+    State(app): State<Arc<App>>,
+    UrlPath((pool, vol)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    use futures_util::StreamExt;
+    let _transfer = Transfer::new(&app);
+    let len = headers
+        .get("x-hv-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (tx, rx) = tokio::sync::mpsc::channel(TRANSFER_QUEUE);
+    let forward = tokio::spawn(async move {
+        let mut data = body.into_data_stream();
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(std::io::Error::other);
+            let stop = chunk.is_err();
+            if tx.send(chunk).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let reader = ChannelReader { rx, chunk: Bytes::new() };
+    let r = app.host.vol_upload(&pool, &vol, Box::new(reader), len).await;
+    forward.abort();
+    match r {
+        Ok(_) => Json(Reply::Done { domain: None }).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/pools/{pool}/volumes/{vol}/data`: `vol-download`, the volume's bytes streamed as
+/// they are read (`x-hv-length` is the volume's capacity). A failure midway aborts the body.
+async fn vol_download(
+    State(app): State<Arc<App>>,
+    UrlPath((pool, vol)): UrlPath<(String, String)>,
+) -> Response {
+    let transfer = Transfer::new(&app);
+    let info = match app.host.vol_info(&pool, &vol).await {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(TRANSFER_QUEUE);
+    let host = app.host.clone();
+    tokio::spawn(async move {
+        let _transfer = transfer;
+        let writer = ChannelWriter { tx: tx.clone() };
+        if let Err(e) = host.vol_download(&pool, &vol, Box::new(writer)).await {
+            log::warn!("vol-download {pool}/{vol}: {e}");
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("x-hv-length", info.capacity)
+        .body(Body::from_stream(tokio_stream_from(rx)))
+        .unwrap_or_else(|e| error_response(ErrorKind::Internal, e.to_string()))
 }
 
 /// The daemon's socket in a state directory.
@@ -84,8 +210,29 @@ impl From<&HostError> for ErrorKind {
         match e {
             HostError::NoDomain(_) | HostError::NoDisk { .. } => ErrorKind::NotFound,
             HostError::State(_) => ErrorKind::InvalidState,
-            HostError::Xml(_) | HostError::Unsupported(_) => ErrorKind::InvalidArgument,
+            HostError::Xml(_) | HostError::Unsupported(_) | HostError::Migration(_) => {
+                ErrorKind::InvalidArgument
+            }
             HostError::NameInUse { .. } | HostError::UuidInUse { .. } => ErrorKind::Conflict,
+            HostError::Pool(p) => {
+                use hv_storage::pool::PoolError as P;
+                match p {
+                    P::PoolNotFound(_) | P::VolumeNotFound { .. } => ErrorKind::NotFound,
+                    P::BadState { .. } | P::VolumeInUse { .. } => ErrorKind::InvalidState,
+                    P::PoolExists(_) | P::VolumeExists { .. } => ErrorKind::Conflict,
+                    P::InvalidName { .. } | P::Invalid { .. } => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::Internal,
+                }
+            }
+            HostError::Net(n) => {
+                use hv_net::network::NetworkError as N;
+                match n {
+                    N::NotFound(_) => ErrorKind::NotFound,
+                    N::InvalidState { .. } => ErrorKind::InvalidState,
+                    N::Invalid { .. } => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::Internal,
+                }
+            }
             _ => ErrorKind::Internal,
         }
     }
@@ -153,8 +300,71 @@ pub async fn dispatch(host: &Host, call: Call) -> Result<Reply, HostError> {
             done(host.attach_disk(&domain, &source, &target, format.as_deref(), read_only).await?)
         }
         Call::DetachDisk { domain, target } => done(host.detach_disk(&domain, &target).await?),
-        Call::Save { .. } | Call::Restore { .. } => {
-            return Err(HostError::Unsupported("save/restore (needs hv-vmm snapshots)".into()))
+        Call::Save { domain, file } => done(host.save(&domain, &file).await?),
+        Call::Restore { file } => done(host.restore(&file).await?),
+        Call::Migrate { domain, dest_uri, dest_key, flags } => {
+            let dest = crate::http::Endpoint::parse_uri(&dest_uri)
+                .map_err(|e| HostError::Migration(e.to_string()))?;
+            done(host.migrate(&domain, &dest, dest_key.as_deref(), flags).await?)
+        }
+        Call::MigratePrepare { xml, taps, disks, tcp } => {
+            Reply::MigrateReady { receiver: host.migrate_prepare(&xml, &taps, &disks, tcp).await? }
+        }
+        Call::MigrateFinish { domain, sent } => done(host.migrate_finish(&domain, sent).await?),
+        Call::PoolDefineAs(spec) => Reply::Done { domain: Some(host.pool_define_as(spec).await?) },
+        Call::Pool { pool, action } => {
+            host.pool_action(&pool, action).await?;
+            Reply::Done { domain: None }
+        }
+        Call::PoolUndefine { pool } => {
+            host.pool_undefine(&pool).await?;
+            Reply::Done { domain: None }
+        }
+        Call::PoolList => Reply::Pools { pools: host.pool_list().await? },
+        Call::PoolInfo { pool } => Reply::PoolInfo(host.pool_info(&pool).await?),
+        Call::VolCreateAs(spec) => {
+            host.vol_create_as(spec).await?;
+            Reply::Done { domain: None }
+        }
+        Call::VolList { pool } => Reply::Volumes { volumes: host.vol_list(&pool).await? },
+        Call::VolInfo { pool, vol } => Reply::VolInfo(host.vol_info(&pool, &vol).await?),
+        Call::VolPath { pool, vol } => Reply::Path { path: host.vol_path(&pool, &vol).await? },
+        Call::VolDelete { pool, vol } => {
+            host.vol_delete(&pool, &vol).await?;
+            Reply::Done { domain: None }
+        }
+        Call::VolWipe { pool, vol } => {
+            host.vol_wipe(&pool, &vol).await?;
+            Reply::Done { domain: None }
+        }
+        Call::VolResize(r) => Reply::Resized { capacity: host.vol_resize(r).await? },
+        Call::VolClone { pool, vol, new_name } => {
+            host.vol_clone(&pool, &vol, &new_name).await?;
+            Reply::Done { domain: None }
+        }
+        Call::NetDefine { def } => Reply::Done { domain: Some(host.net_define(def).await?) },
+        Call::NetStart { network } => {
+            host.net_start(&network).await?;
+            Reply::Done { domain: None }
+        }
+        Call::NetDestroy { network } => {
+            host.net_destroy(&network).await?;
+            Reply::Done { domain: None }
+        }
+        Call::NetUndefine { network } => {
+            host.net_undefine(&network).await?;
+            Reply::Done { domain: None }
+        }
+        Call::NetList => Reply::Networks { networks: host.net_list().await? },
+        Call::NetInfo { network } => Reply::NetInfo(host.net_info(&network).await?),
+        Call::NetDhcpLeases { network, mac } => {
+            let mac = match mac {
+                Some(m) => {
+                    Some(m.parse().map_err(|e| HostError::Unsupported(format!("--mac {m}: {e}")))?)
+                }
+                None => None,
+            };
+            Reply::Leases { leases: host.net_dhcp_leases(&network, mac).await? }
         }
     })
 }
@@ -269,11 +479,13 @@ pub async fn serve(
         host: host.clone(),
         last_request: AtomicU64::new(0),
         started: Instant::now(),
+        transfers: AtomicU64::new(0),
     });
     let router = Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/call", post(call))
         .route("/v1/domains/{name}/console", get(console))
+        .route("/v1/pools/{pool}/volumes/{vol}/data", get(vol_download).put(vol_upload))
         .with_state(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -327,7 +539,8 @@ pub async fn serve(
                     let last = Duration::from_millis(app.last_request.load(Ordering::Relaxed));
                     let quiet = app.started.elapsed().saturating_sub(last);
                     let active = host.list(false).await.iter().any(|d| d.state != DomainState::ShutOff);
-                    if !active && quiet >= idle {
+                    let busy = app.transfers.load(Ordering::Relaxed) > 0;
+                    if !active && !busy && quiet >= idle {
                         log::info!("hvd: idle for {idle:?} with no active domain, exiting");
                         break;
                     }

@@ -63,6 +63,15 @@ pub enum HostError {
     /// A network operation failed.
     #[error("network: {0}")]
     Network(String),
+    /// A pool or volume operation failed (hv-storage's error, naming the pool and volume).
+    #[error(transparent)]
+    Pool(hv_storage::pool::PoolError),
+    /// A network operation failed (hv-net's error, naming the network).
+    #[error(transparent)]
+    Net(#[from] hv_net::network::NetworkError),
+    /// A migration failed or was refused (shared storage missing, destination unreachable...).
+    #[error("migration: {0}")]
+    Migration(String),
     /// An internal inconsistency (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -25,6 +25,11 @@ use crate::process::ProcessRecord;
 use crate::protocol::{DomInfo, DomainRow, IfRow};
 use crate::vmm::{self, ResolvedDisk, ResolvedNic, VmmApi, VmmPaths};
 
+mod migrate;
+mod save;
+
+pub use migrate::{MigrateFlags, SharedDisk};
+
 /// How long a VMM gets to bring its API up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -61,6 +66,10 @@ struct Inner {
 pub struct Host {
     cfg: HostConfig,
     inner: Mutex<Inner>,
+    /// The networks' DHCP servers (see the network module).
+    pub(crate) dhcp: std::sync::Mutex<crate::network::DhcpServers>,
+    /// Migrations this host prepared to receive.
+    incoming: migrate::IncomingMap,
 }
 
 impl std::fmt::Debug for Host {
@@ -102,6 +111,8 @@ impl Host {
                 next_id,
                 last_reason: HashMap::new(),
             }),
+            dhcp: Default::default(),
+            incoming: Default::default(),
         };
         host.poll().await;
         Ok(host)
@@ -264,7 +275,8 @@ impl Host {
                     Ok(ResolvedDisk { path: path.clone(), format: *format, read_only: d.read_only })
                 }
                 DiskSource::Volume { pool, volume, format } => {
-                    let (path, recorded) = crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
+                    let (path, recorded) =
+                        crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
                     if let Some(f) = format {
                         if *f != recorded {
                             return Err(HostError::Unsupported(format!(
@@ -480,7 +492,7 @@ impl Host {
             max_memory_kib: d.memory_kib,
             used_memory_kib: d.memory_kib,
             autostart: inner.store.autostart(&d.name),
-            managed_save: false,
+            managed_save: self.has_saved_state(&d.name),
             pid: rec.and_then(|r| r.process).map(|p| p.pid),
         })
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+pub use hyper::body::Bytes;
 use hyper::Request;
 pub use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -19,6 +19,37 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A TCP address (`HOST:PORT`).
     Tcp(String),
+}
+
+/// A host URI that is not `hv+unix:///ABS/PATH` or `hv+tcp://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid URI {uri}: {why}")]
+pub struct InvalidUri {
+    /// The URI given.
+    pub uri: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+impl Endpoint {
+    /// Parses a host daemon's URI: `hv+unix:///ABS/PATH/hvd.sock` or `hv+tcp://HOST:PORT`.
+    pub fn parse_uri(uri: &str) -> Result<Endpoint, InvalidUri> {
+        let bad = |why| InvalidUri { uri: uri.to_string(), why };
+        if let Some(path) = uri.strip_prefix("hv+unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("hv+unix:// needs an absolute path"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = uri.strip_prefix("hv+tcp://") {
+            let addr = addr.trim_end_matches('/');
+            if !addr.contains(':') {
+                return Err(bad("hv+tcp:// needs HOST:PORT"));
+            }
+            return Ok(Endpoint::Tcp(addr.to_string()));
+        }
+        Err(bad("use hv+unix:///PATH/hvd.sock or hv+tcp://HOST:PORT"))
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -160,6 +191,79 @@ pub async fn stream(
     }
     conn.abort();
     Ok(status)
+}
+
+/// Sends a request whose body is the chunks `body` yields (never held whole in memory), and
+/// reads the whole (short) response. A chunk that is an error aborts the request.
+pub async fn upload(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> Result<Response, HttpError> {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io = connect(endpoint).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", "localhost");
+    req = req.header("content-type", "application/octet-stream");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        body.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
+    });
+    let req = req.body(StreamBody::new(frames)).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    Ok(Response { status, body })
+}
+
+/// Sends a `GET` and, when the answer is a success, hands its body to `sink` chunk by chunk as
+/// it arrives (a sink error ends the transfer with that error). A failure status comes back
+/// with its (short) body whole, for the caller to read the error from.
+pub async fn download(
+    endpoint: &Endpoint,
+    path: &str,
+    headers: &[(&str, &str)],
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<Response, HttpError> {
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io = connect(endpoint).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let body = body.collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+        conn.abort();
+        return Ok(Response { status, body });
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| fail(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            sink(data).map_err(|e| fail(format!("writing what arrived: {e}")))?;
+        }
+    }
+    drop(sender);
+    let _ = conn.await;
+    Ok(Response { status, body: Bytes::new() })
 }
 
 /// A byte stream hyper can run HTTP over (Unix or TCP).

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{DomainState, StateReason};
+use crate::network::{LeaseRow, NetInfo, NetRow};
+use crate::storage::{PoolAction, PoolDefineAs, PoolRow, VolCreateAs, VolResize, VolRow};
 
 /// The protocol version a client and daemon must share (the `/v1/` in every path).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -132,6 +134,136 @@ pub enum Call {
         /// What `save` wrote, an absolute path.
         file: PathBuf,
     },
+    /// `migrate [--live] [--undefinesource] DOM DESTURI`.
+    Migrate {
+        /// Name or UUID.
+        domain: String,
+        /// The destination daemon: `hv+unix:///ABS/PATH/hvd.sock` or `hv+tcp://HOST:PORT`.
+        dest_uri: String,
+        /// The destination's shared key (TCP destinations).
+        dest_key: Option<String>,
+        /// libvirt's flags.
+        flags: crate::host::MigrateFlags,
+    },
+    /// A migration's first step on the destination (host to host).
+    MigratePrepare {
+        /// The domain's XML.
+        xml: String,
+        /// Its TAPs, in NIC order.
+        taps: Vec<String>,
+        /// Its disks as the source sees them (shared storage).
+        disks: Vec<crate::host::SharedDisk>,
+        /// Listen on TCP (else a Unix socket).
+        tcp: bool,
+    },
+    /// A migration's last step on the destination (host to host).
+    MigrateFinish {
+        /// The domain's name.
+        domain: String,
+        /// Whether the source sent it.
+        sent: bool,
+    },
+    /// `pool-define-as`.
+    PoolDefineAs(PoolDefineAs),
+    /// `pool-build`, `pool-start`, `pool-destroy`, `pool-delete`, `pool-refresh`.
+    Pool {
+        /// The pool.
+        pool: String,
+        /// What to do.
+        action: PoolAction,
+    },
+    /// `pool-undefine`.
+    PoolUndefine {
+        /// The pool.
+        pool: String,
+    },
+    /// `pool-list`.
+    PoolList,
+    /// `pool-info`.
+    PoolInfo {
+        /// The pool.
+        pool: String,
+    },
+    /// `vol-create-as`.
+    VolCreateAs(VolCreateAs),
+    /// `vol-list`.
+    VolList {
+        /// The pool.
+        pool: String,
+    },
+    /// `vol-info`.
+    VolInfo {
+        /// The pool.
+        pool: String,
+        /// The volume.
+        vol: String,
+    },
+    /// `vol-path`.
+    VolPath {
+        /// The pool.
+        pool: String,
+        /// The volume.
+        vol: String,
+    },
+    /// `vol-delete`.
+    VolDelete {
+        /// The pool.
+        pool: String,
+        /// The volume.
+        vol: String,
+    },
+    /// `vol-wipe`.
+    VolWipe {
+        /// The pool.
+        pool: String,
+        /// The volume.
+        vol: String,
+    },
+    /// `vol-resize`.
+    VolResize(VolResize),
+    /// `vol-clone`.
+    VolClone {
+        /// The pool.
+        pool: String,
+        /// The volume copied.
+        vol: String,
+        /// The copy's name.
+        new_name: String,
+    },
+    /// `net-define`: a network definition (validated again by the daemon).
+    NetDefine {
+        /// The definition.
+        def: hv_net::network::NetworkDef,
+    },
+    /// `net-start`.
+    NetStart {
+        /// The network.
+        network: String,
+    },
+    /// `net-destroy`.
+    NetDestroy {
+        /// The network.
+        network: String,
+    },
+    /// `net-undefine`.
+    NetUndefine {
+        /// The network.
+        network: String,
+    },
+    /// `net-list`.
+    NetList,
+    /// `net-info`.
+    NetInfo {
+        /// The network.
+        network: String,
+    },
+    /// `net-dhcp-leases [--mac MAC]`.
+    NetDhcpLeases {
+        /// The network.
+        network: String,
+        /// Only this client's leases.
+        mac: Option<String>,
+    },
 }
 
 /// A successful answer.
@@ -186,6 +318,47 @@ pub enum Reply {
     Interfaces {
         /// One row per NIC.
         interfaces: Vec<IfRow>,
+    },
+    /// A destination is ready for a migration.
+    MigrateReady {
+        /// A Unix socket path, or a TCP port.
+        receiver: String,
+    },
+    /// `pool-list`.
+    Pools {
+        /// One row per pool, by name.
+        pools: Vec<PoolRow>,
+    },
+    /// `pool-info`.
+    PoolInfo(PoolRow),
+    /// `vol-list`.
+    Volumes {
+        /// One row per volume, by name.
+        volumes: Vec<VolRow>,
+    },
+    /// `vol-info`.
+    VolInfo(VolRow),
+    /// `vol-path`.
+    Path {
+        /// The host path.
+        path: PathBuf,
+    },
+    /// `vol-resize`: the new capacity.
+    Resized {
+        /// Bytes.
+        capacity: u64,
+    },
+    /// `net-list`.
+    Networks {
+        /// One row per network, by name.
+        networks: Vec<NetRow>,
+    },
+    /// `net-info`.
+    NetInfo(NetInfo),
+    /// `net-dhcp-leases`.
+    Leases {
+        /// The active leases.
+        leases: Vec<LeaseRow>,
     },
 }
 

@@ -217,9 +217,20 @@ impl VmmApi {
         what: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Vec<u8>, VmmError> {
+        self.request_within(method, what, body, API_TIMEOUT).await
+    }
+
+    /// [`VmmApi::request`] with its own time limit (migrations take as long as they take).
+    pub async fn request_within(
+        &self,
+        method: Method,
+        what: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, VmmError> {
         let path = format!("/api/v1/{what}");
         let body = body.map(|b| b.to_string().into_bytes());
-        let r = http::call(&self.endpoint, method, &path, &[], body, API_TIMEOUT)
+        let r = http::call(&self.endpoint, method, &path, &[], body, timeout)
             .await
             .map_err(|e| VmmError::Api { path: path.clone(), why: e.to_string() })?;
         if r.status.is_success() {

@@ -101,9 +101,46 @@ pub fn hvtest_lines(serial: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The round numbers of `test=dirty`'s `dirty round R ok` lines in a serial transcript.
+pub fn dirty_rounds(serial: &str) -> Vec<u64> {
+    hvtest_lines(serial)
+        .iter()
+        .filter_map(|l| l.strip_prefix("dirty round ")?.strip_suffix(" ok")?.parse().ok())
+        .collect()
+}
+
+/// Checks a `test=dirty` transcript that may span snapshots, restores and migrations (each
+/// VM appending to the same serial file): no page was ever wrong (no `dirty mismatch`), and
+/// the rounds go on one report (`every` rounds) at a time, none lost or repeated. Answers the
+/// last round, or why the transcript is wrong.
+pub fn check_dirty_transcript(serial: &str, every: u64) -> Result<u64, String> {
+    if let Some(bad) = hvtest_lines(serial).iter().find(|l| l.starts_with("dirty mismatch")) {
+        return Err(format!("the guest found a bad page: {bad}"));
+    }
+    let rounds = dirty_rounds(serial);
+    for w in rounds.windows(2) {
+        if w[1] != w[0] + every {
+            return Err(format!("round {} follows round {} (every {every})", w[1], w[0]));
+        }
+    }
+    rounds.last().copied().ok_or_else(|| "no dirty round reported".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_transcripts_are_checked() {
+        let good =
+            "hvtest: dirty pages=8 at 0x1000\nhvtest: dirty round 4 ok\nhvtest: dirty round 8 ok\n";
+        assert_eq!(check_dirty_transcript(good, 4), Ok(8));
+        let gap = "hvtest: dirty round 4 ok\nhvtest: dirty round 12 ok\n";
+        assert!(check_dirty_transcript(gap, 4).is_err());
+        let bad = "hvtest: dirty round 4 ok\nhvtest: dirty mismatch page 1 word 0 round 5\n";
+        assert!(check_dirty_transcript(bad, 4).is_err());
+        assert!(check_dirty_transcript("", 4).is_err());
+    }
 
     #[test]
     fn lines_are_filtered_and_stripped() {

@@ -37,6 +37,10 @@ pub struct VmInfo {
     /// Guest RAM in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_actual_size: Option<u64>,
+    /// hv's addition: the snapshot memory file guest RAM is mapped from (private, pages read
+    /// on first touch) when the VM was restored; absent for RAM allocated at boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<std::path::PathBuf>,
 }
 
 /// `VmCounters`: counters per device (`_net0`, or the device's `id`), each a name -> value map.

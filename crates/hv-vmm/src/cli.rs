@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use hv_core::seccomp::SeccompMode;
 
+use crate::api::RestoreConfig;
 use crate::config::{
     ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
 };
@@ -199,6 +200,19 @@ pub fn parse_seccomp(s: &str) -> Result<SeccompMode, OptionError> {
     }
 }
 
+/// `--restore source_url=file:///DIR[,prefault=on][,resume=on]`: the directory must parse.
+pub fn parse_restore(s: &str) -> Result<RestoreConfig, OptionError> {
+    let o = Options::parse("restore", s, &["source_url", "prefault", "resume"])?;
+    let url = o.get("source_url").ok_or_else(|| o.err("source_url= is required"))?;
+    crate::urls::snapshot_dir(url).map_err(|e| o.err(e.to_string()))?;
+    Ok(RestoreConfig {
+        source_url: url.into(),
+        prefault: o.bool("prefault")?,
+        resume: o.bool("resume")?,
+        memory_restore_mode: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +220,10 @@ mod tests {
     #[test]
     fn parses_cloud_hypervisor_option_strings() {
         assert_eq!(parse_size("64M"), Some(64 << 20));
+        let r = parse_restore("source_url=file:///s,prefault=on").unwrap();
+        assert_eq!((r.source_url.as_str(), r.prefault, r.resume), ("file:///s", Some(true), None));
+        assert!(parse_restore("source_url=/s").is_err());
+        assert!(parse_restore("prefault=on").is_err());
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("4096"), Some(4096));
         assert_eq!(parse_size("M"), None);

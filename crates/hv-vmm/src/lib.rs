@@ -10,7 +10,11 @@
 //! - [`manager`]: at most one VM, its state table (`Created`, `Running`, `Paused`, `Shutdown`)
 //!   and its lifecycle on hv-core's `VmBuilder`/`Vm`; [`machine`] opens its devices
 //!   (hv-storage's virtio-blk, hv-net's virtio-net) from the configuration.
-//! - [`process`]: the manager as the process shares it, and how the process ends.
+//!   Its state endpoints (`vm.snapshot`, `vm.restore`, `vm.send-migration`,
+//!   `vm.receive-migration`) run on hv-core's snapshot and pre-copy migration; [`urls`] parses
+//!   their `file:///DIR`, `unix:/PATH` and `tcp:HOST:PORT` URLs.
+//! - [`process`]: the manager as the process shares it, the main thread that runs the long
+//!   operations (so the API thread keeps answering), and how the process ends.
 //! - [`client`]: a small blocking client, for the host daemon and for tests; [`cli`]: Cloud
 //!   Hypervisor's command-line option strings parsed into the same configuration types.
 //!
@@ -35,5 +39,6 @@ pub mod machine;
 pub mod manager;
 pub mod process;
 pub mod server;
+pub mod urls;
 
 pub use process::{Vmm, VmmExit};

@@ -6,6 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 
+use hv_core::snapshot::DeviceSource;
 use hv_core::VmBuilder;
 use hv_mem::{Backing, HugePageSize, MemoryConfig as RamConfig};
 use hv_net::tap::{Tap, TapError};
@@ -120,20 +121,34 @@ fn made_up_mac(index: usize) -> MacAddr {
 }
 
 /// Opens every device of a validated `config` and describes the VM to hv-core. A serial file
-/// is truncated on the first boot (`first_boot`) and appended to on reboots.
+/// is truncated on the first boot (`first_boot`) and appended to on reboots. Dirty-page
+/// tracking is on, so the VM can be migrated live.
 pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceError> {
     let payload = &config.payload;
     let mut b = VmBuilder::new()
         .memory(ram_config(config))
         .vcpus(config.cpus.boot_vcpus as usize)
-        .cmdline(payload.cmdline.clone().unwrap_or_default())
-        .serial_output(serial_output(config, first_boot)?);
+        .cmdline(payload.cmdline.clone().unwrap_or_default());
     if let Some(kernel) = &payload.kernel {
         b = b.kernel(kernel);
     }
     if let Some(initramfs) = &payload.initramfs {
         b = b.initrd(initramfs);
     }
+    devices(config, b, first_boot)
+}
+
+/// The builder for a VM that comes from elsewhere (a snapshot, a migration): the serial output
+/// (appended to) and the devices of `config`, which must be those the VM was saved with.
+/// Memory, vCPUs and command line come with the saved machine.
+pub fn rebuild_builder(config: &VmConfig) -> Result<Machine, DeviceError> {
+    devices(config, VmBuilder::new(), false)
+}
+
+/// Adds the serial output and every virtio device of `config` to `b`, each with where its
+/// backend is (so a snapshot records how to reopen it).
+fn devices(config: &VmConfig, b: VmBuilder, first_boot: bool) -> Result<Machine, DeviceError> {
+    let mut b = b.dirty_tracking(true).serial_output(serial_output(config, first_boot)?);
     for (index, d) in config.disks.iter().flatten().enumerate() {
         let path = d.path.clone().unwrap_or_default();
         // Explicit format, never probed; a qcow2 may open no backing or data file.
@@ -157,7 +172,8 @@ pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceErr
             backend.size(),
             if d.readonly { ", read-only" } else { "" }
         );
-        b = b.virtio_device(Box::new(VirtioBlock::new(backend, blk)));
+        let source = DeviceSource::Block { path: path.clone(), read_only: d.readonly };
+        b = b.virtio_device_from(Box::new(VirtioBlock::new(backend, blk)), source);
     }
     let mut nics = Vec::new();
     for (index, n) in config.net.iter().flatten().enumerate() {
@@ -182,7 +198,7 @@ pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceErr
         let (device, handle) = VirtioNet::multi_queue(NicConfig::new(mac), backends)
             .map_err(|e| DeviceError::Nic { index, reason: e.to_string() })?;
         log::info!("net {index}: virtio-net {mac} on TAP {name}, {pairs} queue pair(s)");
-        b = b.virtio_device(Box::new(device));
+        b = b.virtio_device_from(Box::new(device), DeviceSource::Tap { name, mac: Some(mac.0) });
         let id = n.id.clone().unwrap_or_else(|| format!("_net{index}"));
         nics.push(NicCounters { id, handle });
     }

@@ -10,12 +10,20 @@
 //! stops the VM and keeps the configuration, so `vm.boot` can start it again; a guest reset
 //! reboots it from the same configuration.
 
+use std::sync::Arc;
+
 use hv_core::seccomp::SeccompMode;
+use hv_core::snapshot::MemorySource;
 use hv_core::{ExitReason, Vm};
 
 use crate::api::{VmCounters, VmInfo, VmState};
 use crate::config::{ConfigError, VmConfig};
 use crate::machine::{self, DeviceError, NicCounters};
+use crate::urls::UrlError;
+
+mod vmstate;
+
+pub use vmstate::{receive_migration, send_migration, StateError, VMM_CONFIG_FILE};
 
 /// What an API call asks of the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +46,14 @@ pub enum Action {
     Delete,
     /// `vm.info`, `vm.counters`.
     Inspect,
+    /// `vm.snapshot`.
+    Snapshot,
+    /// `vm.restore`.
+    Restore,
+    /// `vm.send-migration`.
+    SendMigration,
+    /// `vm.receive-migration`.
+    ReceiveMigration,
 }
 
 impl Action {
@@ -53,11 +69,21 @@ impl Action {
             Action::PowerButton => "press the power button of",
             Action::Delete => "delete",
             Action::Inspect => "inspect",
+            Action::Snapshot => "snapshot",
+            Action::Restore => "restore",
+            Action::SendMigration => "migrate",
+            Action::ReceiveMigration => "receive a migration of",
         }
     }
 }
 
 /// The single table of transitions: the state after `action` from `state` (`None`: no VM).
+///
+/// A snapshot is taken of a paused VM and leaves it paused; a restore makes a paused VM (a
+/// `resume` in its body runs it); a migration ends the source's VM (Shutdown) and makes a
+/// running one on the destination (paused if it was paused on the source). As Cloud
+/// Hypervisor's API documents, a restore or an incoming migration into a process that has a
+/// VM already is a 404 ([`ManagerError::AlreadyCreated`]).
 pub fn next_state(state: Option<VmState>, action: Action) -> Result<Option<VmState>, ManagerError> {
     use Action as A;
     use VmState as S;
@@ -65,10 +91,17 @@ pub fn next_state(state: Option<VmState>, action: Action) -> Result<Option<VmSta
         return match action {
             A::Create => Ok(Some(S::Created)),
             A::Delete => Ok(None),
+            A::Restore => Ok(Some(S::Paused)),
+            A::ReceiveMigration => Ok(Some(S::Running)),
             _ => Err(ManagerError::NotCreated { action: action.name() }),
         };
     };
     let next = match (s, action) {
+        (S::Paused, A::Snapshot) => S::Paused,
+        (S::Running | S::Paused, A::SendMigration) => S::Shutdown,
+        (_, A::Restore | A::ReceiveMigration) => {
+            return Err(ManagerError::AlreadyCreated { action: action.name() })
+        }
         (S::Created | S::Shutdown, A::Boot) => S::Running,
         (S::Running, A::Pause) => S::Paused,
         (S::Paused, A::Resume) => S::Running,
@@ -90,6 +123,18 @@ pub enum ManagerError {
         /// What was asked.
         action: &'static str,
     },
+    /// A VM exists already (a restore and an incoming migration need a process without one).
+    #[error("cannot {action} a VM: this process has one already")]
+    AlreadyCreated {
+        /// What was asked.
+        action: &'static str,
+    },
+    /// A migration is under way: only `vm.info` and `vm.counters` are answered.
+    #[error("cannot {action} the VM: a migration is under way")]
+    Migrating {
+        /// What was asked.
+        action: &'static str,
+    },
     /// The VM is not in a state that allows the call.
     #[error("cannot {action} the VM: it is {state}")]
     InvalidState {
@@ -107,31 +152,30 @@ pub enum ManagerError {
     /// hv-core refused to build or run the VM.
     #[error("VM operation failed: {0}")]
     Vm(#[from] hv_core::Error),
-    /// The endpoint exists in Cloud Hypervisor's API but hv does not implement it yet.
-    #[error("{endpoint} is not supported yet by hv-vmm")]
-    NotSupported {
-        /// The endpoint.
-        endpoint: &'static str,
-    },
+    /// A snapshot or migration URL that hv-vmm cannot use.
+    #[error("invalid URL: {0}")]
+    Url(#[from] UrlError),
+    /// Saving, restoring or moving the VM failed.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl ManagerError {
     /// Cloud Hypervisor's status code for this error.
     pub fn status(&self) -> u16 {
         match self {
-            ManagerError::NotCreated { .. } => 404,
-            ManagerError::InvalidState { .. } => 405,
-            ManagerError::Config(_) => 400,
-            ManagerError::Device(_) | ManagerError::Vm(_) | ManagerError::NotSupported { .. } => {
-                500
-            }
+            ManagerError::NotCreated { .. } | ManagerError::AlreadyCreated { .. } => 404,
+            ManagerError::InvalidState { .. } | ManagerError::Migrating { .. } => 405,
+            ManagerError::Config(_) | ManagerError::Url(_) => 400,
+            ManagerError::Device(_) | ManagerError::Vm(_) | ManagerError::State(_) => 500,
         }
     }
 }
 
 /// A booted VM and the handles kept beside it.
 struct Booted {
-    vm: Vm,
+    /// Shared with a migration that runs without the manager's lock.
+    vm: Arc<Vm>,
     nics: Vec<NicCounters>,
 }
 
@@ -147,6 +191,8 @@ pub struct VmManager {
     guest_end: Option<ExitReason>,
     /// The seccomp filters of the VM's vCPU and device threads.
     seccomp: SeccompMode,
+    /// A migration (out or in) is under way.
+    migrating: bool,
 }
 
 impl std::fmt::Debug for VmManager {
@@ -174,6 +220,9 @@ impl VmManager {
 
     fn check(&mut self, action: Action) -> Result<Option<VmState>, ManagerError> {
         self.poll_guest();
+        if self.migrating && action != Action::Inspect {
+            return Err(ManagerError::Migrating { action: action.name() });
+        }
         next_state(self.state, action)
     }
 
@@ -201,6 +250,7 @@ impl VmManager {
         }
         match &reason {
             ExitReason::PoweredOff => log::info!("the guest powered off"),
+            ExitReason::Migrated => log::info!("the VM was migrated: it runs on the destination"),
             ExitReason::Crashed(_) | ExitReason::Panicked { .. } | ExitReason::Failed { .. } => {
                 log::error!("the guest stopped: {reason}")
             }
@@ -232,7 +282,7 @@ impl VmManager {
         vm.start()?;
         self.boots += 1;
         log::info!("VM running, command line: {}", vm.cmdline());
-        self.booted = Some(Booted { vm, nics: machine.nics });
+        self.booted = Some(Booted { vm: Arc::new(vm), nics: machine.nics });
         self.state = Some(VmState::Running);
         Ok(())
     }
@@ -319,7 +369,16 @@ impl VmManager {
         let (Some(config), Some(state)) = (&self.config, self.state) else {
             return Err(ManagerError::NotCreated { action: Action::Inspect.name() });
         };
-        Ok(VmInfo { config: config.clone(), state, memory_actual_size: Some(config.memory.size) })
+        let memory_file = self.booted.as_ref().and_then(|b| match b.vm.memory_source() {
+            MemorySource::MappedFile(path) => Some(path.clone()),
+            _ => None,
+        });
+        Ok(VmInfo {
+            config: config.clone(),
+            state,
+            memory_actual_size: Some(config.memory.size),
+            memory_file,
+        })
     }
 
     /// `vm.counters`: each NIC's counters while the VM is booted (empty otherwise).
@@ -350,7 +409,7 @@ impl VmManager {
         }
     }
 
-    fn vm(&self) -> Result<&Vm, ManagerError> {
+    fn vm(&self) -> Result<&Arc<Vm>, ManagerError> {
         self.booted.as_ref().map(|b| &b.vm).ok_or(ManagerError::NotCreated { action: "reach" })
     }
 }
@@ -362,14 +421,30 @@ mod tests {
     #[test]
     fn the_table_follows_cloud_hypervisor() {
         use Action::{Boot, Create, Delete, Inspect, Pause, PowerButton, Reboot, Resume};
+        use Action::{ReceiveMigration, Restore, SendMigration, Snapshot};
         use VmState::{Created, Paused, Running};
-        let all =
-            [Create, Boot, Pause, Resume, Action::Shutdown, Reboot, PowerButton, Delete, Inspect];
+        let all = [
+            Create,
+            Boot,
+            Pause,
+            Resume,
+            Action::Shutdown,
+            Reboot,
+            PowerButton,
+            Delete,
+            Inspect,
+            Snapshot,
+            Restore,
+            SendMigration,
+            ReceiveMigration,
+        ];
         for a in all {
             let r = next_state(None, a);
             match a {
                 Create => assert_eq!(r.unwrap(), Some(Created)),
                 Delete => assert_eq!(r.unwrap(), None),
+                Restore => assert_eq!(r.unwrap(), Some(Paused)),
+                ReceiveMigration => assert_eq!(r.unwrap(), Some(Running)),
                 _ => assert_eq!(r.unwrap_err().status(), 404, "{a:?}"),
             }
         }
@@ -390,7 +465,17 @@ mod tests {
         assert_eq!(ok(Paused, Reboot), Some(Running));
         assert_eq!(code(VmState::Shutdown, Reboot), 405);
         assert_eq!(code(Created, PowerButton), 405);
+        assert_eq!(ok(Paused, Snapshot), Some(Paused));
+        assert_eq!(ok(Running, SendMigration), Some(VmState::Shutdown));
+        assert_eq!(ok(Paused, SendMigration), Some(VmState::Shutdown));
+        for s in [Created, Running, VmState::Shutdown] {
+            assert_eq!(code(s, Snapshot), 405);
+        }
+        assert_eq!(code(Created, SendMigration), 405);
+        assert_eq!(code(VmState::Shutdown, SendMigration), 405);
         for s in [Created, Running, Paused, VmState::Shutdown] {
+            assert_eq!(code(s, Restore), 404);
+            assert_eq!(code(s, ReceiveMigration), 404);
             assert_eq!(code(s, Create), 405);
             assert_eq!(ok(s, Delete), None);
             assert_eq!(ok(s, Inspect), Some(s));

@@ -1,6 +1,13 @@
 //! [`Vmm`]: the manager as the process shares it between its API thread and its main thread,
 //! and how the process ends ([`VmmExit`]).
+//!
+//! Long operations (snapshot, restore, migrations) run on the thread that waits in
+//! [`Vmm::wait_exit`] (the process's main thread), handed over with [`Vmm::offload`]: the API
+//! thread goes on answering (`vm.info` during a migration), and the threads those operations
+//! start (a restored VM's vCPUs) are not children of the API thread, so they do not inherit
+//! its seccomp filter.
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,21 +29,38 @@ pub enum VmmExit {
 }
 
 impl VmmExit {
-    /// The process exit code: 0 for a requested shutdown or a guest power-off, 1 otherwise.
+    /// The process exit code: 0 for a requested shutdown, a guest power-off or a VM migrated
+    /// away (as Cloud Hypervisor's source process ends), 1 otherwise.
     pub fn code(&self) -> u8 {
         match self {
-            VmmExit::Requested | VmmExit::Guest(ExitReason::PoweredOff) => 0,
+            VmmExit::Requested | VmmExit::Guest(ExitReason::PoweredOff | ExitReason::Migrated) => 0,
             VmmExit::Guest(_) => 1,
         }
     }
 }
 
-/// The one VM manager of an `hv-vmm` process and its exit signal.
-#[derive(Debug, Default)]
+/// Work handed to the main thread.
+type Job = Box<dyn FnOnce(&Vmm) + Send>;
+
+/// What the main thread waits for: the end, or work.
+#[derive(Default)]
+struct Signals {
+    exit: Option<VmmExit>,
+    jobs: VecDeque<Job>,
+}
+
+/// The one VM manager of an `hv-vmm` process, its exit signal and its queue of long operations.
+#[derive(Default)]
 pub struct Vmm {
     manager: Mutex<VmManager>,
-    exit: Mutex<Option<VmmExit>>,
+    signals: Mutex<Signals>,
     cond: Condvar,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm").field("manager", &self.manager).finish_non_exhaustive()
+    }
 }
 
 impl Vmm {
@@ -62,26 +86,51 @@ impl Vmm {
         self.set_exit(VmmExit::Requested);
     }
 
+    fn signals(&self) -> MutexGuard<'_, Signals> {
+        self.signals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_exit(&self, exit: VmmExit) {
-        let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
-        if e.is_none() {
-            *e = Some(exit);
+        let mut s = self.signals();
+        if s.exit.is_none() {
+            s.exit = Some(exit);
         }
         self.cond.notify_all();
     }
 
+    /// Runs `job` on the thread waiting in [`wait_exit`](Self::wait_exit) and answers its
+    /// result (the receiver is dropped unanswered if the process ends first).
+    pub fn offload<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Vmm) -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |vmm| {
+            let _ = tx.send(job(vmm));
+        });
+        self.signals().jobs.push_back(job);
+        self.cond.notify_all();
+        rx
+    }
+
     /// Blocks until the process should end: `vmm.shutdown`, or the guest stopping on its own
-    /// (a guest reset reboots the VM instead).
+    /// (a guest reset reboots the VM instead). Runs the jobs given to
+    /// [`offload`](Self::offload) meanwhile.
     pub fn wait_exit(&self) -> VmmExit {
         loop {
             if let Some(end) = self.manager().take_guest_end() {
                 self.set_exit(VmmExit::Guest(end));
             }
-            let e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(exit) = e.as_ref() {
+            let mut s = self.signals();
+            if let Some(job) = s.jobs.pop_front() {
+                drop(s);
+                job(self);
+                continue;
+            }
+            if let Some(exit) = s.exit.as_ref() {
                 return exit.clone();
             }
-            drop(self.cond.wait_timeout(e, GUEST_POLL).unwrap_or_else(|e| e.into_inner()));
+            drop(self.cond.wait_timeout(s, GUEST_POLL).unwrap_or_else(|e| e.into_inner()));
         }
     }
 }

@@ -28,8 +28,10 @@ use crate::api::{
     ReceiveMigrationData, RestoreConfig, SendMigrationData, VmSnapshotConfig, VmmPingResponse,
 };
 use crate::config::VmConfig;
-use crate::manager::{ManagerError, VmManager};
+use crate::manager::{self, ManagerError, VmManager};
 use crate::process::Vmm;
+use crate::urls::{self, MigrationUrl};
+use hv_core::migration::MigrationOptions;
 
 /// The API's path prefix.
 pub const API_ROOT: &str = "/api/v1";
@@ -168,16 +170,10 @@ pub fn router(vmm: Arc<Vmm>) -> Router {
         .route("/vm.delete", r(put(|s: State<Arc<Vmm>>| act(s, VmManager::delete))))
         .route("/vm.info", r(get(|s: State<Arc<Vmm>>| look(s, VmManager::info))))
         .route("/vm.counters", r(get(|s: State<Arc<Vmm>>| look(s, VmManager::counters))))
-        .route("/vm.snapshot", r(put(|b: Bytes| not_yet::<VmSnapshotConfig>(b, "vm.snapshot"))))
-        .route("/vm.restore", r(put(|b: Bytes| not_yet::<RestoreConfig>(b, "vm.restore"))))
-        .route(
-            "/vm.send-migration",
-            r(put(|b: Bytes| not_yet::<SendMigrationData>(b, "vm.send-migration"))),
-        )
-        .route(
-            "/vm.receive-migration",
-            r(put(|b: Bytes| not_yet::<ReceiveMigrationData>(b, "vm.receive-migration"))),
-        );
+        .route("/vm.snapshot", r(put(snapshot)))
+        .route("/vm.restore", r(put(restore)))
+        .route("/vm.send-migration", r(put(send_migration)))
+        .route("/vm.receive-migration", r(put(receive_migration)));
     Router::new().nest(API_ROOT, api).fallback(unknown).with_state(vmm)
 }
 
@@ -271,11 +267,76 @@ async fn look<T: Serialize>(
     }
 }
 
-async fn not_yet<T: DeserializeOwned>(body: Bytes, endpoint: &'static str) -> Response {
-    if let Err(r) = parse::<T>(&body) {
-        return r;
+/// Runs `job` on the main thread ([`Vmm::offload`]) and answers 204 or its error; the API
+/// thread serves other requests meanwhile.
+async fn offloaded(
+    vmm: &Vmm,
+    job: impl FnOnce(&Vmm) -> Result<(), ManagerError> + Send + 'static,
+) -> Response {
+    match vmm.offload(job).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => failure(e),
+        Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "the VMM is shutting down".into()),
     }
-    failure(ManagerError::NotSupported { endpoint })
+}
+
+async fn snapshot(State(vmm): State<Arc<Vmm>>, body: Bytes) -> Response {
+    let dir = match parse::<VmSnapshotConfig>(&body) {
+        Ok(c) => urls::snapshot_dir(&c.destination_url),
+        Err(r) => return r,
+    };
+    match dir {
+        Ok(dir) => offloaded(&vmm, move |v| v.manager().snapshot(&dir)).await,
+        Err(e) => failure(e.into()),
+    }
+}
+
+async fn restore(State(vmm): State<Arc<Vmm>>, body: Bytes) -> Response {
+    let c = match parse::<RestoreConfig>(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let (prefault, resume) = (c.prefault.unwrap_or(false), c.resume.unwrap_or(false));
+    if let Some(mode) =
+        c.memory_restore_mode.as_deref().filter(|m| !matches!(*m, "Copy" | "OnDemand"))
+    {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!("memory_restore_mode {mode:?}: give Copy or OnDemand"),
+        );
+    }
+    match urls::snapshot_dir(&c.source_url) {
+        Ok(dir) => offloaded(&vmm, move |v| v.manager().restore(&dir, prefault, resume)).await,
+        Err(e) => failure(e.into()),
+    }
+}
+
+async fn send_migration(State(vmm): State<Arc<Vmm>>, body: Bytes) -> Response {
+    let c = match parse::<SendMigrationData>(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut opts = MigrationOptions::default();
+    if let Some(ms) = c.downtime_ms {
+        opts.downtime = Duration::from_millis(ms.max(1));
+    }
+    match MigrationUrl::parse(&c.destination_url) {
+        Ok(url) => {
+            offloaded(&vmm, move |v| manager::send_migration(v, &url, &opts).map(|_| ())).await
+        }
+        Err(e) => failure(e.into()),
+    }
+}
+
+async fn receive_migration(State(vmm): State<Arc<Vmm>>, body: Bytes) -> Response {
+    let c = match parse::<ReceiveMigrationData>(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match MigrationUrl::parse(&c.receiver_url) {
+        Ok(url) => offloaded(&vmm, move |v| manager::receive_migration(v, &url)).await,
+        Err(e) => failure(e.into()),
+    }
 }
 
 async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> Response {

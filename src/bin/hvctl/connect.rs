@@ -22,20 +22,19 @@ pub struct Conn {
 
 /// Parses `hv+unix:///ABS/PATH` or `hv+tcp://HOST:PORT`.
 pub fn parse_uri(uri: &str) -> Result<Endpoint, String> {
-    if let Some(path) = uri.strip_prefix("hv+unix://") {
-        if !path.starts_with('/') {
-            return Err(format!("invalid URI {uri}: hv+unix:// needs an absolute path"));
-        }
-        return Ok(Endpoint::Unix(PathBuf::from(path)));
-    }
-    if let Some(addr) = uri.strip_prefix("hv+tcp://") {
-        let addr = addr.trim_end_matches('/');
-        if !addr.contains(':') {
-            return Err(format!("invalid URI {uri}: hv+tcp:// needs HOST:PORT"));
-        }
-        return Ok(Endpoint::Tcp(addr.to_string()));
-    }
-    Err(format!("invalid URI {uri}: use hv+unix:///PATH/hvd.sock or hv+tcp://HOST:PORT"))
+    Endpoint::parse_uri(uri).map_err(|e| e.to_string())
+}
+
+/// The shared key for TCP hosts: `--auth-key-file`, else `$HV_AUTH_KEY_FILE`.
+pub fn read_key(key_file: Option<&Path>) -> Result<String, String> {
+    let file = key_file
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("HV_AUTH_KEY_FILE").map(PathBuf::from))
+        .ok_or("hv+tcp:// hosts need a key: --auth-key-file or HV_AUTH_KEY_FILE")?;
+    Ok(std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read key file {}: {e}", file.display()))?
+        .trim()
+        .to_string())
 }
 
 impl Conn {
@@ -59,25 +58,7 @@ impl Conn {
             }
         };
         let key = match &endpoint {
-            Endpoint::Tcp(_) => {
-                let file = key_file
-                    .map(Path::to_path_buf)
-                    .or_else(|| std::env::var_os("HV_AUTH_KEY_FILE").map(PathBuf::from));
-                match file {
-                    Some(f) => Some(
-                        std::fs::read_to_string(&f)
-                            .map_err(|e| format!("cannot read key file {}: {e}", f.display()))?
-                            .trim()
-                            .to_string(),
-                    ),
-                    None => {
-                        return Err(
-                            "hv+tcp:// hosts need a key: --auth-key-file or HV_AUTH_KEY_FILE"
-                                .into(),
-                        )
-                    }
-                }
-            }
+            Endpoint::Tcp(_) => Some(read_key(key_file)?),
             Endpoint::Unix(_) => None,
         };
         Ok(Conn { endpoint, key })
@@ -96,15 +77,40 @@ impl Conn {
             http::call(&self.endpoint, Method::POST, "/v1/call", &hdrs, Some(body), CALL_TIMEOUT)
                 .await
                 .map_err(|e| format!("failed to connect to the hypervisor: {e}"))?;
+        answer(r)
+    }
+
+    /// Sends the chunks `body` yields to `path` (a `PUT`), `len` bytes in all.
+    pub async fn upload(
+        &self,
+        path: &str,
+        len: u64,
+        body: tokio::sync::mpsc::Receiver<std::io::Result<http::Bytes>>,
+    ) -> Result<Reply, String> {
+        let h = self.headers();
+        let len = len.to_string();
+        let mut hdrs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        hdrs.push(("x-hv-length", &len));
+        let r = http::upload(&self.endpoint, Method::PUT, path, &hdrs, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        answer(r)
+    }
+
+    /// Hands the body of `GET path` to `sink` as it arrives.
+    pub async fn download(
+        &self,
+        path: &str,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let h = self.headers();
+        let hdrs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r =
+            http::download(&self.endpoint, path, &hdrs, sink).await.map_err(|e| e.to_string())?;
         if r.status.is_success() {
-            serde_json::from_slice(&r.body).map_err(|e| format!("bad answer from hvd: {e}"))
+            Ok(())
         } else {
-            match serde_json::from_slice::<ErrorReply>(&r.body) {
-                Ok(e) => Err(e.message),
-                Err(_) => {
-                    Err(format!("hvd answered {}: {}", r.status, String::from_utf8_lossy(&r.body)))
-                }
-            }
+            answer(r).map(drop)
         }
     }
 
@@ -118,6 +124,20 @@ impl Conn {
             Ok(())
         } else {
             Err(format!("hvd answered {status}"))
+        }
+    }
+}
+
+/// The daemon's answer: its reply, or its error's message.
+fn answer(r: http::Response) -> Result<Reply, String> {
+    if r.status.is_success() {
+        serde_json::from_slice(&r.body).map_err(|e| format!("bad answer from hvd: {e}"))
+    } else {
+        match serde_json::from_slice::<ErrorReply>(&r.body) {
+            Ok(e) => Err(e.message),
+            Err(_) => {
+                Err(format!("hvd answered {}: {}", r.status, String::from_utf8_lossy(&r.body)))
+            }
         }
     }
 }

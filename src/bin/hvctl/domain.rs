@@ -1,8 +1,9 @@
-//! The domain verbs: one small function each that makes the call and prints the answer.
+//! The domain verbs (and the dispatch to the storage and network verbs): one small function each that makes the call and prints the answer.
 
 use std::io::Write;
 use std::path::Path;
 
+use hv::host::host::MigrateFlags;
 use hv::host::protocol::{Call, Reply};
 
 use crate::connect::Conn;
@@ -119,18 +120,42 @@ pub async fn run(conn: &Conn, verb: Verb) -> VerbResult {
         }
         Verb::Save { domain, file } => {
             let file = absolute(&file)?;
-            let n = done(conn.call(&Call::Save { domain, file: file.clone() }).await?);
+            let call = Call::Save { domain: domain.clone(), file: file.clone() };
+            let n = done(with_spinner(format!("saving {domain}"), conn.call(&call)).await?);
             println!("\nDomain '{n}' saved to {}\n", file.display());
             Ok(())
         }
         Verb::Restore { file } => {
             let file = absolute(&file)?;
-            conn.call(&Call::Restore { file: file.clone() }).await?;
+            let call = Call::Restore { file: file.clone() };
+            with_spinner(format!("restoring {}", file.display()), conn.call(&call)).await?;
             println!("Domain restored from {}\n", file.display());
             Ok(())
         }
+        Verb::Migrate { live, persistent: _, undefinesource, domain, desturi, dest_key } => {
+            let flags = MigrateFlags { live, undefine_source: undefinesource };
+            let call = Call::Migrate {
+                domain: domain.clone(),
+                dest_uri: desturi.clone(),
+                dest_key,
+                flags,
+            };
+            with_spinner(format!("migrating {domain} to {desturi}"), conn.call(&call)).await?;
+            println!("\nMigration: [100 %]\n");
+            Ok(())
+        }
+        Verb::Storage(v) => crate::storage::run(conn, v).await,
+        Verb::Net(v) => crate::net::run(conn, v).await,
         Verb::Completions { .. } => Ok(()),
     }
+}
+
+/// Awaits `f` with a spinner on the terminal meanwhile.
+async fn with_spinner<T>(what: String, f: impl std::future::Future<Output = T>) -> T {
+    let s = crate::progress::spinner(what);
+    let r = f.await;
+    crate::progress::finish(s);
+    r
 }
 
 fn absolute(p: &Path) -> Result<std::path::PathBuf, String> {

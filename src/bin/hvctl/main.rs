@@ -1,4 +1,4 @@
-//! hvctl: virsh's verbs for hv hosts. A client of `hvd`: it parses the verb, sends one call to
+//! hvctl: virsh's verbs for hv hosts (domains, pools and volumes, networks). A client of `hvd`: it parses the verb, sends one call to
 //! the daemon, and prints the answer as virsh prints it.
 //!
 //! ```text
@@ -12,7 +12,10 @@
 
 mod connect;
 mod domain;
+mod net;
 mod output;
+mod progress;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +182,29 @@ enum Verb {
         /// What `save` wrote.
         file: PathBuf,
     },
+    /// Migrate a running domain to another host (shared storage needed).
+    Migrate {
+        /// Live migration: the guest runs while its memory is copied.
+        #[arg(long)]
+        live: bool,
+        /// Define the domain on the destination (hv always does).
+        #[arg(long)]
+        persistent: bool,
+        /// Undefine the domain on the source afterwards.
+        #[arg(long)]
+        undefinesource: bool,
+        /// Domain name or UUID.
+        domain: String,
+        /// The destination: `hv+unix:///ABS/PATH/hvd.sock` or `hv+tcp://HOST:PORT`.
+        desturi: String,
+        /// The destination's key (read from the key file for hv+tcp:// destinations).
+        #[arg(skip)]
+        dest_key: Option<String>,
+    },
+    #[command(flatten)]
+    Storage(storage::StorageVerb),
+    #[command(flatten)]
+    Net(net::NetVerb),
     /// Print shell completions for hvctl.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -199,6 +225,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut verb = cli.verb;
+    if let Verb::Migrate { desturi, dest_key, .. } = &mut verb {
+        if desturi.starts_with("hv+tcp://") {
+            match connect::read_key(cli.auth_key_file.as_deref()) {
+                Ok(k) => *dest_key = Some(k),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let result = rt.block_on(async {
         let conn = Conn::open(
             cli.connect.as_deref(),
@@ -206,7 +244,7 @@ fn main() -> ExitCode {
             cli.auth_key_file.as_deref(),
         )
         .await?;
-        domain::run(&conn, cli.verb).await
+        domain::run(&conn, verb).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,45 +1,33 @@
-//! The `hvctl` example end to end: virsh's verbs, flags, sizes and output, one-line errors
-//! with a non-zero exit. The test builds the example once (`cargo build -p hv --example
-//! hvctl`) and runs the binary against a temporary state directory.
-
-mod pool_common;
+//! hvctl's pool and volume verbs end to end through hvd: virsh's verbs, flags, sizes and
+//! output, one-line errors with exit status 1 (usage errors: clap's, status 2). Each test runs
+//! its own hvd on a temporary state directory and hvctl against it, as a user would.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use pool_common::{have_qemu_img, p, pattern, qemu_img};
+#[path = "../crates/hv-storage/tests/support/pattern.rs"]
+mod pattern_impl;
+use pattern_impl::pattern;
 
-/// Builds the example once; `None` (with the compiler's message on stderr) when the workspace
-/// does not build right now, e.g. while another crate of a shared checkout is half-edited.
-fn hvctl_binary() -> Option<&'static Path> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-q", "-p", "hv", "--example", "hvctl", "--message-format=short"])
-            .current_dir(&root)
-            .output()
-            .expect("run cargo");
-        if !out.status.success() {
-            eprintln!("building hvctl failed:\n{}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        // The example sits in the same target directory as this test binary.
-        let exe = std::env::current_exe().unwrap();
-        let target = exe.parent().unwrap().parent().unwrap();
-        let bin = target.join("examples/hvctl");
-        assert!(bin.exists(), "{} missing", bin.display());
-        Some(bin)
-    })
-    .as_deref()
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
 }
 
+fn have_qemu_img() -> bool {
+    Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().expect("run qemu-img");
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An hvd on a temporary state directory, stopped when dropped.
 struct Ctl {
-    bin: &'static Path,
     state: PathBuf,
+    hvd: Child,
 }
 
 struct Out {
@@ -49,9 +37,31 @@ struct Out {
 }
 
 impl Ctl {
+    fn new(state: PathBuf) -> Ctl {
+        fs::create_dir_all(&state).unwrap();
+        let hvd = Command::new(env!("CARGO_BIN_EXE_hvd"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--log-file")
+            .arg(state.join("hvd.log"))
+            .spawn()
+            .expect("start hvd");
+        let sock = state.join("hvd.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "hvd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ctl { state, hvd }
+    }
+
     fn run(&self, args: &[&str]) -> Out {
-        let out =
-            Command::new(self.bin).arg("--state-dir").arg(&self.state).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hvctl"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .unwrap();
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,13 +77,27 @@ impl Ctl {
         o.stdout
     }
 
-    /// Runs a verb that must fail with one `hvctl: error:` line containing `want`.
+    /// Runs a verb that must fail with one `error:` line containing `want`.
     fn fails(&self, args: &[&str], want: &str) {
         let o = self.run(args);
         assert_eq!(o.code, 1, "hvctl {args:?} should fail: {}{}", o.stdout, o.stderr);
         assert_eq!(o.stderr.lines().count(), 1, "one line: {}", o.stderr);
-        assert!(o.stderr.starts_with("hvctl: error: "), "{}", o.stderr);
+        assert!(o.stderr.starts_with("error: "), "{}", o.stderr);
         assert!(o.stderr.contains(want), "hvctl {args:?}: wanted '{want}' in: {}", o.stderr);
+    }
+
+    /// Runs a verb that the command line refuses (status 2, clap's message naming `want`).
+    fn usage_error(&self, args: &[&str], want: &str) {
+        let o = self.run(args);
+        assert_eq!(o.code, 2, "hvctl {args:?} should be refused: {}{}", o.stdout, o.stderr);
+        assert!(o.stderr.contains(want), "hvctl {args:?}: wanted '{want}' in: {}", o.stderr);
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        let _ = self.hvd.kill();
+        let _ = self.hvd.wait();
     }
 }
 
@@ -87,13 +111,8 @@ fn field(text: &str, name: &str) -> String {
 
 #[test]
 fn dir_pool_verbs() {
-    let bin = hvctl_binary();
-    hv_test_support::require!(
-        bin.is_some(),
-        "the hvctl example builds (cargo build -p hv --example hvctl)"
-    );
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Ctl { bin: bin.unwrap(), state: tmp.path().join("state") };
+    let ctl = Ctl::new(tmp.path().join("state"));
     let target = tmp.path().join("images");
     let t = p(&target);
     assert_eq!(
@@ -135,7 +154,7 @@ fn dir_pool_verbs() {
         &["vol-create-as", "default", "x", "1G", "--format", "vmdk"],
         "unknown volume format",
     );
-    ctl.fails(&["vol-create-as", "default", "x", "1G", "--bogus"], "unknown option '--bogus'");
+    ctl.usage_error(&["vol-create-as", "default", "x", "1G", "--bogus"], "'--bogus'");
     let vols = ctl.ok(&["vol-list", "default"]);
     assert!(vols.contains(&format!(" vm1    {}", p(&target.join("vm1")))), "{vols}");
     let info = ctl.ok(&["vol-info", "vm1", "--pool", "default"]);
@@ -185,7 +204,7 @@ fn dir_pool_verbs() {
     }
     ctl.fails(&["vol-delete", "base", "--pool", "default"], "backing volume of 'vm1'");
     ctl.fails(&["vol-info", "nope", "--pool", "default"], "not found");
-    ctl.fails(&["vol-info", "vm1"], "missing --pool");
+    ctl.usage_error(&["vol-info", "vm1"], "--pool <POOL>");
     ctl.fails(&["pool-delete", "default"], "it is running");
     ctl.ok(&["pool-destroy", "default"]);
     ctl.fails(&["pool-delete", "default"], "not empty");
@@ -198,18 +217,13 @@ fn dir_pool_verbs() {
     assert!(!target.exists());
     assert_eq!(ctl.ok(&["pool-undefine", "default"]), "Pool default has been undefined\n");
     ctl.fails(&["pool-info", "default"], "not defined");
-    ctl.fails(&["pool-frobnicate"], "unknown verb");
+    ctl.usage_error(&["pool-frobnicate"], "unrecognized subcommand 'pool-frobnicate'");
 }
 
 #[test]
 fn logical_pool_verbs() {
-    let bin = hvctl_binary();
-    hv_test_support::require!(
-        bin.is_some(),
-        "the hvctl example builds (cargo build -p hv --example hvctl)"
-    );
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Ctl { bin: bin.unwrap(), state: tmp.path().join("state") };
+    let ctl = Ctl::new(tmp.path().join("state"));
     let pvs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("pv{i}"))).collect();
     for pv in &pvs {
         fs::File::create(pv).unwrap().set_len(64 << 20).unwrap();
