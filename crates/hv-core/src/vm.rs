@@ -529,8 +529,9 @@ impl VmBuilder {
         let serial_irq = self.irq_line(&vm_fd, COM1_IRQ)?;
         let sci = self.irq_line(&vm_fd, SCI_IRQ)?;
         let out = self.serial_out.unwrap_or_else(|| Box::new(std::io::sink()));
-        let serial = Arc::new(Mutex::new(match &restoring {
-            Some(r) => SerialPort::from_state(serial_irq, out, &r.state.serial),
+        let saved = restoring.as_ref().and_then(|r| r.state.as_ref());
+        let serial = Arc::new(Mutex::new(match saved {
+            Some(state) => SerialPort::from_state(serial_irq, out, &state.serial),
             None => SerialPort::new(serial_irq, out),
         }));
         ctx.pio.insert(COM1_BASE, 8, serial.clone())?;
@@ -542,9 +543,9 @@ impl VmBuilder {
         let cmos = Arc::new(Mutex::new(Cmos::new()));
         ctx.pio.insert(CMOS_BASE, CMOS_LEN, cmos.clone())?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(requests.clone(), sci)));
-        if let Some(r) = &restoring {
-            cmos.lock().unwrap_or_else(|e| e.into_inner()).restore(&r.state.cmos);
-            pm.lock().unwrap_or_else(|e| e.into_inner()).restore(&r.state.acpi_pm);
+        if let Some(state) = saved {
+            cmos.lock().unwrap_or_else(|e| e.into_inner()).restore(&state.cmos);
+            pm.lock().unwrap_or_else(|e| e.into_inner()).restore(&state.acpi_pm);
         }
         ctx.pio.insert(PM_BASE, PM_LEN, pm.clone())?;
         ctx.pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(requests.clone()))))?;
@@ -596,17 +597,8 @@ impl VmBuilder {
         *ctx.control.kickers.lock().unwrap_or_else(|e| e.into_inner()) =
             vcpus.iter().map(|v| v.kicker.clone()).collect();
         let transports: Vec<_> = transports.into_iter().map(|(_, t)| t).collect();
-        if let Some(r) = restoring.take() {
-            crate::snapshot::restore::apply_vm(&vm_fd, &r.state.vm)?;
-            for (v, s) in vcpus.iter().zip(&r.state.vcpus) {
-                crate::snapshot::vcpu::apply(&v.fd, s).map_err(crate::snapshot::Error::from)?;
-            }
-            for (t, s) in transports.iter().zip(&r.state.virtio) {
-                t.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .restore(s)
-                    .map_err(crate::snapshot::Error::from)?;
-            }
+        if let Some(state) = restoring.take().and_then(|r| r.state) {
+            apply_kvm_state(&vm_fd, &vcpus, &transports, &state)?;
         }
 
         Ok(Vm {
@@ -640,6 +632,26 @@ impl VmBuilder {
     }
 }
 
+/// Puts the VM-wide KVM state, each vCPU and each virtio transport in their saved state.
+fn apply_kvm_state(
+    vm_fd: &VmFd,
+    vcpus: &[Vcpu],
+    transports: &[Arc<Mutex<MmioTransport>>],
+    state: &crate::snapshot::MachineState,
+) -> Result<()> {
+    crate::snapshot::restore::apply_vm(vm_fd, &state.vm)?;
+    for (v, s) in vcpus.iter().zip(&state.vcpus) {
+        crate::snapshot::vcpu::apply(&v.fd, s).map_err(crate::snapshot::Error::from)?;
+    }
+    for (t, s) in transports.iter().zip(&state.virtio) {
+        t.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(s)
+            .map_err(crate::snapshot::Error::from)?;
+    }
+    Ok(())
+}
+
 /// A VM: its memory, devices and vCPUs. Every operation takes `&self`, so one thread may
 /// [`wait`](Vm::wait) while another pauses or kills (share it in an `Arc`).
 pub struct Vm {
@@ -661,6 +673,22 @@ pub struct Vm {
     cmdline: String,
     entry: EntryPoint,
     pub(crate) dirty_tracking: bool,
+}
+
+impl Vm {
+    /// Puts a built, never started VM in a checked saved `state` (a migration's destination
+    /// builds the machine while memory streams in, then applies the state that ends the
+    /// stream).
+    pub(crate) fn apply_state(&self, state: &crate::snapshot::MachineState) -> Result<()> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() != self.vcpu_count {
+            return Err(Error::InvalidState { op: "restore the state of", state: self.state() });
+        }
+        self.serial.lock().unwrap_or_else(|e| e.into_inner()).restore(&state.serial);
+        self.cmos.lock().unwrap_or_else(|e| e.into_inner()).restore(&state.cmos);
+        self.pm.lock().unwrap_or_else(|e| e.into_inner()).restore(&state.acpi_pm);
+        apply_kvm_state(&self.vm_fd, &pending, &self.transports, state)
+    }
 }
 
 impl fmt::Debug for Vm {

@@ -49,6 +49,15 @@ impl SerialPort {
         }
     }
 
+    /// Puts this UART (same interrupt, same output) in `state`, as
+    /// [`from_state`](Self::from_state) would make it.
+    pub fn restore(&mut self, state: &SerialSnapshot) {
+        let irq = self.uart.interrupt_evt().clone();
+        let sink: Box<dyn Write + Send> = Box::new(std::io::sink());
+        let old = std::mem::replace(&mut self.uart, Serial::new(irq.clone(), sink));
+        *self = Self::from_state(irq, old.into_writer(), state);
+    }
+
     /// The UART's registers and input FIFO, for a snapshot.
     pub fn save(&self) -> SerialSnapshot {
         let s = self.uart.state();

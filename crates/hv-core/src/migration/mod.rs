@@ -304,6 +304,7 @@ impl Vm {
         if running {
             self.pause()?;
         }
+        log::debug!("migration out: paused in {:?}", paused_at.elapsed());
         let outcome = self.finish_migration(stream, pending, &mut stats);
         match outcome {
             Ok(()) => {
@@ -336,6 +337,7 @@ impl Vm {
         stats: &mut MigrationStats,
     ) -> std::result::Result<(), Box<(Error, Option<MachineState>)>> {
         let fail = |e: Error| Box::new((e, None));
+        let t = Instant::now();
         let last = self.dirty_log().map_err(|e| fail(e.into()))?;
         pending.merge(&last).map_err(|e| fail(Error::Encode(e.to_string())))?;
         let state = self.save_state().map_err(|e| fail(e.into()))?;
@@ -349,10 +351,19 @@ impl Vm {
         };
         stats.final_bytes = sent;
         stats.memory_bytes += sent;
+        let pages_sent = t.elapsed();
         if let Err(e) = write_json(stream, Kind::State, &state) {
             return Err(Box::new((e, Some(state))));
         }
-        match read_frame(stream) {
+        let state_sent = t.elapsed();
+        let confirmed = read_frame(stream);
+        log::debug!(
+            "migration out, paused: last {} KiB of memory sent at {pages_sent:?}, state at \
+             {state_sent:?}, confirmation after {:?}",
+            sent >> 10,
+            t.elapsed()
+        );
+        match confirmed {
             Ok((kind, payload)) => match expect(kind, Kind::Complete, "Complete", &payload) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(Box::new((e, Some(state)))),
@@ -421,7 +432,11 @@ fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuild
     let config = &hello.config;
     check_host(config)?;
     let ram = GuestRam::new(&memory_config(config)).map_err(crate::vm::Error::from)?;
+    // The machine is built now, while memory streams in, so the source's downtime only pays
+    // for applying the state and starting the vCPUs.
+    let vm = builder.rebuild(config, None, ram, MemorySource::Allocated)?;
     write_frame(stream, Kind::Ready, &[])?;
+    let mem = vm.ram().memory();
     let state: MachineState = loop {
         let (kind, payload) = read_frame(stream)?;
         match kind {
@@ -434,7 +449,7 @@ fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuild
                 let gpa = u64::from_le_bytes(a);
                 let aligned = gpa.is_multiple_of(hv_mem::PAGE_SIZE)
                     && (data.len() as u64).is_multiple_of(hv_mem::PAGE_SIZE);
-                if !aligned || ram.memory().write_slice(data, GuestAddress(gpa)).is_err() {
+                if !aligned || mem.write_slice(data, GuestAddress(gpa)).is_err() {
                     return Err(Error::BadMemoryRun { gpa, len: data.len() });
                 }
             }
@@ -449,12 +464,18 @@ fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuild
             }
         }
     };
+    let t = Instant::now();
     check(config, &state)?;
-    let vm = builder.rebuild(config, state, ram, MemorySource::Allocated)?;
+    vm.apply_state(&state)?;
+    let applied = t.elapsed();
     if hello.running {
         vm.start()?;
     } else {
         vm.start_paused()?;
     }
+    log::debug!(
+        "migration in: state applied in {applied:?}, started in {:?}",
+        t.elapsed() - applied
+    );
     Ok(vm)
 }

@@ -65,7 +65,9 @@ pub(crate) fn apply_vm(fd: &VmFd, s: &KvmVmState) -> Result<()> {
 /// What the builder needs to rebuild a saved machine instead of booting one.
 pub(crate) struct Restoring {
     pub(crate) ram: Option<GuestRam>,
-    pub(crate) state: MachineState,
+    /// The state to put the machine in at build; `None` for a machine whose state comes
+    /// later ([`Vm::apply_state`](crate::Vm), a migration's destination).
+    pub(crate) state: Option<MachineState>,
     pub(crate) entry: EntryPoint,
     pub(crate) source: MemorySource,
 }
@@ -304,17 +306,19 @@ impl VmBuilder {
             }
             other => Error::Unsatisfiable { what: "memory", reason: other.to_string() },
         })?;
-        let vm = self.rebuild(&config, state, ram, MemorySource::MappedFile(path))?;
+        let vm = self.rebuild(&config, Some(state), ram, MemorySource::MappedFile(path))?;
         vm.start_paused()?;
         Ok(vm)
     }
 
     /// Builds a machine from a checked config and state and RAM that already holds the
-    /// guest's memory. The VM is created, not started.
+    /// guest's memory. The VM is created, not started. Without a state (a migration's
+    /// destination, which builds while memory still streams in), the caller applies it
+    /// with [`Vm::apply_state`] once it has arrived and been checked.
     pub(crate) fn rebuild(
         mut self,
         config: &SnapshotConfig,
-        state: MachineState,
+        state: Option<MachineState>,
         ram: GuestRam,
         source: MemorySource,
     ) -> crate::vm::Result<Vm> {
