@@ -143,7 +143,14 @@ impl Cloud {
             None => (None, None),
         };
         let hosts = HostView::load(store.as_ref())?;
-        Ok(Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host })
+        let cloud = Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host };
+        if cloud.driver.is_some() {
+            // After a restart: bring every network back (DHCP runs in this process).
+            for (n, _) in records::list::<network::Network>(cloud.store(), None, None)? {
+                cloud.sync_host_network(&n.id)?;
+            }
+        }
+        Ok(cloud)
     }
 
     /// The compute driver, when this process is a compute host.
