@@ -145,10 +145,9 @@ impl Cloud {
         let hosts = HostView::load(store.as_ref())?;
         let cloud = Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host };
         if cloud.driver.is_some() {
-            // After a restart: bring every network back (DHCP runs in this process).
-            for (n, _) in records::list::<network::Network>(cloud.store(), None, None)? {
-                cloud.sync_host_network(&n.id)?;
-            }
+            // After a restart: bring every network back (DHCP runs in this process), and
+            // the floating IPs' NAT.
+            cloud.sync_floating_ips()?;
         }
         Ok(cloud)
     }

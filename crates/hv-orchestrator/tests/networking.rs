@@ -6,7 +6,10 @@ mod common;
 
 use common::*;
 use hv_orchestrator::compute::{InstanceStatus, NewFlavor, NewInstance};
-use hv_orchestrator::network::{FixedIpRequest, NewNetwork, NewPort, NewSubnet};
+use hv_orchestrator::network::{
+    Direction, FixedIpRequest, NewNetwork, NewPort, NewSecurityGroupRule, NewSubnet, PortUpdate,
+    Protocol,
+};
 use hv_orchestrator::{Cloud, Context, Role};
 use hv_test_support::netns::NetNs;
 
@@ -83,5 +86,78 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
         cloud.delete_port(&a, &server_port.id).unwrap();
         cloud.delete_network(&a, &net_a).unwrap();
         cloud.delete_network(&b, &net_b).unwrap();
+    });
+});
+
+both!(routers_nat_out_and_floating_ips_reach_in, |db| {
+    hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
+    let ns = NetNs::new("orch-fip");
+    let outside = NetNs::new("orch-out");
+    let state = tempfile::tempdir().unwrap();
+    ns.run(|| {
+        let cloud = db.compute_cloud(state.path());
+        let admin = admin(&cloud);
+        let a = tenant(&cloud, &admin, "pa", Role::Member);
+        let f = cloud.create_flavor(&admin, &NewFlavor::new("tiny", 1, 64, 0)).unwrap();
+        let ext = cloud
+            .create_network(
+                &admin,
+                &NewNetwork { name: "public".into(), shared: false, external: true },
+            )
+            .unwrap();
+        cloud.create_subnet(&admin, &NewSubnet::new("public", &ext.id, "203.0.113.0/24")).unwrap();
+        // The outside: a namespace on the external bridge through a veth pair.
+        let bridge = format!("hv{}", ext.host_name);
+        ns.exec_ok(&["ip", "link", "add", "vin", "type", "veth", "peer", "name", "vout"]);
+        ns.exec_ok(&["ip", "link", "set", "vout", "netns", outside.name()]);
+        ns.exec_ok(&["ip", "link", "set", "vin", "master", &bridge, "up"]);
+        outside.exec_ok(&["ip", "addr", "add", "203.0.113.100/24", "dev", "vout"]);
+        outside.exec_ok(&["ip", "link", "set", "vout", "up"]);
+
+        let net = network(&cloud, &a, "na", "10.0.0.0/24");
+        let subnet = cloud.get_network(&a, &net).unwrap().subnets[0].clone();
+        let router = cloud.create_router(&a, "r", Some(&ext.id)).unwrap();
+        cloud.add_router_interface(&a, &router.id, &subnet).unwrap();
+        // Out through the router's NAT: the guest pings the outside host.
+        let out =
+            guest_image(&cloud, &a, "out", "test=net ip=dhcp ping=203.0.113.100 count=3 serve=0");
+        let vm =
+            cloud.create_instance(&a, &NewInstance::new("vm", &out, &f.id).network(&net)).unwrap();
+        let line = ping_line(&cloud, &a, &vm.id);
+        if !line.contains("net ping 203.0.113.100 ok") {
+            let rules = ns.exec_ok(&["nft", "list", "ruleset"]);
+            let addrs = ns.exec_ok(&["ip", "-br", "addr"]);
+            let fwd = ns.exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
+            panic!(
+                "{line}\n{}\n{rules}\n{addrs}\nfwd={fwd}",
+                cloud.console_log(&a, &vm.id, None).unwrap()
+            );
+        }
+
+        // In through a floating IP. A group without rules keeps everything out; a rule added
+        // while the instance runs lets the outside in, and its removal shuts it out again.
+        let port = cloud.list_ports(&a, Some(&vm.id)).unwrap().remove(0);
+        let fip = cloud.create_floating_ip(&a, &ext.id, Some(&port.id)).unwrap();
+        let addr = fip.floating_ip_address.to_string();
+        let locked = cloud.create_security_group(&a, "locked", "").unwrap();
+        for r in &locked.rules {
+            cloud.delete_security_group_rule(&a, &r.id).unwrap();
+        }
+        let change =
+            PortUpdate { security_groups: Some(vec![locked.id.clone()]), ..Default::default() };
+        cloud.update_port(&a, &port.id, &change).unwrap();
+        assert!(!outside.ping(&addr, 2), "no rule, no way in");
+        let mut rule =
+            NewSecurityGroupRule::new(&locked.id, Direction::Ingress, Some(Protocol::Icmp));
+        rule.remote_ip_prefix = Some("0.0.0.0/0".into());
+        let r = cloud.add_security_group_rule(&a, &rule).unwrap();
+        assert!(outside.ping(&addr, 3), "the floating IP reaches the instance");
+        cloud.delete_security_group_rule(&a, &r.id).unwrap();
+        assert!(!outside.ping(&addr, 2), "the rule's removal takes effect at once");
+        cloud.associate_floating_ip(&a, &fip.id, None).unwrap();
+        cloud.delete_floating_ip(&a, &fip.id).unwrap();
+        cloud.delete_instance(&a, &vm.id).unwrap();
+        cloud.remove_router_interface(&a, &router.id, &subnet).unwrap();
+        cloud.delete_router(&a, &router.id).unwrap();
     });
 });

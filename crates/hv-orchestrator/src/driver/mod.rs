@@ -9,6 +9,7 @@
 //! make). Callers block on [`Driver::run`] from any thread, in or outside an async runtime.
 
 pub(crate) mod disks;
+mod nat;
 pub(crate) mod net;
 
 use std::future::Future;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hv_net::dhcp::DhcpHandle;
+use hv_net::dhcp::{DhcpHandle, DhcpServer};
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode, NetworkState};
 use hv_net::nft::port::{PortSecurity, PortSpec, SecurityRule};
 use hv_net::nft::Nft;
@@ -40,6 +40,10 @@ pub(crate) struct HostNetwork {
     pub dhcp: bool,
     /// Whether a router NATs the subnet out.
     pub nat: bool,
+    /// An external network (its bridge forwards freely).
+    pub external: bool,
+    /// Fixed addresses that floating IPs map to (let in from outside).
+    pub inbound: Vec<Ipv4Addr>,
 }
 
 /// The DHCP servers this process runs, by network.
@@ -77,13 +81,17 @@ impl NetState {
         if !active {
             mgr.start(&n.name).map_err(net_err)?;
         }
-        set_policy(&n.name, &bridge, n.gateway, n.nat)?;
+        set_policy(n, &bridge)?;
         let mut dhcp = self.dhcp();
         if let Some(h) = dhcp.remove(&n.name) {
             let _ = h.stop();
         }
         if n.dhcp {
-            dhcp.insert(n.name.clone(), mgr.serve_dhcp(&n.name).map_err(net_err)?);
+            // As Neutron: the subnet's gateway is the router option, whether or not a router
+            // has an interface there yet (hv-net's isolated mode would announce none).
+            let mut cfg = mgr.dhcp_config(&n.name).map_err(net_err)?;
+            cfg.router = Some(n.gateway.addr);
+            dhcp.insert(n.name.clone(), DhcpServer::spawn(cfg).map_err(net_err)?);
         }
         Ok(())
     }
@@ -101,20 +109,38 @@ impl NetState {
     }
 }
 
-/// Isolated (no forwarding) or NAT (the subnet masqueraded out) for a running network.
-fn set_policy(name: &str, bridge: &IfName, gateway: Ipv4Cidr, nat: bool) -> Result<()> {
-    let nft = Nft::locate().map_err(net_err)?;
-    if nat {
+/// The network's forwarding policy (see [`super::nat`]).
+fn set_policy(n: &HostNetwork, bridge: &IfName) -> Result<()> {
+    let spec = if n.external {
+        super::nat::external_table(&n.name, bridge)?
+    } else {
+        super::nat::network_table(&n.name, bridge, n.gateway.network(), n.nat, &n.inbound)?
+    };
+    if n.nat || n.external {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n").map_err(|source| Error::Io {
             what: "switch on IPv4 forwarding in",
             path: "/proc/sys/net/ipv4/ip_forward".into(),
             source,
         })?;
-        hv_net::nft::network::apply_nat(&nft, name, bridge, gateway.network()).map_err(net_err)?;
-    } else {
-        hv_net::nft::network::apply_isolated(&nft, name, bridge).map_err(net_err)?;
     }
-    Ok(())
+    super::nat::install(&spec)
+}
+
+/// Puts exactly the floating addresses `floating` on the external network's bridge (`gateway`
+/// is the bridge's own address, kept), so the host answers ARP for them.
+pub(crate) fn set_floating_addresses(
+    mgr: &NetworkManager,
+    external: &str,
+    gateway: Ipv4Addr,
+    floating: &[Ipv4Addr],
+) -> Result<()> {
+    let def = mgr.get(external).map_err(net_err)?;
+    super::nat::set_bridge_hosts(def.bridge.as_str(), gateway, floating)
+}
+
+/// Installs the floating-IP table for `maps` (floating, fixed).
+pub(crate) fn install_floating(maps: &[(Ipv4Addr, Ipv4Addr)]) -> Result<()> {
+    super::nat::install(&super::nat::fip_table(maps)?)
 }
 
 /// Installs (or replaces) port security on `tap`.

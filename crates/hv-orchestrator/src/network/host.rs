@@ -1,9 +1,11 @@
 //! The host side of networks: what the store says, made real by the driver (hv-net). Without
 //! a compute driver (a control plane only) these are no-ops.
 
+use std::net::Ipv4Addr;
+
 use hv_net::network::NetworkManager;
 
-use super::{Network, Port, PortStatus, Router, Subnet};
+use super::{FloatingIp, Network, Port, PortStatus, Router, Subnet};
 use crate::driver::net::{apply_port, remove_port, HostNetwork};
 use crate::error::Result;
 use crate::records::{list, load, to_record};
@@ -35,13 +37,20 @@ impl Cloud {
         let nat = list::<Router>(self.store(), None, None)?.iter().any(|(r, _)| {
             r.external_gateway.is_some() && r.interfaces.iter().any(|i| &i.subnet_id == sid)
         });
+        let inbound = list::<FloatingIp>(self.store(), None, None)?
+            .into_iter()
+            .filter_map(|(f, _)| f.fixed_ip_address)
+            .filter(|ip| s.cidr().contains(*ip))
+            .collect();
         let hn = HostNetwork {
             name: net.host_name.clone(),
             gateway: s.gateway_cidr(),
             range: s.dhcp_range(),
             hosts,
-            dhcp: s.enable_dhcp,
+            dhcp: s.enable_dhcp && !net.external,
             nat,
+            external: net.external,
+            inbound,
         };
         let dir = driver.state_dir().to_path_buf();
         let state = driver.net().clone();
@@ -123,11 +132,48 @@ impl Cloud {
 }
 
 impl Cloud {
-    /// Brings the host's floating-IP NAT in line with the store. The associations are recorded
-    /// and their addresses reserved on the external network; the 1:1 DNAT/SNAT rules are not
-    /// installed yet (hv-net's per-network forward policy drops new inbound flows, so they need
-    /// a change there first): this only checks the records are consistent.
+    /// Brings the host's floating-IP NAT in line with the store: the `hv_fip` table (DNAT of
+    /// each floating address to its port's fixed one, SNAT back), the floating addresses on
+    /// their external bridges, and every tenant network's policy (which lets the mapped
+    /// addresses be reached).
     pub(crate) fn sync_floating_ips(&self) -> Result<()> {
-        Ok(())
+        let Some(driver) = self.driver() else { return Ok(()) };
+        let fips: Vec<FloatingIp> =
+            list::<FloatingIp>(self.store(), None, None)?.into_iter().map(|(f, _)| f).collect();
+        let mut externals = vec![];
+        for (n, _) in list::<Network>(self.store(), None, None)? {
+            self.sync_host_network(&n.id)?;
+            if !n.external {
+                continue;
+            }
+            let Some(sid) = n.subnets.first() else { continue };
+            let Some((s, _)) = load::<Subnet>(self.store(), sid)? else { continue };
+            externals.push((n.id.clone(), n.host_name.clone(), s.gateway_ip));
+        }
+        let all_maps: Vec<(Ipv4Addr, Ipv4Addr)> = fips
+            .iter()
+            .filter_map(|f| f.fixed_ip_address.map(|x| (f.floating_ip_address, x)))
+            .collect();
+        let per_net: Vec<(String, Ipv4Addr, Vec<Ipv4Addr>)> = externals
+            .into_iter()
+            .map(|(id, name, gw)| {
+                let mine = fips
+                    .iter()
+                    .filter(|f| f.floating_network_id == id && f.fixed_ip_address.is_some())
+                    .map(|f| f.floating_ip_address)
+                    .collect();
+                (name, gw, mine)
+            })
+            .collect();
+        let dir = driver.state_dir().to_path_buf();
+        driver.run(move |_| {
+            let mgr =
+                NetworkManager::open(&dir).map_err(|e| crate::Error::Network(e.to_string()))?;
+            for (name, gw, mine) in &per_net {
+                crate::driver::net::set_floating_addresses(&mgr, name, *gw, mine)?;
+            }
+            crate::driver::net::install_floating(&all_maps)?;
+            Ok(())
+        })
     }
 }

@@ -191,7 +191,7 @@ impl Cloud {
                 }
                 g.clone()
             }
-            None if net.external => vec![],
+            None if net.external || new.device_owner == OWNER_ROUTER => vec![],
             None => vec![self.default_security_group(ctx, project_id)?.id],
         };
         let requests = if new.fixed_ips.is_empty() {
