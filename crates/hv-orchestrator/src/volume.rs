@@ -238,6 +238,13 @@ impl Cloud {
         Ok(self.load_volume(ctx, id)?.0)
     }
 
+    /// The host file holding a volume's bytes (in this host's volume pool).
+    pub fn volume_path(&self, ctx: &Context, id: &str) -> Result<std::path::PathBuf> {
+        authorize(ctx, Action::VolumeGet)?;
+        let (v, _) = self.load_volume(ctx, id)?;
+        Ok(self.volume_dir()?.join("volumes").join(&v.id))
+    }
+
     /// The caller's volumes.
     pub fn list_volumes(&self, ctx: &Context) -> Result<Vec<Volume>> {
         authorize(ctx, Action::VolumeList)?;
