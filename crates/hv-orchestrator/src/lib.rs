@@ -1,6 +1,6 @@
-//! hv-orchestrator: a multi-tenant cloud control plane as a library, doing what OpenStack's
-//! Keystone, Glance and Nova's API and scheduler do, for programs that embed it (the
-//! `hv-cloud` OpenStack API server is one).
+//! hv-orchestrator: a multi-tenant cloud as a library, doing what OpenStack's Keystone,
+//! Glance, Nova, Neutron and Cinder do, for programs that embed it (the `hv-cloud` OpenStack
+//! API server is one).
 //!
 //! # Architecture
 //!
@@ -14,34 +14,41 @@
 //!     ├── quota       limits and usage per project; claims are conditional updates
 //!     ├── image/      Glance: streamed upload into an hv-storage directory pool, md5 + sha512,
 //!     │               format checked against the bytes, qcow2 backing/data files refused
-//!     ├── compute/    flavors, compute hosts, server groups, the scheduler (filters, weighers)
+//!     ├── compute/    flavors, compute hosts, server groups, the scheduler (filters, weighers),
+//!     │               instances and their lifecycle table
+//!     ├── network/    networks (VXLAN ids), subnets (IPAM), ports, security groups, routers,
+//!     │               floating IPs
+//!     ├── volume      volumes and snapshots, attach/detach
 //!     ├── events      who did what to which resource, when (per project)
+//!     ├── driver/     this process's host as a compute host: hv_host::Host (domains as
+//!     │               hv-vmm processes), hv-storage pools (root disks, volumes), hv-net
+//!     │               (a bridge per network, DHCP, nft port security, NAT, floating IPs)
 //!     ▼
 //!   store/  the `Store` trait: SQLite (embedded default) or PostgreSQL (shared), one schema
 //!           with versioned migrations, every multi-row change one all-or-nothing `apply`
 //! ```
 //!
 //! - All state is in the [`store::Store`]; a [`Cloud`] holds no state the store does not
-//!   have except caches it can rebuild (the scheduler's host view), so reopening the store
-//!   after a restart brings everything back, and several processes can share a PostgreSQL
-//!   store.
-//! - Atomicity: quota claims (`in_use + reserved + n <= limit`) and placement claims
-//!   (`used + n <= capacity * ratio`) are conditional UPDATEs in the same transaction as the
-//!   records they go with, so concurrent requests never overshoot a quota or a host.
+//!   have except caches it can rebuild (the scheduler's host view, DHCP servers), so reopening
+//!   the store after a restart brings everything back: running instances keep running (their
+//!   `hv-vmm` processes never stop) and are taken back; one whose VM died meanwhile is marked.
+//! - Atomicity: quota claims (`in_use + reserved + n <= limit`), placement claims
+//!   (`used + n <= capacity * ratio`) and address reservations (unique name records) are in
+//!   the same transaction as the records they go with, so concurrent requests never overshoot.
 //! - Isolation: a [`policy::Context`] is made only from a valid token; list calls filter
 //!   by the caller's project in the query; get calls load and then check the owner, answering
-//!   [`Error::NotFound`] for another project's resource, exactly as for a missing one.
-//! - Types shaped for the OpenStack API: ids are UUIDs (Keystone's are 32 hex digits), image
-//!   states and visibilities are Glance's, quota usage is `limit / in_use / reserved`, so the
-//!   API layer serialises these types into OpenStack's JSON without a translation table.
+//!   [`Error::NotFound`] for another project's resource, exactly as for a missing one. On the
+//!   host, each network is its own bridge whose forwarding policy drops what crosses it.
+//! - Types shaped for the OpenStack API: ids are UUIDs (Keystone's are 32 hex digits), states
+//!   are Nova's, Glance's, Cinder's, so the API layer serialises these types into OpenStack's
+//!   JSON without a translation table.
+//! - Calls are synchronous (the store is); an async caller runs them on a blocking thread.
+//!   Host work runs on the driver's own thread, in the network namespace the cloud was opened
+//!   in.
 //!
-//! # What comes next
-//!
-//! Instances (Nova's lifecycle: BUILD -> ACTIVE -> SHUTOFF/PAUSED -> DELETED, ERROR with a
-//! fault) driven through hv-host's `hvd` as `hv-vmm` processes, placed by
-//! [`compute::scheduler`] and holding quota and image uses through the calls already here;
-//! tenant networks, subnets, ports, security groups, routers and floating IPs on hv-net;
-//! volumes in logical pools on hv-storage; then the HTTP API (`hv-cloud`).
+//! What is not here yet: suspend/resume (hv-host has no save verb), disk hotplug (volumes
+//! attach to shut-off instances), qcow2 overlays for root disks (hv-vmm opens qcow2 without
+//! backing files, so root disks are sparse full copies), hosts other than this process's.
 //!
 //! # Example
 //!

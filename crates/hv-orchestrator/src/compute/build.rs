@@ -193,9 +193,8 @@ impl Cloud {
                 placement.host_id
             )));
         }
-        for ids in [Some(inst.image_id.clone())].into_iter().flatten() {
-            self.use_image(ctx, &ids, &inst.id)?;
-        }
+        // The image cannot be deleted while the instance exists.
+        self.use_image(ctx, &inst.image_id, &inst.id)?;
         // Ports.
         let mut nics = vec![];
         for n in &new.networks {
@@ -247,7 +246,6 @@ impl Cloud {
 
     /// The domain definition of an instance as its record says now.
     fn domain_def(&self, inst: &Instance) -> Result<DomainDef> {
-        let driver = self.driver().ok_or_else(|| Error::NoValidHost("no compute driver".into()))?;
         let img = load::<Image>(self.store(), &inst.image_id)?
             .map(|(i, _)| i)
             .ok_or_else(|| Error::not_found("image", &inst.image_id))?;
@@ -308,7 +306,6 @@ impl Cloud {
                     .map_err(|_| Error::invalid("mac", n.mac_address.clone()))?,
             });
         }
-        let _ = driver;
         Ok(DomainDef {
             name,
             uuid: inst.id.parse().map_err(|_| Error::invalid("instance id", inst.id.clone()))?,
@@ -558,17 +555,17 @@ impl Cloud {
             disks::delete_volume(driver.state_dir(), INSTANCE_POOL, id)?;
         }
         for n in &inst.nics {
-            let Some((p, version)) = load::<Port>(self.store(), &n.port_id)? else { continue };
+            let Some((p, _)) = load::<Port>(self.store(), &n.port_id)? else { continue };
             if n.owned_port {
                 self.drop_port(ctx, &p, true)?;
-            } else {
-                self.unbind_port(&p.id)?;
-                if let Some((mut p, version)) = load::<Port>(self.store(), &p.id)? {
-                    p.device_id.clear();
-                    p.device_owner.clear();
-                    self.store().apply(&[Op::Update(to_record(&p, version))])?;
-                }
-                let _ = version;
+                continue;
+            }
+            // A port the tenant brought stays, unbound.
+            self.unbind_port(&p.id)?;
+            if let Some((mut p, version)) = load::<Port>(self.store(), &p.id)? {
+                p.device_id.clear();
+                p.device_owner.clear();
+                self.store().apply(&[Op::Update(to_record(&p, version))])?;
             }
         }
         for v in &inst.volumes {
