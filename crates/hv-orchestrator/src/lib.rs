@@ -1,6 +1,6 @@
-//! hv-orchestrator: a multi-tenant cloud control plane as a library, doing what OpenStack's
-//! Keystone, Glance and Nova's API and scheduler do, for programs that embed it (the
-//! `hv-cloud` OpenStack API server is one).
+//! hv-orchestrator: a multi-tenant cloud as a library, doing what OpenStack's Keystone,
+//! Glance, Nova, Neutron and Cinder do, for programs that embed it (the `hv-cloud` OpenStack
+//! API server is one).
 //!
 //! # Architecture
 //!
@@ -14,34 +14,41 @@
 //!     ├── quota       limits and usage per project; claims are conditional updates
 //!     ├── image/      Glance: streamed upload into an hv-storage directory pool, md5 + sha512,
 //!     │               format checked against the bytes, qcow2 backing/data files refused
-//!     ├── compute/    flavors, compute hosts, server groups, the scheduler (filters, weighers)
+//!     ├── compute/    flavors, compute hosts, server groups, the scheduler (filters, weighers),
+//!     │               instances and their lifecycle table
+//!     ├── network/    networks (VXLAN ids), subnets (IPAM), ports, security groups, routers,
+//!     │               floating IPs
+//!     ├── volume      volumes and snapshots, attach/detach
 //!     ├── events      who did what to which resource, when (per project)
+//!     ├── driver/     this process's host as a compute host: hv_host::Host (domains as
+//!     │               hv-vmm processes), hv-storage pools (root disks, volumes), hv-net
+//!     │               (a bridge per network, DHCP, nft port security, NAT, floating IPs)
 //!     ▼
 //!   store/  the `Store` trait: SQLite (embedded default) or PostgreSQL (shared), one schema
 //!           with versioned migrations, every multi-row change one all-or-nothing `apply`
 //! ```
 //!
 //! - All state is in the [`store::Store`]; a [`Cloud`] holds no state the store does not
-//!   have except caches it can rebuild (the scheduler's host view), so reopening the store
-//!   after a restart brings everything back, and several processes can share a PostgreSQL
-//!   store.
-//! - Atomicity: quota claims (`in_use + reserved + n <= limit`) and placement claims
-//!   (`used + n <= capacity * ratio`) are conditional UPDATEs in the same transaction as the
-//!   records they go with, so concurrent requests never overshoot a quota or a host.
+//!   have except caches it can rebuild (the scheduler's host view, DHCP servers), so reopening
+//!   the store after a restart brings everything back: running instances keep running (their
+//!   `hv-vmm` processes never stop) and are taken back; one whose VM died meanwhile is marked.
+//! - Atomicity: quota claims (`in_use + reserved + n <= limit`), placement claims
+//!   (`used + n <= capacity * ratio`) and address reservations (unique name records) are in
+//!   the same transaction as the records they go with, so concurrent requests never overshoot.
 //! - Isolation: a [`policy::Context`] is made only from a valid token; list calls filter
 //!   by the caller's project in the query; get calls load and then check the owner, answering
-//!   [`Error::NotFound`] for another project's resource, exactly as for a missing one.
-//! - Types shaped for the OpenStack API: ids are UUIDs (Keystone's are 32 hex digits), image
-//!   states and visibilities are Glance's, quota usage is `limit / in_use / reserved`, so the
-//!   API layer serialises these types into OpenStack's JSON without a translation table.
+//!   [`Error::NotFound`] for another project's resource, exactly as for a missing one. On the
+//!   host, each network is its own bridge whose forwarding policy drops what crosses it.
+//! - Types shaped for the OpenStack API: ids are UUIDs (Keystone's are 32 hex digits), states
+//!   are Nova's, Glance's, Cinder's, so the API layer serialises these types into OpenStack's
+//!   JSON without a translation table.
+//! - Calls are synchronous (the store is); an async caller runs them on a blocking thread.
+//!   Host work runs on the driver's own thread, in the network namespace the cloud was opened
+//!   in.
 //!
-//! # What comes next
-//!
-//! Instances (Nova's lifecycle: BUILD -> ACTIVE -> SHUTOFF/PAUSED -> DELETED, ERROR with a
-//! fault) driven through hv-host's `hvd` as `hv-vmm` processes, placed by
-//! [`compute::scheduler`] and holding quota and image uses through the calls already here;
-//! tenant networks, subnets, ports, security groups, routers and floating IPs on hv-net;
-//! volumes in logical pools on hv-storage; then the HTTP API (`hv-cloud`).
+//! What is not here yet: suspend/resume (hv-host has no save verb), disk hotplug (volumes
+//! attach to shut-off instances), qcow2 overlays for root disks (hv-vmm opens qcow2 without
+//! backing files, so root disks are sparse full copies), hosts other than this process's.
 //!
 //! # Example
 //!
@@ -65,20 +72,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use hv_storage::pool::{DirPool, Pool, PoolDef, PoolState};
 
 pub mod compute;
+pub mod driver;
 pub mod error;
 pub mod events;
 pub mod identity;
 pub mod ids;
 pub mod image;
+pub mod network;
 pub mod policy;
 pub mod quota;
 pub mod records;
 pub mod store;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use policy::{Action, Context, Role};
 
 use compute::scheduler::{HostView, Weigher};
+pub use driver::ComputeConfig;
+use driver::Driver;
 use quota::Limits;
 use store::Store;
 
@@ -93,6 +105,9 @@ pub struct Config {
     pub default_limits: Limits,
     /// How the scheduler ranks hosts.
     pub weigher: Weigher,
+    /// This process's host as a compute host (`None`: a control plane only; instances then
+    /// end in ERROR with "no valid host", and block storage is unsupported).
+    pub compute: Option<ComputeConfig>,
 }
 
 impl Config {
@@ -103,6 +118,7 @@ impl Config {
             image_dir: image_dir.into(),
             default_limits: Limits::default(),
             weigher: Weigher::Spread,
+            compute: None,
         }
     }
 }
@@ -114,6 +130,8 @@ pub struct Cloud {
     config: Config,
     images: Mutex<DirPool>,
     hosts: HostView,
+    driver: Option<Driver>,
+    local_host: Option<String>,
 }
 
 impl Cloud {
@@ -123,8 +141,32 @@ impl Cloud {
         let mut pool = DirPool::new(def, PoolState::Inactive)?;
         pool.build(Default::default())?;
         pool.start()?;
+        let (driver, local_host) = match &config.compute {
+            Some(c) => {
+                let d = Driver::open(c.clone())?;
+                let id = register_local_host(store.as_ref(), c)?;
+                (Some(d), Some(id))
+            }
+            None => (None, None),
+        };
         let hosts = HostView::load(store.as_ref())?;
-        Ok(Cloud { store, config, images: Mutex::new(pool), hosts })
+        let cloud = Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host };
+        if cloud.driver.is_some() {
+            // After a restart: bring every network back (DHCP runs in this process), and
+            // the floating IPs' NAT.
+            cloud.sync_floating_ips()?;
+        }
+        Ok(cloud)
+    }
+
+    /// The compute driver, when this process is a compute host.
+    pub(crate) fn driver(&self) -> Option<&Driver> {
+        self.driver.as_ref()
+    }
+
+    /// The id of this process's compute host in the store.
+    pub fn local_host_id(&self) -> Option<&str> {
+        self.local_host.as_deref()
     }
 
     /// The store.
@@ -137,7 +179,7 @@ impl Cloud {
         &self.config
     }
 
-    fn image_pool(&self) -> std::sync::MutexGuard<'_, DirPool> {
+    pub(crate) fn image_pool(&self) -> std::sync::MutexGuard<'_, DirPool> {
         self.images.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -152,4 +194,28 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(())
+}
+
+/// Registers (or updates the capacity of) this process's compute host, under a stable id
+/// made from its name, keeping its usage.
+fn register_local_host(store: &dyn Store, c: &ComputeConfig) -> Result<String> {
+    check_name("host name", &c.host_name)?;
+    let id = format!("local-{}", c.host_name);
+    let existing = store.host(&id)?;
+    let row = store::HostRow {
+        id: id.clone(),
+        name: c.host_name.clone(),
+        enabled: existing.as_ref().is_none_or(|h| h.enabled),
+        vcpus: c.vcpus,
+        ram_mb: c.ram_mb,
+        disk_gb: c.disk_gb,
+        cpu_ratio: existing.as_ref().map_or(16.0, |h| h.cpu_ratio),
+        ram_ratio: existing.as_ref().map_or(1.5, |h| h.ram_ratio),
+        disk_ratio: existing.as_ref().map_or(1.0, |h| h.disk_ratio),
+        used_vcpus: 0,
+        used_ram_mb: 0,
+        used_disk_gb: 0,
+    };
+    store.apply(&[store::Op::PutHost(row)])?;
+    Ok(id)
 }
