@@ -455,18 +455,19 @@ async fn update_member(
         status: String,
     }
     let b: Req = read_json(S, body).await?;
-    let status =
-        match b.status.as_str() {
-            "pending" => MemberStatus::Pending,
-            "accepted" => MemberStatus::Accepted,
-            "rejected" => MemberStatus::Rejected,
-            other => return Err(ApiError::bad_request(
+    let status = match b.status.as_str() {
+        "pending" => MemberStatus::Pending,
+        "accepted" => MemberStatus::Accepted,
+        "rejected" => MemberStatus::Rejected,
+        other => {
+            return Err(ApiError::bad_request(
                 S,
                 format!(
                     "invalid value for 'status': '{other}' is not pending, accepted or rejected"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if member != who.project_id() {
         return Err(ApiError::new(
             S,

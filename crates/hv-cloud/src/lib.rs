@@ -227,11 +227,14 @@ pub async fn termination() {
 /// the bound port when `listen` asked for port 0) and serves until SIGTERM.
 pub fn run(opts: Options) -> Result<(), ServeError> {
     let cloud = open(&opts)?;
+    // The last reference is dropped after the runtime: the PostgreSQL client closes its
+    // connections with a runtime of its own, which cannot start inside another.
+    let keep = cloud.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::Serve)?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let acceptor = match &opts.tls {
             Some((cert, key)) => Some(tls::acceptor(cert, key)?),
             None => None,
@@ -246,5 +249,8 @@ pub fn run(opts: Options) -> Result<(), ServeError> {
         println!("hv-cloud: serving {public} on {addr}");
         log::info!("serving {public} on {addr}");
         serve(listener, acceptor, router(api), termination()).await
-    })
+    });
+    drop(rt);
+    drop(keep);
+    served
 }
