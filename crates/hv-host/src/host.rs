@@ -411,8 +411,19 @@ impl Host {
             let (op, reason) = if p.is_running() {
                 match VmmApi::new(&paths.api_socket).info().await {
                     Ok(info) if info.state == "Shutdown" => {
+                        // The VMM marks the VM shut down whether the guest powered off or
+                        // crashed, and logs which right after: decide by its log line, and
+                        // look again at the next poll while neither is there yet.
+                        let tail = vmm::log_tail(&paths.log);
+                        let how = if tail.contains(vmm::POWERED_OFF_LINE) {
+                            (DomainOp::GuestPoweredOff, StateReason::Shutdown)
+                        } else if tail.contains(vmm::GUEST_STOPPED_LINE) {
+                            (DomainOp::GuestCrashed, StateReason::Crashed(tail))
+                        } else {
+                            continue;
+                        };
                         self.stop_vmm(&mut inner, &name);
-                        (DomainOp::GuestPoweredOff, StateReason::Shutdown)
+                        how
                     }
                     _ => continue,
                 }

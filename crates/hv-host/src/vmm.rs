@@ -173,6 +173,10 @@ pub fn spawn(
 /// The line `hv-vmm` logs when its guest powers off normally.
 pub const POWERED_OFF_LINE: &str = "the guest powered off";
 
+/// The start of the line `hv-vmm` logs when its guest stops any other way (a crash, a triple
+/// fault, a failed vCPU).
+pub const GUEST_STOPPED_LINE: &str = "the guest stopped:";
+
 /// The last ~2 KiB of a log, for error messages.
 pub fn log_tail(path: &Path) -> String {
     let Ok(mut f) = File::open(path) else { return String::new() };

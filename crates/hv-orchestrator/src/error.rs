@@ -69,6 +69,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The operation is not supported by this cloud (501), with what is missing.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The compute host (hv-host: domains, VMM processes) failed (500).
+    #[error("compute host: {0}")]
+    Host(String),
+    /// The host's networking (hv-net: bridges, DHCP, nftables) failed (500).
+    #[error("host networking: {0}")]
+    Network(String),
     /// The state store failed (500).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -65,20 +65,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use hv_storage::pool::{DirPool, Pool, PoolDef, PoolState};
 
 pub mod compute;
+pub mod driver;
 pub mod error;
 pub mod events;
 pub mod identity;
 pub mod ids;
 pub mod image;
+pub mod network;
 pub mod policy;
 pub mod quota;
 pub mod records;
 pub mod store;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use policy::{Action, Context, Role};
 
 use compute::scheduler::{HostView, Weigher};
+pub use driver::ComputeConfig;
+use driver::Driver;
 use quota::Limits;
 use store::Store;
 
@@ -93,6 +98,9 @@ pub struct Config {
     pub default_limits: Limits,
     /// How the scheduler ranks hosts.
     pub weigher: Weigher,
+    /// This process's host as a compute host (`None`: a control plane only; instances then
+    /// end in ERROR with "no valid host", and block storage is unsupported).
+    pub compute: Option<ComputeConfig>,
 }
 
 impl Config {
@@ -103,6 +111,7 @@ impl Config {
             image_dir: image_dir.into(),
             default_limits: Limits::default(),
             weigher: Weigher::Spread,
+            compute: None,
         }
     }
 }
@@ -114,6 +123,8 @@ pub struct Cloud {
     config: Config,
     images: Mutex<DirPool>,
     hosts: HostView,
+    driver: Option<Driver>,
+    local_host: Option<String>,
 }
 
 impl Cloud {
@@ -123,8 +134,32 @@ impl Cloud {
         let mut pool = DirPool::new(def, PoolState::Inactive)?;
         pool.build(Default::default())?;
         pool.start()?;
+        let (driver, local_host) = match &config.compute {
+            Some(c) => {
+                let d = Driver::open(c.clone())?;
+                let id = register_local_host(store.as_ref(), c)?;
+                (Some(d), Some(id))
+            }
+            None => (None, None),
+        };
         let hosts = HostView::load(store.as_ref())?;
-        Ok(Cloud { store, config, images: Mutex::new(pool), hosts })
+        let cloud = Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host };
+        if cloud.driver.is_some() {
+            // After a restart: bring every network back (DHCP runs in this process), and
+            // the floating IPs' NAT.
+            cloud.sync_floating_ips()?;
+        }
+        Ok(cloud)
+    }
+
+    /// The compute driver, when this process is a compute host.
+    pub(crate) fn driver(&self) -> Option<&Driver> {
+        self.driver.as_ref()
+    }
+
+    /// The id of this process's compute host in the store.
+    pub fn local_host_id(&self) -> Option<&str> {
+        self.local_host.as_deref()
     }
 
     /// The store.
@@ -137,7 +172,7 @@ impl Cloud {
         &self.config
     }
 
-    fn image_pool(&self) -> std::sync::MutexGuard<'_, DirPool> {
+    pub(crate) fn image_pool(&self) -> std::sync::MutexGuard<'_, DirPool> {
         self.images.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -152,4 +187,28 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(())
+}
+
+/// Registers (or updates the capacity of) this process's compute host, under a stable id
+/// made from its name, keeping its usage.
+fn register_local_host(store: &dyn Store, c: &ComputeConfig) -> Result<String> {
+    check_name("host name", &c.host_name)?;
+    let id = format!("local-{}", c.host_name);
+    let existing = store.host(&id)?;
+    let row = store::HostRow {
+        id: id.clone(),
+        name: c.host_name.clone(),
+        enabled: existing.as_ref().is_none_or(|h| h.enabled),
+        vcpus: c.vcpus,
+        ram_mb: c.ram_mb,
+        disk_gb: c.disk_gb,
+        cpu_ratio: existing.as_ref().map_or(16.0, |h| h.cpu_ratio),
+        ram_ratio: existing.as_ref().map_or(1.5, |h| h.ram_ratio),
+        disk_ratio: existing.as_ref().map_or(1.0, |h| h.disk_ratio),
+        used_vcpus: 0,
+        used_ram_mb: 0,
+        used_disk_gb: 0,
+    };
+    store.apply(&[store::Op::PutHost(row)])?;
+    Ok(id)
 }

@@ -63,3 +63,24 @@ pub fn list<T: Resource>(
         .map(|r| Ok((from_record(r)?, r.version)))
         .collect()
 }
+
+/// Implements [`Resource`] for a struct with `id` and `name` fields and an owner expression.
+macro_rules! impl_resource {
+    ($t:ty, $kind:expr, $name:expr, |$s:ident| $project:expr) => {
+        impl $crate::records::Resource for $t {
+            const KIND: $crate::store::Kind = $kind;
+            const NAME: &'static str = $name;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn project_id(&self) -> Option<&str> {
+                let $s = self;
+                $project
+            }
+            fn name(&self) -> &str {
+                &self.name
+            }
+        }
+    };
+}
+pub(crate) use impl_resource;

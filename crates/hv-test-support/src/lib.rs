@@ -147,3 +147,40 @@ pub fn thread_seccomp_modes() -> Vec<(String, u8)> {
     }
     out
 }
+
+/// The `hv-vmm` binary for tests that run VMs through hv-host: `$HV_VMM_BINARY`, else the one
+/// next to the test executable's target directory (`target/<profile>/hv-vmm`), built once per
+/// process with `cargo build --bin hv-vmm` when it is not there yet.
+///
+/// # Panics
+/// When the build fails, with cargo's output.
+pub fn vmm_binary() -> PathBuf {
+    static VMM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VMM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HV_VMM_BINARY") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/<test> -> target/<profile>/hv-vmm
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+        let bin = profile_dir.join("hv-vmm");
+        if !bin.is_file() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let target_dir = profile_dir.parent().expect("target dir");
+            let out = std::process::Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "--bin", "hv-vmm", "--target-dir"])
+                .arg(target_dir)
+                .output()
+                .expect("run cargo build --bin hv-vmm");
+            assert!(
+                out.status.success(),
+                "cargo build --bin hv-vmm failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(bin.is_file(), "{} is missing", bin.display());
+        bin
+    })
+    .clone()
+}

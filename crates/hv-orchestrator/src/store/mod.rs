@@ -66,6 +66,24 @@ pub enum Kind {
     FlavorAccess,
     /// A server group (affinity or anti-affinity policy).
     ServerGroup,
+    /// An instance (Nova server).
+    Instance,
+    /// A tenant network (Neutron).
+    Network,
+    /// A subnet of a network.
+    Subnet,
+    /// A port on a network.
+    Port,
+    /// A security group with its rules.
+    SecurityGroup,
+    /// A router.
+    Router,
+    /// A floating IP.
+    FloatingIp,
+    /// A block-storage volume (Cinder).
+    Volume,
+    /// A snapshot of a volume.
+    VolumeSnapshot,
 }
 
 impl Kind {
@@ -85,6 +103,15 @@ impl Kind {
             Kind::Flavor => "flavor",
             Kind::FlavorAccess => "flavor_access",
             Kind::ServerGroup => "server_group",
+            Kind::Instance => "instance",
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
+            Kind::Port => "port",
+            Kind::SecurityGroup => "security_group",
+            Kind::Router => "router",
+            Kind::FloatingIp => "floating_ip",
+            Kind::Volume => "volume",
+            Kind::VolumeSnapshot => "volume_snapshot",
         }
     }
 }

@@ -104,3 +104,48 @@ pub fn tenant(cloud: &Cloud, admin: &Context, name: &str, role: Role) -> Context
     cloud.grant_role(admin, &p.id, &u.id, role).unwrap();
     login(cloud, &user, "pw", name)
 }
+
+impl Db {
+    /// Opens a cloud over a (re)opened store whose process is a compute host, its host state
+    /// in `state_dir` (the same directory after a restart finds the running VMs again).
+    pub fn compute_cloud(&self, state_dir: &std::path::Path) -> Cloud {
+        let mut cfg = Config::new(self.dir().join("images"));
+        let mut c = hv_orchestrator::ComputeConfig::new(state_dir, hv_test_support::vmm_binary());
+        c.host_name = "test-host".into();
+        c.shutdown_timeout = std::time::Duration::from_secs(5);
+        cfg.compute = Some(c);
+        Cloud::open(self.store(), cfg).unwrap()
+    }
+}
+
+/// True when VMs, bridges and nft rules can be made here (KVM, root, `nft`, `ip`).
+pub fn can_run_vms() -> bool {
+    hv_test_support::have_kvm()
+        && hv_test_support::is_root()
+        && hv_test_support::netns::have_netns_tools()
+        && std::path::Path::new("/usr/sbin/nft").exists()
+}
+
+/// Uploads the test guest as an `aki` image booting with `cmdline`.
+pub fn guest_image(cloud: &Cloud, ctx: &Context, name: &str, cmdline: &str) -> String {
+    use hv_orchestrator::image::{DiskFormat, NewImage};
+    let mut n = NewImage::new(name, DiskFormat::Aki);
+    n.properties.insert("os_command_line".into(), cmdline.into());
+    n.properties.insert("os_shutdown_timeout".into(), "5".into());
+    let img = cloud.create_image(ctx, &n).unwrap();
+    let mut f = std::fs::File::open(hv_test_support::test_guest()).unwrap();
+    cloud.upload_image(ctx, &img.id, &mut f).unwrap();
+    img.id
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}

@@ -1,0 +1,120 @@
+//! Block storage for real: a volume attached to a shut-off instance is the test guest's disk at
+//! its next boot, keeps what the guest wrote across stop/start, cannot be deleted while
+//! attached; snapshots and volumes from snapshots and images carry the bytes.
+
+mod common;
+
+use std::io::Read;
+
+use common::*;
+use hv_orchestrator::compute::{InstanceAction, InstanceStatus, NewFlavor, NewInstance};
+use hv_orchestrator::volume::{NewVolume, VolumeStatus};
+use hv_orchestrator::{Error, Role};
+use hv_test_support::netns::NetNs;
+
+fn first_bytes(path: &std::path::Path, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    b
+}
+
+both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
+    hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
+    let ns = NetNs::new("orch-vol");
+    let state = tempfile::tempdir().unwrap();
+    ns.run(|| {
+        let cloud = db.compute_cloud(state.path());
+        let admin = admin(&cloud);
+        let t = tenant(&cloud, &admin, "pa", Role::Member);
+        let f = cloud.create_flavor(&admin, &NewFlavor::new("small", 1, 128, 0)).unwrap();
+        let img = guest_image(&cloud, &t, "blk", "test=blk sector=0 count=8 seed=7");
+        let vol = cloud
+            .create_volume(&t, &NewVolume { name: "data".into(), size_gb: 1, ..Default::default() })
+            .unwrap();
+        assert_eq!(vol.status, VolumeStatus::Available);
+        let file = state.path().join("volumes").join(&vol.id);
+        assert!(first_bytes(&file, 4096).iter().all(|b| *b == 0));
+
+        // Attached at boot: the guest writes its pattern on it and powers off.
+        let i = cloud
+            .create_instance(&t, &NewInstance::new("vm", &img, &f.id).volume(&vol.id))
+            .unwrap();
+        assert_eq!(i.status, InstanceStatus::Active, "{:?}", i.fault);
+        assert_eq!(i.volumes[0].device, "/dev/vda");
+        assert_eq!(cloud.get_volume(&t, &vol.id).unwrap().status, VolumeStatus::InUse);
+        assert!(matches!(cloud.delete_volume(&t, &vol.id), Err(Error::Conflict { .. })));
+        let st = wait_for(60, || {
+            let s = cloud.get_instance(&t, &i.id).unwrap().status;
+            (s != InstanceStatus::Active).then_some(s)
+        });
+        assert_eq!(st, Some(InstanceStatus::Shutoff));
+        let log = cloud.console_log(&t, &i.id, None).unwrap();
+        assert!(log.contains("hvtest: blk capacity=2097152"), "{log}");
+        assert!(log.contains("hvtest: blk verify ok"), "{log}");
+        let written = first_bytes(&file, 4096);
+        assert!(written.iter().any(|b| *b != 0), "the guest's pattern is on the volume");
+
+        // Start again: same disk, same bytes (the guest verifies its pattern once more).
+        cloud.instance_action(&t, &i.id, InstanceAction::Start).unwrap();
+        wait_for(60, || {
+            (cloud.get_instance(&t, &i.id).unwrap().status == InstanceStatus::Shutoff).then_some(())
+        })
+        .expect("second run ends");
+        assert_eq!(first_bytes(&file, 4096), written);
+
+        // Snapshot needs it available: detach first (the instance is shut off).
+        cloud.detach_volume(&t, &i.id, &vol.id).unwrap();
+        let snap = cloud.create_snapshot(&t, &vol.id, "s1").unwrap();
+        let copy = cloud
+            .create_volume(
+                &t,
+                &NewVolume {
+                    name: "copy".into(),
+                    size_gb: 2,
+                    snapshot_id: Some(snap.id.clone()),
+                    image_id: None,
+                },
+            )
+            .unwrap();
+        let copy_file = state.path().join("volumes").join(&copy.id);
+        assert_eq!(first_bytes(&copy_file, 4096), written);
+        assert_eq!(std::fs::metadata(&copy_file).unwrap().len(), 2 << 30);
+        let grown = cloud.extend_volume(&t, &vol.id, 3).unwrap();
+        assert_eq!(grown.size_gb, 3);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 3 << 30);
+        assert!(
+            matches!(cloud.delete_volume(&t, &vol.id), Err(Error::Conflict { .. })),
+            "it has a snapshot"
+        );
+        cloud.delete_snapshot(&t, &snap.id).unwrap();
+        cloud.delete_volume(&t, &vol.id).unwrap();
+        cloud.delete_volume(&t, &copy.id).unwrap();
+        assert!(!file.exists());
+        // A volume from an image holds the image's bytes.
+        let from_img = cloud
+            .create_volume(
+                &t,
+                &NewVolume {
+                    name: "img".into(),
+                    size_gb: 1,
+                    image_id: Some(img.clone()),
+                    snapshot_id: None,
+                },
+            )
+            .unwrap();
+        let guest = std::fs::read(hv_test_support::test_guest()).unwrap();
+        let f2 = state.path().join("volumes").join(&from_img.id);
+        assert_eq!(first_bytes(&f2, guest.len()), guest);
+        assert!(from_img.bootable);
+        cloud.delete_instance(&t, &i.id).unwrap();
+        cloud.delete_volume(&t, &from_img.id).unwrap();
+        let usage = cloud.quota_usage(&t, t.project_id()).unwrap();
+        assert!(
+            usage
+                .iter()
+                .all(|u| u.in_use == 0
+                    || u.resource == hv_orchestrator::quota::Resource::SecurityGroups),
+            "{usage:?}"
+        );
+    });
+});
