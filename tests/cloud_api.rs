@@ -7,43 +7,9 @@ mod cloud_support;
 
 use std::process::{Command, Stdio};
 
-use cloud_support::{call, http, token, Serve, ADMIN_PASSWORD};
+use cloud_support::{call, http, tenant, token, Serve, ADMIN_PASSWORD};
 use hv_test_support::require;
 use serde_json::json;
-
-/// Makes project `name` with a member user `name`-user (password `pw-NAME`); returns its id.
-fn tenant(addr: &str, admin: &str, name: &str) -> String {
-    let p = call(
-        addr,
-        admin,
-        "POST",
-        "/identity/v3/projects",
-        Some(&json!({"project": {"name": name}})),
-    );
-    assert_eq!(p.status, 201);
-    let pid = p.json()["project"]["id"].as_str().unwrap().to_string();
-    let u = call(
-        addr,
-        admin,
-        "POST",
-        "/identity/v3/users",
-        Some(&json!({"user": {"name": format!("{name}-user"), "password": format!("pw-{name}"),
-                              "default_project_id": pid}})),
-    );
-    assert_eq!(u.status, 201);
-    let uid = u.json()["user"]["id"].as_str().unwrap().to_string();
-    let roles = call(addr, admin, "GET", "/identity/v3/roles?name=member", None).json();
-    let rid = roles["roles"][0]["id"].as_str().unwrap().to_string();
-    let g = call(
-        addr,
-        admin,
-        "PUT",
-        &format!("/identity/v3/projects/{pid}/users/{uid}/roles/{rid}"),
-        None,
-    );
-    assert_eq!(g.status, 204);
-    pid
-}
 
 #[test]
 fn discovery_is_public_and_tokens_are_checked() {

@@ -246,3 +246,108 @@ fn md5_of(p: &Path) -> u128 {
     u128::from_str_radix(String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap(), 16)
         .unwrap()
 }
+
+#[test]
+fn openstack_client_networks_with_two_tenants() {
+    require!(openstack_bin().is_some(), OPENSTACK_MISSING);
+    let bin = openstack_bin().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("state"), None);
+    let admin_token = cloud_support::token(&serve.addr, "admin", ADMIN_PASSWORD, "admin");
+    cloud_support::tenant(&serve.addr, &admin_token, "na");
+    cloud_support::tenant(&serve.addr, &admin_token, "nb");
+    let admin = Os::new(&bin, &serve, "admin", ADMIN_PASSWORD, "admin");
+    let alice = Os::new(&bin, &serve, "na-user", "pw-na", "na");
+    let bob = Os::new(&bin, &serve, "nb-user", "pw-nb", "nb");
+
+    // The operator's external network.
+    let ext = admin.json(&[
+        "network",
+        "create",
+        "--external",
+        "--provider-network-type",
+        "flat",
+        "--provider-physical-network",
+        "physnet1",
+        "public",
+    ]);
+    assert_eq!(ext["router:external"], true);
+    admin.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "203.0.113.0/24",
+        "public-v4",
+    ]);
+
+    // A tenant's network, subnet, security group and rule, router and floating IP.
+    let net = alice.json(&["network", "create", "net1"]);
+    let sub = alice.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "sub1",
+    ]);
+    assert_eq!((s(&sub, "gateway_ip"), s(&sub, "network_id")), ("10.0.0.1", s(&net, "id")));
+    assert_eq!(sub["allocation_pools"][0]["start"], "10.0.0.2");
+    let sg = alice.json(&["security", "group", "create", "web"]);
+    let rule = alice.json(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "web",
+    ]);
+    assert_eq!(
+        (rule["port_range_min"].as_u64(), s(&rule, "security_group_id")),
+        (Some(22), s(&sg, "id"))
+    );
+    alice.json(&["router", "create", "r1"]);
+    alice.ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    alice.ok(&["router", "add", "subnet", "r1", "sub1"]);
+    let r = alice.json(&["router", "show", "r1"]);
+    assert_eq!(r["external_gateway_info"]["network_id"], ext["id"]);
+    let fip = alice.json(&["floating", "ip", "create", "public"]);
+    assert!(s(&fip, "floating_ip_address").starts_with("203.0.113."));
+    let ports = alice.json(&["port", "list"]);
+    let addrs: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["Fixed IP Addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["ip_address"].as_str().unwrap())
+        })
+        .collect();
+    assert!(addrs.contains(&"10.0.0.1"), "the router's interface takes the gateway: {addrs:?}");
+
+    // The other tenant sees the external network but nothing of the first tenant's.
+    assert_eq!(names(&bob.json(&["network", "list"])), ["public"]);
+    assert_not_found(&bob.fails(&["network", "show", s(&net, "id")]), "network");
+    assert_not_found(&bob.fails(&["security", "group", "show", s(&sg, "id")]), "securitygroup");
+    assert_not_found(&bob.fails(&["router", "show", "r1"]), "router");
+    assert_eq!(bob.json(&["floating", "ip", "list"]).as_array().unwrap().len(), 0);
+    assert!(!bob
+        .fails(&[
+            "subnet",
+            "create",
+            "--network",
+            s(&net, "id"),
+            "--subnet-range",
+            "10.9.0.0/24",
+            "x"
+        ])
+        .is_empty());
+}

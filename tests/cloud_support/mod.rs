@@ -296,3 +296,39 @@ pub fn call(addr: &str, token: &str, method: &str, path: &str, body: Option<&Val
         b.as_bytes(),
     )
 }
+
+/// Makes project `name` with a member user `name`-user (password `pw-NAME`); returns its id.
+pub fn tenant(addr: &str, admin: &str, name: &str) -> String {
+    let p = call(
+        addr,
+        admin,
+        "POST",
+        "/identity/v3/projects",
+        Some(&serde_json::json!({"project": {"name": name}})),
+    );
+    assert_eq!(p.status, 201);
+    let pid = p.json()["project"]["id"].as_str().unwrap().to_string();
+    let u = call(
+        addr,
+        admin,
+        "POST",
+        "/identity/v3/users",
+        Some(
+            &serde_json::json!({"user": {"name": format!("{name}-user"), "password": format!("pw-{name}"),
+                              "default_project_id": pid}}),
+        ),
+    );
+    assert_eq!(u.status, 201);
+    let uid = u.json()["user"]["id"].as_str().unwrap().to_string();
+    let roles = call(addr, admin, "GET", "/identity/v3/roles?name=member", None).json();
+    let rid = roles["roles"][0]["id"].as_str().unwrap().to_string();
+    let g = call(
+        addr,
+        admin,
+        "PUT",
+        &format!("/identity/v3/projects/{pid}/users/{uid}/roles/{rid}"),
+        None,
+    );
+    assert_eq!(g.status, 204);
+    pid
+}

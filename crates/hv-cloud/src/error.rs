@@ -56,6 +56,7 @@ impl ApiError {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Invalid { .. } | Error::ImageRefused { .. } => StatusCode::BAD_REQUEST,
             Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             // Nova and Keystone answer 403 for quota; Cinder and Glance 413; Neutron 409.
             Error::QuotaExceeded { .. } => match service {
                 Service::Compute | Service::Identity => StatusCode::FORBIDDEN,
@@ -92,6 +93,7 @@ impl ApiError {
                     404 => "NotFound",
                     409 => "Conflict",
                     413 => "RequestEntityTooLarge",
+                    501 => "NotImplemented",
                     _ => "NeutronError",
                 };
                 serde_json::json!({"NeutronError": {"type": kind, "message": self.message, "detail": ""}})
@@ -106,6 +108,7 @@ impl ApiError {
                     406 => "notAcceptable",
                     409 => "conflictingRequest",
                     413 => "overLimit",
+                    501 => "notImplemented",
                     _ if self.service == Service::Compute => "computeFault",
                     _ => "volumeFault",
                 };
