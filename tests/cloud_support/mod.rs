@@ -253,8 +253,7 @@ pub fn read_answer(s: &mut impl Read) -> Answer {
     if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
         let mut out = vec![];
         let mut rest = &body[..];
-        loop {
-            let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16)
                 .expect("chunk size");
             if size == 0 {
