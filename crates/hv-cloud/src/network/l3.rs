@@ -173,19 +173,20 @@ fn new_rule(b: RuleBody) -> ApiResult<NewSecurityGroupRule> {
             "invalid value for 'security_group_rule.ethertype': hv rules are IPv4",
         ));
     }
-    let protocol =
-        match b.protocol.as_deref() {
-            None | Some("any") => None,
-            Some("tcp" | "6") => Some(Protocol::Tcp),
-            Some("udp" | "17") => Some(Protocol::Udp),
-            Some("icmp" | "1") => Some(Protocol::Icmp),
-            Some(p) => return Err(ApiError::bad_request(
+    let protocol = match b.protocol.as_deref() {
+        None | Some("any") => None,
+        Some("tcp" | "6") => Some(Protocol::Tcp),
+        Some("udp" | "17") => Some(Protocol::Udp),
+        Some("icmp" | "1") => Some(Protocol::Icmp),
+        Some(p) => {
+            return Err(ApiError::bad_request(
                 S,
                 format!(
                     "invalid value for 'security_group_rule.protocol': '{p}' (tcp, udp or icmp)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let port_range = match (b.port_range_min, b.port_range_max) {
         (None, None) => None,
         (Some(lo), Some(hi)) => Some((lo, hi)),
