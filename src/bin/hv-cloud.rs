@@ -1,0 +1,73 @@
+//! hv-cloud: the OpenStack API server (Keystone, Nova, Glance, Neutron and Cinder paths, as
+//! devstack lays them out) over the hv control plane.
+//!
+//! `hv-cloud serve --state-dir DIR --listen HOST:PORT [--database URL] [--public-url URL]
+//! [--tls-cert F --tls-key F]`; the first start bootstraps the admin user with the password in
+//! `HV_ADMIN_PASSWORD`. SIGTERM stops it cleanly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// hv-cloud: the OpenStack API for hv.
+#[derive(Debug, Parser)]
+#[command(name = "hv-cloud", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// Log to this file instead of stderr.
+    #[arg(long, value_name = "FILE", global = true)]
+    log_file: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API until SIGTERM.
+    Serve {
+        /// State: the SQLite database (unless --database) and the image pool.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// Where to listen (`HOST:PORT`; port 0 picks one and prints it).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: String,
+        /// `postgresql://...` for a shared PostgreSQL store (default: SQLite in DIR).
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// The base URL clients reach, for the catalog and version documents.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// PEM certificate chain for HTTPS.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for HTTPS.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    hv::logging::init(args.verbose, args.log_file.as_deref());
+    let Command::Serve { state_dir, listen, database, public_url, tls_cert, tls_key } =
+        args.command;
+    let opts = hv_cloud::Options {
+        state_dir,
+        listen,
+        database,
+        public_url,
+        tls: tls_cert.zip(tls_key),
+        admin_password: std::env::var("HV_ADMIN_PASSWORD").unwrap_or_default(),
+    };
+    match hv_cloud::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("hv-cloud: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
