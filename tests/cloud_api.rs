@@ -402,7 +402,12 @@ fn serves_https_with_the_given_certificate() {
     require!(Command::new("curl").arg("--version").output().is_ok(), "curl");
     let state = dir.path().join("state");
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let s = Serve::start_with(&state, None, &["--tls-cert", c, "--tls-key", k], "127.0.0.1:0");
+    let s = Serve::start_with(
+        &state,
+        None,
+        &["--control-plane-only", "--tls-cert", c, "--tls-key", k],
+        "127.0.0.1:0",
+    );
     assert!(s.url.starts_with("https://"));
     let o = Command::new("curl")
         .args(["-sS", "--cacert", c, &format!("{}/identity/v3", s.url)])

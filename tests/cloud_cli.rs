@@ -351,3 +351,116 @@ fn openstack_client_networks_with_two_tenants() {
         ])
         .is_empty());
 }
+
+/// True when this host can run servers: KVM, root, `ip` and `nft` (for the netns, bridges
+/// and NAT the compute host makes).
+fn can_run_vms() -> bool {
+    hv_test_support::have_kvm()
+        && hv_test_support::is_root()
+        && hv_test_support::netns::have_netns_tools()
+        && Path::new("/usr/sbin/nft").exists()
+}
+
+#[test]
+fn openstack_client_runs_servers_on_this_host() {
+    require!(openstack_bin().is_some(), OPENSTACK_MISSING);
+    require!(can_run_vms(), "KVM, root, ip and nft are needed");
+    let bin = openstack_bin().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = hv_test_support::netns::NetNs::new("cloud-srv");
+    ns.run(|| {
+        let mut serve = Serve::start_compute(&dir.path().join("state"));
+        let admin_token = cloud_support::token(&serve.addr, "admin", ADMIN_PASSWORD, "admin");
+        cloud_support::tenant(&serve.addr, &admin_token, "sa");
+        cloud_support::tenant(&serve.addr, &admin_token, "sb");
+        let admin = Os::new(&bin, &serve, "admin", ADMIN_PASSWORD, "admin");
+        let alice = Os::new(&bin, &serve, "sa-user", "pw-sa", "sa");
+        let bob = Os::new(&bin, &serve, "sb-user", "pw-sb", "sb");
+        admin.json(&["flavor", "create", "--vcpus", "1", "--ram", "64", "--disk", "0", "m1.nano"]);
+        let kernel = test_guest();
+        alice.json(&[
+            "image",
+            "create",
+            "--disk-format",
+            "aki",
+            "--container-format",
+            "aki",
+            "--file",
+            kernel.to_str().unwrap(),
+            "--property",
+            "os_command_line=test=power-button",
+            "--property",
+            "os_shutdown_timeout=5",
+            "guest",
+        ]);
+        alice.json(&["network", "create", "net1"]);
+        alice.json(&[
+            "subnet",
+            "create",
+            "--network",
+            "net1",
+            "--subnet-range",
+            "10.0.0.0/24",
+            "sub1",
+        ]);
+
+        // Create and wait: the client polls until ACTIVE.
+        let vm = alice.json(&[
+            "server",
+            "create",
+            "--image",
+            "guest",
+            "--flavor",
+            "m1.nano",
+            "--network",
+            "net1",
+            "--wait",
+            "vm1",
+        ]);
+        assert_eq!(s(&vm, "status"), "ACTIVE", "{vm}");
+        let id = s(&vm, "id").to_string();
+        let shown = alice.json(&["server", "show", "vm1"]);
+        assert_eq!((s(&shown, "id"), s(&shown, "status")), (id.as_str(), "ACTIVE"));
+        let addresses = shown["addresses"].to_string();
+        assert!(addresses.contains("net1") && addresses.contains("10.0.0."), "{addresses}");
+
+        // The guest's console, through Nova's os-getConsoleOutput.
+        let mut log = String::new();
+        for _ in 0..30 {
+            log = alice.ok(&["console", "log", "show", "vm1"]);
+            if log.contains("waiting for the power button") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert!(log.contains("hvtest: cmdline="), "{log}");
+        assert!(log.contains("waiting for the power button"), "{log}");
+
+        // Stop presses the power button (the guest answers it), start boots it again; a
+        // second start is a state conflict.
+        alice.ok(&["server", "stop", "vm1"]);
+        let listed = alice.json(&["server", "list", "--status", "SHUTOFF"]);
+        assert_eq!(names(&listed), ["vm1"]);
+        alice.ok(&["server", "start", "vm1"]);
+        let err = alice.fails(&["server", "start", "vm1"]);
+        assert!(err.contains("409") || err.to_lowercase().contains("conflict"), "{err}");
+        assert_eq!(s(&alice.json(&["server", "show", &id]), "status"), "ACTIVE");
+
+        // The other tenant sees nothing of it, by name or by id.
+        let err = bob.fails(&["server", "show", "vm1"]);
+        assert!(err.contains("No Server found for vm1"), "{err}");
+        let err = bob.fails(&["server", "delete", &id]);
+        assert!(err.contains(&format!("No Server found for {id}")), "{err}");
+        assert_eq!(bob.json(&["server", "list"]).as_array().unwrap().len(), 0);
+
+        // Delete: gone, its quota freed.
+        alice.ok(&["server", "delete", "--wait", "vm1"]);
+        assert_eq!(alice.json(&["server", "list"]).as_array().unwrap().len(), 0);
+        let q = alice.json(&["quota", "show", "--usage", "sa"]);
+        let in_use = |r: &str| {
+            q.as_array().unwrap().iter().find(|x| x["Resource"] == r).map(|x| x["In Use"].clone())
+        };
+        assert_eq!((in_use("instances"), in_use("cores")), (Some(0.into()), Some(0.into())));
+        serve.stop();
+    });
+}

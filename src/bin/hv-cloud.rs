@@ -2,7 +2,8 @@
 //! devstack lays them out) over the hv control plane.
 //!
 //! `hv-cloud serve --state-dir DIR --listen HOST:PORT [--database URL] [--public-url URL]
-//! [--tls-cert F --tls-key F]`; the first start bootstraps the admin user with the password in
+//! [--tls-cert F --tls-key F] [--control-plane-only | --vmm-binary F]`: this host serves as a
+//! compute host (its servers are hv-vmm processes) unless `--control-plane-only`; the first start bootstraps the admin user with the password in
 //! `HV_ADMIN_PASSWORD`. SIGTERM stops it cleanly.
 
 use std::path::PathBuf;
@@ -46,14 +47,35 @@ enum Command {
         /// PEM private key for HTTPS.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve the API only: this host runs no servers (they end in ERROR) and has no
+        /// block storage.
+        #[arg(long, conflicts_with = "vmm_binary")]
+        control_plane_only: bool,
+        /// The `hv-vmm` binary servers run as (default: `$HV_VMM_BINARY`, else the one next to
+        /// hv-cloud).
+        #[arg(long, value_name = "FILE")]
+        vmm_binary: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     hv::logging::init(args.verbose, args.log_file.as_deref());
-    let Command::Serve { state_dir, listen, database, public_url, tls_cert, tls_key } =
-        args.command;
+    let Command::Serve {
+        state_dir,
+        listen,
+        database,
+        public_url,
+        tls_cert,
+        tls_key,
+        control_plane_only,
+        vmm_binary,
+    } = args.command;
+    let vmm_binary = vmm_binary.or_else(|| std::env::var_os("HV_VMM_BINARY").map(PathBuf::from));
+    let compute = (!control_plane_only).then(|| match vmm_binary {
+        Some(vmm_binary) => hv_cloud::ComputeOptions { vmm_binary },
+        None => hv_cloud::ComputeOptions::beside_exe(),
+    });
     let opts = hv_cloud::Options {
         state_dir,
         listen,
@@ -61,6 +83,7 @@ fn main() -> ExitCode {
         public_url,
         tls: tls_cert.zip(tls_key),
         admin_password: std::env::var("HV_ADMIN_PASSWORD").unwrap_or_default(),
+        compute,
     };
     match hv_cloud::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

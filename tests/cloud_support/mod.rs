@@ -39,9 +39,17 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// Starts a server on a free loopback port with state in `state` (and `database`).
+    /// Starts a control-plane-only server on a free loopback port with state in `state` (and
+    /// `database`).
     pub fn start(state: &Path, database: Option<&str>) -> Serve {
-        Serve::start_with(state, database, &[], "127.0.0.1:0")
+        Serve::start_with(state, database, &["--control-plane-only"], "127.0.0.1:0")
+    }
+
+    /// Starts a server that is also a compute host (its servers run the test build's hv-vmm),
+    /// on SQLite in `state`.
+    pub fn start_compute(state: &Path) -> Serve {
+        let vmm = hv_test_support::vmm_binary();
+        Serve::start_with(state, None, &["--vmm-binary", vmm.to_str().unwrap()], "127.0.0.1:0")
     }
 
     /// Starts a server with extra arguments, listening on `listen`.

@@ -37,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hv_orchestrator::identity::Bootstrap;
 use hv_orchestrator::store::{PostgresStore, SqliteStore, Store};
-use hv_orchestrator::{Cloud, Config};
+use hv_orchestrator::{Cloud, ComputeConfig, Config};
 use thiserror::Error;
 
 pub mod auth;
@@ -48,6 +48,7 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod quota;
+pub mod server;
 pub mod tls;
 pub mod versions;
 pub mod volume;
@@ -81,6 +82,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .merge(identity::routes())
         .merge(compute::routes())
+        .merge(server::routes())
         .merge(image::routes())
         .merge(network::routes())
         .merge(volume::routes())
@@ -137,7 +139,8 @@ pub enum ServeError {
 /// How `hv-cloud serve` runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// State: `cloud.db` (SQLite, unless `database` names PostgreSQL) and `images/`.
+    /// State: `cloud.db` (SQLite, unless `database` names PostgreSQL), `images/` and, for a
+    /// compute host, `host/` (domains, instance disks, volumes, networks).
     pub state_dir: PathBuf,
     /// `HOST:PORT` to listen on (port 0 picks a free one).
     pub listen: String,
@@ -149,6 +152,27 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The bootstrap admin password (`HV_ADMIN_PASSWORD`).
     pub admin_password: String,
+    /// This host as a compute host (`None`: the control plane only; servers then end in
+    /// ERROR with "no valid host").
+    pub compute: Option<ComputeOptions>,
+}
+
+/// How `serve` makes this host a compute host.
+#[derive(Debug, Clone)]
+pub struct ComputeOptions {
+    /// The `hv-vmm` binary each server runs as.
+    pub vmm_binary: PathBuf,
+}
+
+impl ComputeOptions {
+    /// The `hv-vmm` next to this executable.
+    pub fn beside_exe() -> ComputeOptions {
+        let vmm_binary = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("hv-vmm")))
+            .unwrap_or_else(|| PathBuf::from("hv-vmm"));
+        ComputeOptions { vmm_binary }
+    }
 }
 
 impl Options {
@@ -161,6 +185,7 @@ impl Options {
             public_url: None,
             tls: None,
             admin_password: admin_password.into(),
+            compute: None,
         }
     }
 }
@@ -183,7 +208,11 @@ pub fn open(opts: &Options) -> Result<Arc<Cloud>, ServeError> {
             _ => return Err(ServeError::Database(u.to_string())),
         },
     };
-    let cloud = Cloud::open(store, Config::new(opts.state_dir.join("images")))?;
+    let mut config = Config::new(opts.state_dir.join("images"));
+    if let Some(c) = &opts.compute {
+        config.compute = Some(ComputeConfig::new(opts.state_dir.join("host"), &c.vmm_binary));
+    }
+    let cloud = Cloud::open(store, config)?;
     cloud.bootstrap(&Bootstrap::new(&opts.admin_password))?;
     Ok(Arc::new(cloud))
 }
