@@ -441,6 +441,15 @@ fn openstack_client_runs_servers_on_this_host() {
         alice.ok(&["server", "stop", "vm1"]);
         let listed = alice.json(&["server", "list", "--status", "SHUTOFF"]);
         assert_eq!(names(&listed), ["vm1"]);
+
+        // A volume, attached to the stopped server; it cannot be deleted while attached.
+        let vol = alice.json(&["volume", "create", "--size", "1", "vol1"]);
+        assert_eq!((s(&vol, "status"), vol["size"].as_u64()), ("available", Some(1)));
+        alice.json(&["server", "add", "volume", "vm1", "vol1"]);
+        let vols = alice.json(&["volume", "list"]);
+        assert_eq!(vols[0]["Status"], "in-use", "{vols}");
+        assert_eq!(vols[0]["Attached to"][0]["server_id"], id.as_str(), "{vols}");
+        assert!(!alice.fails(&["volume", "delete", "vol1"]).is_empty());
         alice.ok(&["server", "start", "vm1"]);
         let err = alice.fails(&["server", "start", "vm1"]);
         assert!(err.contains("409") || err.to_lowercase().contains("conflict"), "{err}");
@@ -461,6 +470,9 @@ fn openstack_client_runs_servers_on_this_host() {
             q.as_array().unwrap().iter().find(|x| x["Resource"] == r).map(|x| x["In Use"].clone())
         };
         assert_eq!((in_use("instances"), in_use("cores")), (Some(0.into()), Some(0.into())));
+        // The server's volume is free again and can go.
+        alice.ok(&["volume", "delete", "vol1"]);
+        assert_eq!(alice.json(&["volume", "list"]).as_array().unwrap().len(), 0);
         serve.stop();
     });
 }

@@ -41,6 +41,7 @@ use hv_orchestrator::{Cloud, ComputeConfig, Config};
 use thiserror::Error;
 
 pub mod auth;
+pub mod cinder;
 pub mod compute;
 pub mod error;
 pub mod http;
@@ -83,6 +84,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(identity::routes())
         .merge(compute::routes())
         .merge(server::routes())
+        .merge(cinder::routes())
         .merge(image::routes())
         .merge(network::routes())
         .merge(volume::routes())
