@@ -427,3 +427,107 @@ fn serves_https_with_the_given_certificate() {
         .unwrap();
     assert!(o.status.success());
 }
+
+#[test]
+fn servers_on_a_control_plane_only_cloud_end_in_error_and_answer_in_novas_shape() {
+    require!(hv_test_support::mini_kernel().is_some(), hv_test_support::KIT_MISSING);
+    let kernel = std::fs::read(hv_test_support::mini_kernel().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(dir.path(), None);
+    let a = &s.addr;
+    let admin = token(a, "admin", ADMIN_PASSWORD, "admin");
+    let pa = tenant(a, &admin, "pa");
+    tenant(a, &admin, "pb");
+    let (ta, tb) = (token(a, "pa-user", "pw-pa", "pa"), token(a, "pb-user", "pw-pb", "pb"));
+    let f = call(
+        a,
+        &admin,
+        "POST",
+        "/compute/v2.1/flavors",
+        Some(&json!({"flavor": {"name": "t", "ram": 64, "vcpus": 1, "disk": 1}})),
+    );
+    assert_eq!(f.status, 200);
+    let fid = f.json()["flavor"]["id"].as_str().unwrap().to_string();
+    let img = call(
+        a,
+        &ta,
+        "POST",
+        "/image/v2/images",
+        Some(&json!({"name": "k", "disk_format": "aki", "container_format": "aki"})),
+    );
+    let iid = img.json()["id"].as_str().unwrap().to_string();
+    let up = http(
+        a,
+        "PUT",
+        &format!("/image/v2/images/{iid}/file"),
+        &[("X-Auth-Token", ta.as_str()), ("Content-Type", "application/octet-stream")],
+        &kernel,
+    );
+    assert_eq!(up.status, 204);
+
+    // Hostile or unsupported bodies: 400 naming what is wrong, nothing made.
+    for body in [
+        json!({"server": {"name": "x", "flavorRef": fid}}),
+        json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid, "max_count": 2}}),
+        json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid, "networks": "some"}}),
+        json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid,
+                          "networks": [{"fixed_ip": "10.0.0.1"}]}}),
+    ] {
+        let r = call(a, &ta, "POST", "/compute/v2.1/servers", Some(&body));
+        assert_eq!(r.status, 400, "{body}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["badRequest"]["code"], 400);
+    }
+    let list = call(a, &ta, "GET", "/compute/v2.1/servers/detail?deleted=False", None);
+    assert_eq!(list.json()["servers"], json!([]));
+
+    // No compute host: the build ends in ERROR with a fault, never stays in BUILD.
+    let body = json!({"server": {"name": "vm1", "imageRef": iid, "flavorRef": fid,
+        "block_device_mapping_v2": [{"uuid": iid, "boot_index": 0, "source_type": "image",
+            "destination_type": "local", "delete_on_termination": true}],
+        "min_count": 1, "max_count": 1}});
+    let r = call(a, &ta, "POST", "/compute/v2.1/servers", Some(&body));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let show = call(a, &ta, "GET", &format!("/compute/v2.1/servers/{id}"), None).json();
+    let srv = &show["server"];
+    assert_eq!((srv["status"].as_str(), srv["tenant_id"].as_str()), (Some("ERROR"), Some(&*pa)));
+    assert_eq!(srv["OS-EXT-STS:vm_state"], "error");
+    assert_eq!(
+        (srv["image"]["id"].as_str(), srv["flavor"]["id"].as_str()),
+        (Some(&*iid), Some(&*fid))
+    );
+    assert!(srv["fault"]["message"].as_str().unwrap().to_lowercase().contains("host"), "{srv}");
+    let byname = call(a, &ta, "GET", "/compute/v2.1/servers?name=vm&status=error", None).json();
+    assert_eq!(byname["servers"][0]["id"], id.as_str());
+    let none = call(a, &ta, "GET", "/compute/v2.1/servers/detail?status=ACTIVE", None).json();
+    assert_eq!(none["servers"], json!([]));
+
+    // State conflicts are 409; unknown actions 400; the other tenant gets 404 for everything.
+    let act = |t: &str, body: serde_json::Value| {
+        call(a, t, "POST", &format!("/compute/v2.1/servers/{id}/action"), Some(&body))
+    };
+    let r = act(&ta, json!({"os-start": null}));
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["conflictingRequest"]["code"], 409);
+    assert_eq!(act(&ta, json!({"reboot": {"type": "SOFT"}})).status, 409);
+    assert_eq!(act(&ta, json!({"reboot": {"type": "WARM"}})).status, 400);
+    assert_eq!(act(&ta, json!({"evacuate": {}})).status, 400);
+    assert_eq!(act(&tb, json!({"os-start": null})).status, 404);
+    assert_eq!(call(a, &tb, "GET", &format!("/compute/v2.1/servers/{id}"), None).status, 404);
+    assert_eq!(call(a, &tb, "DELETE", &format!("/compute/v2.1/servers/{id}"), None).status, 404);
+    assert_eq!(call(a, &tb, "GET", "/compute/v2.1/servers", None).json()["servers"], json!([]));
+
+    // No block storage without a compute host.
+    let v = call(
+        a,
+        &ta,
+        "POST",
+        &format!("/volume/v3/{pa}/volumes"),
+        Some(&json!({"volume": {"size": 1}})),
+    );
+    assert_eq!(v.status, 501, "{}", String::from_utf8_lossy(&v.body));
+
+    // Delete: 204, then 404.
+    assert_eq!(call(a, &ta, "DELETE", &format!("/compute/v2.1/servers/{id}"), None).status, 204);
+    assert_eq!(call(a, &ta, "GET", &format!("/compute/v2.1/servers/{id}"), None).status, 404);
+}

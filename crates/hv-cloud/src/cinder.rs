@@ -142,7 +142,8 @@ async fn create_volume(
         }
     }
     let new = NewVolume {
-        name: b.name.unwrap_or_default(),
+        // Cinder allows nameless volumes; hv's volumes have names.
+        name: b.name.filter(|n| !n.is_empty()).unwrap_or_else(|| "volume".into()),
         size_gb: b.size,
         image_id: b.image_ref,
         snapshot_id: b.snapshot_id,
