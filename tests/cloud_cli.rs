@@ -393,6 +393,25 @@ fn openstack_client_runs_servers_on_this_host() {
             "os_shutdown_timeout=5",
             "guest",
         ]);
+        admin.json(&[
+            "network",
+            "create",
+            "--external",
+            "--provider-network-type",
+            "flat",
+            "--provider-physical-network",
+            "physnet1",
+            "public",
+        ]);
+        admin.json(&[
+            "subnet",
+            "create",
+            "--network",
+            "public",
+            "--subnet-range",
+            "203.0.113.0/24",
+            "public-v4",
+        ]);
         alice.json(&["network", "create", "net1"]);
         alice.json(&[
             "subnet",
@@ -423,6 +442,16 @@ fn openstack_client_runs_servers_on_this_host() {
         assert_eq!((s(&shown, "id"), s(&shown, "status")), (id.as_str(), "ACTIVE"));
         let addresses = shown["addresses"].to_string();
         assert!(addresses.contains("net1") && addresses.contains("10.0.0."), "{addresses}");
+
+        // A floating address, through the router, on the server's port.
+        alice.json(&["router", "create", "r1"]);
+        alice.ok(&["router", "set", "--external-gateway", "public", "r1"]);
+        alice.ok(&["router", "add", "subnet", "r1", "sub1"]);
+        let fip = alice.json(&["floating", "ip", "create", "public"]);
+        let fip = s(&fip, "floating_ip_address").to_string();
+        alice.ok(&["server", "add", "floating", "ip", "vm1", &fip]);
+        let addresses = alice.json(&["server", "show", "vm1"])["addresses"].to_string();
+        assert!(addresses.contains(&fip), "{addresses}");
 
         // The guest's console, through Nova's os-getConsoleOutput.
         let mut log = String::new();

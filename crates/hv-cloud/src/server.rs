@@ -7,6 +7,7 @@
 //! final state on its first poll.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -42,15 +43,24 @@ pub fn routes() -> Router<Arc<Api>> {
         .layer(middleware::from_fn(nova_microversion))
 }
 
-/// An instance with the names of its networks, as a server is shown.
+/// An instance with the names of its networks and its ports' floating addresses, as a
+/// server is shown.
 struct View {
     inst: Instance,
     net_names: BTreeMap<String, String>,
+    floating: BTreeMap<String, Ipv4Addr>,
 }
 
-/// Looks up the network names of `insts` (a network the caller cannot see is named by id).
+/// Looks up the network names of `insts` (a network the caller cannot see is named by id)
+/// and the floating addresses mapped to their ports.
 fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec<View> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let fips: BTreeMap<String, Ipv4Addr> = c
+        .list_floating_ips(ctx)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| f.port_id.map(|p| (p, f.floating_ip_address)))
+        .collect();
     insts
         .into_iter()
         .map(|inst| {
@@ -68,7 +78,12 @@ fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec
                 .iter()
                 .filter_map(|n| names.get(&n.network_id).map(|m| (n.network_id.clone(), m.clone())))
                 .collect();
-            View { inst, net_names }
+            let floating = inst
+                .nics
+                .iter()
+                .filter_map(|n| fips.get(&n.port_id).map(|a| (n.port_id.clone(), *a)))
+                .collect();
+            View { inst, net_names, floating }
         })
         .collect()
 }
@@ -102,6 +117,12 @@ fn server_json(api: &Api, v: &View) -> Value {
             for ip in &n.fixed_ips {
                 list.push(json!({"version": 4, "addr": ip.to_string(), "OS-EXT-IPS:type": "fixed",
                                  "OS-EXT-IPS-MAC:mac_addr": n.mac_address}));
+            }
+            if let Some(f) = v.floating.get(&n.port_id) {
+                list.push(
+                    json!({"version": 4, "addr": f.to_string(), "OS-EXT-IPS:type": "floating",
+                                 "OS-EXT-IPS-MAC:mac_addr": n.mac_address}),
+                );
             }
         }
     }
