@@ -11,6 +11,9 @@
 //! | `/network` | Neutron | v2.0 |
 //! | `/volume/v3/{project_id}` | Cinder | v3 (microversion 3.0) |
 //!
+//! Servers ([`server`]) and volumes ([`cinder`]) need this process's host as a compute host
+//! ([`Options::compute`]); without one, builds end in ERROR and volumes answer 501.
+//!
 //! Handlers are thin: parse the request into a type at the edge ([`http::read_json`]: bounded,
 //! errors naming the field), call the orchestrator on the blocking pool, and shape OpenStack's
 //! JSON; the orchestrator decides policy, ownership and quotas. A resource another project
