@@ -27,10 +27,11 @@ fn guest(test: &str) -> (VmBuilder, Capture) {
     (b, console)
 }
 
-/// Opens a TCP socket: something no thread of a VM ever needs. Returns the errno, 0 on success.
+/// Opens a raw packet socket: something no thread of a VM ever needs (the main thread may open
+/// Unix, netlink and TCP sockets, for its API and migrations). Returns the errno, 0 on success.
 fn forbidden_call() -> i32 {
     // SAFETY: socket takes no pointers; the fd, if any, is closed at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     if fd < 0 {
         return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
     }

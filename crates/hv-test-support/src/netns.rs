@@ -122,6 +122,13 @@ impl NetNs {
             .status
             .success()
     }
+
+    /// Pings `addr` from the namespace until one reply comes back or `deadline` passes: for a
+    /// guest that may answer slowly (a Linux kernel emulated on a PVM host under load).
+    pub fn ping_within(&self, addr: &str, deadline: std::time::Duration) -> bool {
+        let secs = deadline.as_secs().max(1).to_string();
+        self.exec(&["ping", "-n", "-q", "-c", "1", "-i", "0.5", "-w", &secs, addr]).status.success()
+    }
 }
 
 impl Drop for NetNs {

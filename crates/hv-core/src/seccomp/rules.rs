@@ -253,6 +253,18 @@ fn main_ioctls() -> Vec<u64> {
     v
 }
 
+/// What VM state takes beyond [`MAIN`]: `mkdir` for a snapshot directory and `rename` for the
+/// crash-safe write of each file in it (glibc may use the old calls or the `*at` forms), and
+/// `getpeername` for a migration's TCP peer.
+const STATE: &[i64] = &[
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_getpeername,
+];
+
 /// `clone` only for threads (CLONE_THREAD set): no thread of a VM forks a process.
 fn clone_threads_only() -> Result<SeccompRule, BackendError> {
     let thread = libc::CLONE_THREAD as u64;
@@ -292,13 +304,19 @@ pub(super) fn rules(kind: ThreadKind, extra: &[i64]) -> Result<Rules, BackendErr
             );
         }
         ThreadKind::Main => {
-            // Local sockets only (an API socket, netlink for links): no network connections.
+            // Unix sockets (the API, `unix:` migration), netlink (links) and TCP (`tcp:`
+            // migration); no raw or packet sockets.
             let socket = |family: libc::c_int| -> Result<SeccompRule, BackendError> {
                 SeccompRule::new(vec![Cond::new(0, Len::Dword, Cmp::Eq, family as u64)?])
             };
-            rules.insert(libc::SYS_socket, vec![socket(libc::AF_UNIX)?, socket(libc::AF_NETLINK)?]);
+            let families = [libc::AF_UNIX, libc::AF_NETLINK, libc::AF_INET, libc::AF_INET6];
+            rules.insert(
+                libc::SYS_socket,
+                families.into_iter().map(socket).collect::<Result<_, _>>()?,
+            );
             allow(&mut rules, WORKER);
             allow(&mut rules, MAIN);
+            allow(&mut rules, STATE);
             allow_ioctls(&mut rules, &vcpu_ioctls())?;
             allow_ioctls(&mut rules, WORKER_IOCTLS)?;
             allow_ioctls(&mut rules, &main_ioctls())?;
