@@ -167,17 +167,7 @@ pub async fn stream(
 ) -> Result<StatusCode, HttpError> {
     use hyper::body::Body as _;
     let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
-    let io = connect(endpoint).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let conn = tokio::spawn(conn);
-    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let (_sender, conn, resp) = send_get(endpoint, path, headers).await?;
     let status = resp.status();
     let mut body = resp.into_body();
     while !body.is_end_stream() {
@@ -237,17 +227,7 @@ pub async fn download(
     mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<Response, HttpError> {
     let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
-    let io = connect(endpoint).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let conn = tokio::spawn(conn);
-    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let (sender, conn, resp) = send_get(endpoint, path, headers).await?;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
@@ -264,6 +244,36 @@ pub async fn download(
     drop(sender);
     let _ = conn.await;
     Ok(Response { status, body: Bytes::new() })
+}
+
+/// The connection half of a streamed exchange: the request sender (dropping it lets the
+/// connection end) and the task that runs the connection.
+type Exchange = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+    hyper::Response<hyper::body::Incoming>,
+);
+
+/// Connects, sends a bodiless `GET path` with `headers`, and returns the response with its
+/// body still unread (for [`stream`] and [`download`]).
+async fn send_get(
+    endpoint: &Endpoint,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Exchange, HttpError> {
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io = connect(endpoint).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let mut req = Request::builder().method(Method::GET).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    Ok((sender, conn, resp))
 }
 
 /// A byte stream hyper can run HTTP over (Unix or TCP).
