@@ -36,6 +36,7 @@ fn guest(elf: &PathBuf, mib: u64, pages: u64, console: &Capture) -> Vm {
 }
 
 fn main() {
+    env_logger::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [elf, mib, pages, dir] = args.as_slice() else {
         eprintln!("usage: vmstate_bench GUEST_ELF MEM_MIB PAGES DIR");

@@ -18,6 +18,7 @@ pub mod accounting;
 pub mod backing;
 pub mod dirty;
 pub mod layout;
+pub mod populated;
 pub mod translate;
 
 pub use accounting::{AccountingError, KsmStats, MemoryUsage};

@@ -1,12 +1,13 @@
 //! Live migration of a running VM over any byte stream (a Unix socket, TCP), by pre-copy.
 //!
 //! # How
-//! The source ([`Vm::send_migration`]) sends guest RAM while the guest runs (all-zero pages
-//! are skipped in this first pass: the destination's RAM starts zeroed), then, in
-//! rounds, the pages the guest (or a device) wrote since the last round, from the dirty log
-//! (KVM's log of guest writes merged with the VMM's own, [`Vm::dirty_log`]). When what is
-//! left to send would take no longer than the downtime budget at the speed the link has
-//! shown ([`MigrationOptions::downtime`], default 100 ms), or after
+//! The source ([`Vm::send_migration`]) sends guest RAM while the guest runs (pages the host
+//! never populated, and all-zero pages, are skipped in this first pass: the destination's
+//! RAM starts zeroed), then, in rounds, the pages the guest (or a device) wrote since the
+//! last round, from the dirty log (KVM's log of guest writes merged with the VMM's own,
+//! [`Vm::dirty_log`]). When what is left to send would take no longer than the downtime
+//! budget at the speed the link has shown ([`MigrationOptions::downtime`], default 100 ms)
+//! and has stopped halving from round to round (or is down to a few pages), or after
 //! [`MigrationOptions::max_rounds`], it pauses the VM, sends the last dirty pages and the
 //! machine state (vCPUs, irqchip, PIT, clock, devices: [`crate::snapshot::MachineState`]),
 //! and waits. The destination ([`accept`], [`Incoming::complete`]) builds the VM, starts it
@@ -59,13 +60,15 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use hv_mem::{DirtyBitmap, GuestRam};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::lifecycle::ExitReason;
 use crate::snapshot::restore::{check, check_host, memory_config};
 use crate::snapshot::{MachineState, MemorySource, SnapshotConfig};
 use crate::vm::{Vm, VmBuilder, VmState};
-use protocol::{read_frame, write_frame, write_json, Hello, Kind, MAX_RUN, PROTOCOL_VERSION};
+use protocol::{
+    read_frame, read_frame_into, write_frame, write_json, Hello, Kind, MAX_RUN, PROTOCOL_VERSION,
+};
 
 /// Errors of a migration, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +195,10 @@ fn expect(kind: Kind, expected: Kind, what: &'static str, payload: &[u8]) -> Res
     Ok(())
 }
 
+/// What may be left for the pause without trying another round: 64 pages, a fraction of a
+/// millisecond on any link worth migrating over.
+const CONVERGED_BYTES: u64 = 64 * hv_mem::PAGE_SIZE;
+
 /// Writes one memory frame: `data` at `gpa`.
 fn send_run(w: &mut impl Write, gpa: u64, data: &[u8]) -> Result<()> {
     let io = |source| Error::Io { during: "sending memory", source };
@@ -203,19 +210,24 @@ fn send_run(w: &mut impl Write, gpa: u64, data: &[u8]) -> Result<()> {
     w.write_all(data).map_err(io)
 }
 
-/// Sends every page set in `bitmap`, or, for the first full pass (`None`), every page of RAM
-/// that is not all zeroes (the destination's fresh RAM is zeroed already). Returns the bytes
-/// of RAM sent.
-fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: Option<&DirtyBitmap>) -> Result<u64> {
-    const PAGE: usize = hv_mem::PAGE_SIZE as usize;
-    let full = bitmap.is_none();
-    let runs: Vec<(u64, u64)> = match bitmap {
-        Some(b) => b.runs().collect(),
-        None => ram.memory().iter().map(|r| (r.start_addr().0, r.len())).collect(),
-    };
+/// The first full pass: every page of RAM that is not all zeroes (the destination's fresh RAM
+/// is zeroed already; [`GuestRam::for_each_nonzero_run`] reads only populated pages). Returns
+/// the bytes of RAM sent.
+fn send_all(ram: &GuestRam, w: &mut impl Write) -> Result<u64> {
+    let mut sent = 0u64;
+    ram.for_each_nonzero_run(MAX_RUN, |gpa, data| {
+        sent += data.len() as u64;
+        send_run(w, gpa, data)
+    })?;
+    w.flush().map_err(|source| Error::Io { during: "sending memory", source })?;
+    Ok(sent)
+}
+
+/// Sends every page set in `bitmap`. Returns the bytes of RAM sent.
+fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: &DirtyBitmap) -> Result<u64> {
     let mut buf = vec![0u8; MAX_RUN];
     let mut sent = 0u64;
-    for (start, len) in runs {
+    for (start, len) in bitmap.runs() {
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(MAX_RUN as u64) as usize;
@@ -224,29 +236,8 @@ fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: Option<&DirtyBitmap>) 
             ram.memory()
                 .read_slice(chunk, GuestAddress(gpa))
                 .map_err(|_| Error::BadMemoryRun { gpa, len: n })?;
-            if full {
-                // Runs of pages with something in them.
-                let mut page = 0;
-                let pages = n / PAGE;
-                while page < pages {
-                    let nonzero =
-                        |p: usize| chunk[p * PAGE..(p + 1) * PAGE].iter().any(|&b| b != 0);
-                    if !nonzero(page) {
-                        page += 1;
-                        continue;
-                    }
-                    let first = page;
-                    while page < pages && nonzero(page) {
-                        page += 1;
-                    }
-                    let data = &chunk[first * PAGE..page * PAGE];
-                    send_run(w, gpa + (first * PAGE) as u64, data)?;
-                    sent += data.len() as u64;
-                }
-            } else {
-                send_run(w, gpa, chunk)?;
-                sent += n as u64;
-            }
+            send_run(w, gpa, chunk)?;
+            sent += n as u64;
             off += n as u64;
         }
     }
@@ -282,19 +273,38 @@ impl Vm {
         let mut stats = MigrationStats::default();
         self.dirty_log()?;
         let t = Instant::now();
-        stats.memory_bytes = send_pages(self.ram(), stream, None)?;
+        stats.memory_bytes = send_all(self.ram(), stream)?;
         let mut bandwidth = stats.memory_bytes as f64 / t.elapsed().as_secs_f64().max(1e-6);
+        log::debug!(
+            "migration out: full pass sent {} KiB in {:?} (setup {:?})",
+            stats.memory_bytes >> 10,
+            t.elapsed(),
+            t - start
+        );
         let mut pending = self.dirty_log()?;
+        let mut last_round = u64::MAX;
         while running && stats.rounds < opts.max_rounds {
-            let estimate = pending.dirty_bytes() as f64 / bandwidth;
-            if estimate <= opts.downtime.as_secs_f64() {
+            let left = pending.dirty_bytes();
+            let estimate = left as f64 / bandwidth;
+            // Within the budget, one more round still pays while what is left shrinks
+            // quickly (the guest dirties less during a short round than the round sends):
+            // the pause then only has a few pages to send.
+            let converging = left > CONVERGED_BYTES && left < last_round / 2;
+            if estimate <= opts.downtime.as_secs_f64() && !converging {
                 break;
             }
+            last_round = left;
             let t = Instant::now();
-            let n = send_pages(self.ram(), stream, Some(&pending))?;
+            let n = send_pages(self.ram(), stream, &pending)?;
             bandwidth = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
             stats.memory_bytes += n;
             stats.rounds += 1;
+            log::debug!(
+                "migration out: round {} sent {} KiB in {:?}",
+                stats.rounds,
+                n >> 10,
+                t.elapsed()
+            );
             pending = self.dirty_log()?;
         }
         stats.bandwidth = bandwidth;
@@ -341,10 +351,11 @@ impl Vm {
         let last = self.dirty_log().map_err(|e| fail(e.into()))?;
         pending.merge(&last).map_err(|e| fail(Error::Encode(e.to_string())))?;
         let state = self.save_state().map_err(|e| fail(e.into()))?;
+        let saved = t.elapsed();
         // Devices were quiesced by save_state: what they wrote until then is in the log.
         let devices = self.ram().take_vmm_dirty();
         let _ = pending.merge(&devices);
-        let sent = send_pages(self.ram(), stream, Some(&pending));
+        let sent = send_pages(self.ram(), stream, &pending);
         let sent = match sent {
             Ok(n) => n,
             Err(e) => return Err(Box::new((e, Some(state)))),
@@ -358,8 +369,8 @@ impl Vm {
         let state_sent = t.elapsed();
         let confirmed = read_frame(stream);
         log::debug!(
-            "migration out, paused: last {} KiB of memory sent at {pages_sent:?}, state at \
-             {state_sent:?}, confirmation after {:?}",
+            "migration out, paused: state saved at {saved:?}, last {} KiB of memory sent at \
+             {pages_sent:?}, state at {state_sent:?}, confirmation after {:?}",
             sent >> 10,
             t.elapsed()
         );
@@ -437,8 +448,9 @@ fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuild
     let vm = builder.rebuild(config, None, ram, MemorySource::Allocated)?;
     write_frame(stream, Kind::Ready, &[])?;
     let mem = vm.ram().memory();
+    let mut payload = Vec::with_capacity(MAX_RUN + 8);
     let state: MachineState = loop {
-        let (kind, payload) = read_frame(stream)?;
+        let kind = read_frame_into(stream, &mut payload)?;
         match kind {
             Kind::Memory => {
                 let (addr, data) = payload
@@ -458,7 +470,6 @@ fn receive_rest<S: Read + Write>(stream: &mut S, hello: &Hello, builder: VmBuild
                 break crate::snapshot::parse_versioned(path, &payload)?;
             }
             other => {
-                let mut payload = payload;
                 payload.truncate(1024);
                 expect(other, Kind::State, "Memory or State", &payload)?;
             }

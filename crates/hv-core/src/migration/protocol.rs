@@ -89,6 +89,15 @@ pub fn write_json<T: Serialize>(w: &mut impl Write, kind: Kind, v: &T) -> Result
 /// Reads one frame: its kind and payload. Bad magic, an unknown kind or an oversized payload
 /// are errors before the payload is read.
 pub fn read_frame(r: &mut impl Read) -> Result<(Kind, Vec<u8>), Error> {
+    let mut payload = Vec::new();
+    let kind = read_frame_into(r, &mut payload)?;
+    Ok((kind, payload))
+}
+
+/// Reads one frame into `payload` (its old contents replaced, its allocation reused, so a
+/// stream of memory frames costs no allocation per frame) and returns its kind. Checks as
+/// [`read_frame`].
+pub fn read_frame_into(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Kind, Error> {
     let mut h = [0u8; HEADER_LEN];
     r.read_exact(&mut h).map_err(|source| Error::Io { during: "receiving a frame", source })?;
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
@@ -103,10 +112,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<(Kind, Vec<u8>), Error> {
     if len > max {
         return Err(Error::FrameTooLarge { kind, len });
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)
-        .map_err(|source| Error::Io { during: "receiving a frame", source })?;
-    Ok((kind, payload))
+    payload.resize(len as usize, 0);
+    r.read_exact(payload).map_err(|source| Error::Io { during: "receiving a frame", source })?;
+    Ok(kind)
 }
 
 #[cfg(test)]

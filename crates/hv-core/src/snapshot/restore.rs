@@ -8,7 +8,7 @@ use kvm_bindings::{
     kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{
     load_json, write_file, write_json, DeviceRecord, EntryRecord, Error, KvmVmState, MachineState,
@@ -128,34 +128,27 @@ impl Vm {
         Ok(())
     }
 
-    /// Writes guest RAM, ranges back to back. All-zero pages are left as holes (the file is
-    /// sparse where the guest never wrote).
+    /// Writes guest RAM, ranges back to back. Pages never populated and all-zero pages are
+    /// left as holes (the file is sparse where the guest never wrote); runs of pages with
+    /// data go out in one write each.
     fn write_memory(&self, f: &mut File) -> std::io::Result<()> {
-        use std::io::{Seek, SeekFrom, Write};
-        const CHUNK: usize = 1 << 20;
-        let mut buf = vec![0u8; CHUNK];
+        use std::os::unix::fs::FileExt;
+        // File offset of each region: ranges back to back.
+        let mut regions = Vec::new();
         let mut offset = 0u64;
         for region in self.ram().memory().iter() {
-            let len = region.len();
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(CHUNK as u64) as usize;
-                let gpa = region.start_addr().0 + done;
-                self.ram()
-                    .memory()
-                    .read_slice(&mut buf[..n], GuestAddress(gpa))
-                    .map_err(std::io::Error::other)?;
-                for (i, page) in buf[..n].chunks(4096).enumerate() {
-                    if page.iter().any(|&b| b != 0) {
-                        f.seek(SeekFrom::Start(offset + done + (i as u64) * 4096))?;
-                        f.write_all(page)?;
-                    }
-                }
-                done += n as u64;
-            }
-            offset += len;
+            regions.push((region.start_addr().0, region.len(), offset));
+            offset += region.len();
         }
-        f.set_len(offset)
+        f.set_len(offset)?;
+        self.ram().for_each_nonzero_run(1 << 20, |gpa, data| {
+            let at = regions
+                .iter()
+                .find(|&&(start, len, _)| gpa >= start && gpa - start < len)
+                .map(|&(start, _, off)| off + (gpa - start))
+                .ok_or_else(|| std::io::Error::other(format!("{gpa:#x} is not guest RAM")))?;
+            f.write_all_at(data, at)
+        })
     }
 
     /// Reads everything the paused VM is, apart from RAM. Virtio devices are left quiesced:
