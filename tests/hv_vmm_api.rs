@@ -30,6 +30,13 @@ const BAD_URLS: [(&str, &str); 4] = [
     ("vm.receive-migration", r#"{"receiver_url":"tcp:no-port"}"#),
 ];
 
+/// Migration options hv refuses whatever the state: more than one connection, a timeout
+/// strategy Cloud Hypervisor does not have.
+const BAD_OPTIONS: [&str; 2] = [
+    r#"{"destination_url":"unix:/tmp/mig.sock","connections":4}"#,
+    r#"{"destination_url":"unix:/tmp/mig.sock","timeout_strategy":"Sometimes"}"#,
+];
+
 /// Asserts a status, and for an error that the body is a JSON array of messages.
 fn expect(c: &Client, method: &str, endpoint: &str, body: Option<&str>, status: u16) -> String {
     let r = c
@@ -61,6 +68,9 @@ fn check_actions(c: &Client, missing: u16, ok: &[&str], states: [u16; 4]) {
     }
     for (endpoint, body) in BAD_URLS {
         expect(c, "PUT", endpoint, Some(body), 400);
+    }
+    for body in BAD_OPTIONS {
+        expect(c, "PUT", "vm.send-migration", Some(body), 400);
     }
     assert_eq!(c.info().ok().map(|i| i.state), before, "a failed state call changed the VM");
     expect(c, "GET", "vmm.ping", None, 200);
@@ -269,4 +279,28 @@ fn garbage_on_the_socket_is_answered_or_dropped_and_the_server_goes_on() {
     }
     let ping = vmm.client().ping().expect("the server still answers");
     assert_eq!(ping.pid, i64::from(vmm.child.id()));
+}
+
+#[test]
+fn a_nic_without_a_mac_gets_one_kept_in_the_config() {
+    if !can_run_guests() {
+        return;
+    }
+    let vmm = VmmProcess::spawn(&[], true);
+    let c = vmm.client();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&guest_config("test=hlt", &vmm.serial)).unwrap();
+    config["net"] =
+        serde_json::json!([{"tap": "hvnomac0"}, {"tap": "hvnomac1", "mac": "52:54:00:12:34:56"}]);
+    expect(&c, "PUT", "vm.create", Some(&config.to_string()), 204);
+    let info: serde_json::Value =
+        serde_json::from_str(&expect(&c, "GET", "vm.info", None, 200)).unwrap();
+    let made = info["config"]["net"][0]["mac"].as_str().expect("a MAC was assigned");
+    let parsed: hv::net::MacAddr = made.parse().expect("a well-formed MAC");
+    assert_eq!(parsed.0[0] & 0x03, 0x02, "{made}: unicast and locally administered");
+    assert_eq!(info["config"]["net"][1]["mac"], "52:54:00:12:34:56", "a given MAC is kept");
+    // The same config, MAC included, is what a snapshot or a migration carries.
+    let again: serde_json::Value =
+        serde_json::from_str(&expect(&c, "GET", "vm.info", None, 200)).unwrap();
+    assert_eq!(again["config"]["net"][0]["mac"].as_str(), Some(made));
 }

@@ -55,13 +55,17 @@ def api(sock, method, endpoint, body=None):
     return text
 
 
+# -v (info) by default; VMM_VERBOSE=-vv (or -vvv) for the debug timings of a migration.
+VERBOSE = os.environ.get("VMM_VERBOSE", "-v").split()
+
+
 def spawn(tag, extra=()):
     sock = os.path.join(work, f"{name}-{tag}.sock")
     log = os.path.join(work, f"{name}-{tag}.log")
     for p in (sock, log):
         if os.path.exists(p):
             os.unlink(p)
-    cmd = [binary, "--api-socket", f"path={sock}", "--log-file", log, "-v", *extra]
+    cmd = [binary, "--api-socket", f"path={sock}", "--log-file", log, *VERBOSE, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, sock, log
 

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use hv_core::console::Capture;
-use hv_core::migration::{self, protocol, MigrationOptions};
+use hv_core::migration::{self, protocol, MigrationOptions, TimeoutStrategy};
 use hv_core::{ExitReason, Vm, VmBuilder, VmState};
 use hv_test_support::{have_kvm, require, test_guest};
 
@@ -57,15 +57,26 @@ fn wait_rounds(console: &Capture, after: u64) -> u64 {
 fn migrate<S: Read + Write + Send + 'static>(
     vm: Vm,
     console: &Capture,
+    src: S,
+    dst: S,
+) -> (Vm, Capture) {
+    migrate_with(vm, console, src, dst, &MigrationOptions::default())
+}
+
+/// [`migrate`] with `opts`.
+fn migrate_with<S: Read + Write + Send + 'static>(
+    vm: Vm,
+    console: &Capture,
     mut src: S,
     mut dst: S,
+    opts: &MigrationOptions,
 ) -> (Vm, Capture) {
     let dst_console = Capture::new();
     let c = dst_console.clone();
     let receiver = std::thread::spawn(move || {
         migration::receive(&mut dst, VmBuilder::new().serial_output(c)).map(|vm| (vm, dst))
     });
-    let stats = vm.send_migration(&mut src, &MigrationOptions::default()).expect("migrate");
+    let stats = vm.send_migration(&mut src, opts).expect("migrate");
     let (dest, _dst) = receiver.join().unwrap().expect("receive");
     eprintln!(
         "migrated: {} rounds, {} MiB, total {:?}, downtime {:?}",
@@ -176,4 +187,34 @@ fn a_failed_migration_leaves_the_source_running() {
     };
     assert!(matches!(e, migration::Error::BadMagic(0)), "{e}");
     vm.kill().unwrap();
+}
+
+#[test]
+fn a_migration_past_its_timeout_is_cancelled_or_finished_as_its_strategy_says() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let (vm, console) = dirty_guest(1024);
+    wait_rounds(&console, EVERY);
+    // A budget no copy can meet, and no time for it: the copy times out at its first check.
+    let mut opts = MigrationOptions {
+        downtime: Duration::from_nanos(1),
+        timeout: Duration::ZERO,
+        ..MigrationOptions::default()
+    };
+
+    // Cancel (the default): the source goes on, the destination is told and drops its VM.
+    let (mut src, mut dst) = UnixStream::pair().unwrap();
+    let receiver = std::thread::spawn(move || migration::receive(&mut dst, VmBuilder::new()));
+    let e = vm.send_migration(&mut src, &opts).unwrap_err();
+    assert!(matches!(e, migration::Error::Timeout { .. }), "{e}");
+    let Err(refused) = receiver.join().unwrap() else { panic!("the destination ran a VM") };
+    assert!(refused.to_string().contains("timed out"), "{refused}");
+    assert_eq!(vm.state(), VmState::Running);
+    let r = *rounds(&console).last().unwrap();
+    wait_rounds(&console, r + EVERY);
+
+    // Ignore: it pauses and finishes anyway.
+    opts.on_timeout = TimeoutStrategy::Ignore;
+    let (src, dst) = UnixStream::pair().unwrap();
+    let (dest, _) = migrate_with(vm, &console, src, dst, &opts);
+    dest.kill().unwrap();
 }

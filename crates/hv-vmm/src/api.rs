@@ -107,7 +107,23 @@ pub struct SendMigrationData {
     /// The downtime to aim for, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
-    /// The longest the migration may take, in seconds.
+    /// The longest the copy may take, in seconds (default 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// What to do when the copy outlasts `timeout_s`: `Cancel` (the default: the VM goes
+    /// on here) or `Ignore` (finish anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_strategy: Option<TimeoutStrategy>,
+    /// Connections to migrate over; hv uses one (more is a 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+}
+
+/// `TimeoutStrategy` of `SendMigrationData`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeoutStrategy {
+    /// Give up and keep the VM running on the source.
+    Cancel,
+    /// Finish the migration anyway.
+    Ignore,
 }

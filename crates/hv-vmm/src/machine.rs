@@ -120,6 +120,16 @@ fn made_up_mac(index: usize) -> MacAddr {
     MacAddr([0x52, 0x54, pid[1], pid[2], pid[3], index as u8])
 }
 
+/// Gives every NIC of `config` without a MAC a locally administered one (QEMU's 52:54 prefix,
+/// this process's id, the NIC's index), written into the config.
+pub fn assign_macs(config: &mut VmConfig) {
+    for (index, n) in config.net.iter_mut().flatten().enumerate() {
+        if n.mac.is_none() {
+            n.mac = Some(made_up_mac(index).to_string());
+        }
+    }
+}
+
 /// Opens every device of a validated `config` and describes the VM to hv-core. A serial file
 /// is truncated on the first boot (`first_boot`) and appended to on reboots. Dirty-page
 /// tracking is on, so the VM can be migrated live.

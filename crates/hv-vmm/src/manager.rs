@@ -266,9 +266,12 @@ impl VmManager {
     }
 
     /// `vm.create`: validates and stores the configuration.
-    pub fn create(&mut self, config: VmConfig) -> Result<(), ManagerError> {
+    pub fn create(&mut self, mut config: VmConfig) -> Result<(), ManagerError> {
         let next = self.check(Action::Create)?;
         config.validate()?;
+        // A NIC without a MAC gets one now, kept in the config: `vm.info` shows it, and a
+        // snapshot or a migration carries it, so the guest's NIC keeps its address.
+        machine::assign_macs(&mut config);
         self.config = Some(config);
         self.state = next;
         Ok(())

@@ -316,9 +316,21 @@ async fn send_migration(State(vmm): State<Arc<Vmm>>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    if c.connections.is_some_and(|n| n != 1) {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "connections: hv migrates over one connection; give 1 or leave it out".into(),
+        );
+    }
     let mut opts = MigrationOptions::default();
     if let Some(ms) = c.downtime_ms {
         opts.downtime = Duration::from_millis(ms.max(1));
+    }
+    if let Some(s) = c.timeout_s {
+        opts.timeout = Duration::from_secs(s.max(1));
+    }
+    if c.timeout_strategy == Some(crate::api::TimeoutStrategy::Ignore) {
+        opts.on_timeout = hv_core::migration::TimeoutStrategy::Ignore;
     }
     match MigrationUrl::parse(&c.destination_url) {
         Ok(url) => {

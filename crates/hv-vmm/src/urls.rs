@@ -135,6 +135,18 @@ pub enum Stream {
     Tcp(TcpStream),
 }
 
+impl Stream {
+    /// Bounds every read and write to `timeout` (none when zero), so a peer that stops
+    /// answering ends the migration instead of holding it forever.
+    pub fn set_timeout(&self, timeout: std::time::Duration) -> std::io::Result<()> {
+        let t = (!timeout.is_zero()).then_some(timeout);
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t).and_then(|()| s.set_write_timeout(t)),
+            Stream::Tcp(s) => s.set_read_timeout(t).and_then(|()| s.set_write_timeout(t)),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {

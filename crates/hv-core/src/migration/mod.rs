@@ -138,6 +138,16 @@ pub enum Error {
     /// not be found.
     #[error("live migration needs a VM built with dirty-page tracking")]
     NoDirtyTracking,
+    /// The copy outlasted [`MigrationOptions::timeout`] and the strategy was to cancel.
+    #[error(
+        "migration timed out after {elapsed:?} with {left} bytes still dirty; the VM goes on here"
+    )]
+    Timeout {
+        /// How long the copy had run.
+        elapsed: Duration,
+        /// RAM bytes still to send.
+        left: u64,
+    },
     /// The VM is not in a state that can be migrated.
     #[error("cannot migrate a VM that is {0}")]
     State(VmState),
@@ -160,12 +170,33 @@ pub struct MigrationOptions {
     pub downtime: Duration,
     /// Copy rounds after the first full one before pausing anyway (default 30).
     pub max_rounds: u32,
+    /// How long the copy while running may take before [`on_timeout`](Self::on_timeout)
+    /// decides (default an hour, as Cloud Hypervisor's `timeout_s`).
+    pub timeout: Duration,
+    /// What happens when the copy outlasts [`timeout`](Self::timeout).
+    pub on_timeout: TimeoutStrategy,
 }
 
 impl Default for MigrationOptions {
     fn default() -> Self {
-        Self { downtime: Duration::from_millis(100), max_rounds: 30 }
+        Self {
+            downtime: Duration::from_millis(100),
+            max_rounds: 30,
+            timeout: Duration::from_secs(3600),
+            on_timeout: TimeoutStrategy::Cancel,
+        }
     }
+}
+
+/// What a migration does when its copy outlasts [`MigrationOptions::timeout`] (Cloud
+/// Hypervisor's `timeout_strategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeoutStrategy {
+    /// Give up: the VM goes on running on the source ([`Error::Timeout`]).
+    #[default]
+    Cancel,
+    /// Pause and finish anyway, whatever the downtime.
+    Ignore,
 }
 
 /// What a migration did (source side).
@@ -292,6 +323,15 @@ impl Vm {
             let converging = left > CONVERGED_BYTES && left < last_round / 2;
             if estimate <= opts.downtime.as_secs_f64() && !converging {
                 break;
+            }
+            if start.elapsed() >= opts.timeout {
+                if opts.on_timeout == TimeoutStrategy::Ignore {
+                    log::warn!("migration timed out after {:?}: finishing anyway", start.elapsed());
+                    break;
+                }
+                let e = Error::Timeout { elapsed: start.elapsed(), left };
+                let _ = write_frame(stream, Kind::Error, e.to_string().as_bytes());
+                return Err(e);
             }
             last_round = left;
             let t = Instant::now();

@@ -205,6 +205,13 @@ pub fn send_migration(
             url: url.to_string(),
             source,
         })?;
+        // A peer that stops answering ends the migration once its time is up (the source
+        // VM then goes on), rather than holding it paused or stuck forever.
+        stream.set_timeout(opts.timeout).map_err(|source| StateError::Connect {
+            what: "set timeouts on",
+            url: url.to_string(),
+            source,
+        })?;
         write_preamble(&mut stream, &config)
             .map_err(|e| StateError::Preamble(format!("sending it: {e}")))?;
         Ok::<_, StateError>(vm.send_migration(&mut stream, opts)?)
