@@ -1,5 +1,6 @@
 //! The 8250/16550 UART at COM1 (I/O ports 0x3f8..0x400, IRQ 4), on `vm-superio`.
 
+use std::collections::VecDeque;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -15,16 +16,20 @@ pub const COM1_BASE: u64 = 0x3f8;
 pub const SERIAL_FIFO: usize = 64;
 /// COM1's interrupt line.
 pub const COM1_IRQ: u32 = 4;
+/// Input bytes held beyond the FIFO, fed to it as the guest drains it.
+pub const SERIAL_PENDING: usize = 4096;
 
 /// A serial port whose output goes to the embedder's sink.
 pub struct SerialPort {
     uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    /// Input waiting for room in the FIFO (at most [`SERIAL_PENDING`] bytes; not in snapshots).
+    pending: VecDeque<u8>,
 }
 
 impl SerialPort {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
-        Self { uart: Serial::new(irq, out) }
+        Self { uart: Serial::new(irq, out), pending: VecDeque::new() }
     }
 
     /// A UART restored to `state` (a snapshot's), raising `irq` and writing to `out`. Input
@@ -43,7 +48,7 @@ impl SerialPort {
             in_buffer: state.in_buffer.iter().copied().take(SERIAL_FIFO).collect(),
         };
         match Serial::from_state(&s, irq.clone(), NoEvents, out) {
-            Ok(uart) => Self { uart },
+            Ok(uart) => Self { uart, pending: VecDeque::new() },
             // Unreachable: the FIFO was cut to its size above, the only check from_state makes.
             Err(_) => Self::new(irq, Box::new(std::io::sink())),
         }
@@ -75,9 +80,30 @@ impl SerialPort {
         }
     }
 
-    /// Queues bytes for the guest to read; returns how many fitted in the FIFO.
+    /// Queues bytes for the guest to read (the FIFO first, raising the receive interrupt when
+    /// the guest enabled it, then up to [`SERIAL_PENDING`] bytes held back); returns how many
+    /// were taken. The caller keeps the rest and retries once the guest has read some.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+        self.refill();
+        let mut taken = 0;
+        if self.pending.is_empty() {
+            taken = self.uart.enqueue_raw_bytes(bytes).unwrap_or(0);
+        }
+        let rest = bytes.get(taken..).unwrap_or_default();
+        let more = rest.len().min(SERIAL_PENDING.saturating_sub(self.pending.len()));
+        self.pending.extend(rest.iter().take(more));
+        taken + more
+    }
+
+    /// Moves held-back input into the FIFO while it has room.
+    fn refill(&mut self) {
+        while !self.pending.is_empty() {
+            let n = self.uart.enqueue_raw_bytes(self.pending.as_slices().0).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            self.pending.drain(..n);
+        }
     }
 }
 
@@ -87,6 +113,10 @@ impl BusDevice for SerialPort {
         data.fill(0);
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.uart.read(off);
+            if off == 0 {
+                // The guest took a byte (or read the divisor latch): room for held-back input.
+                self.refill();
+            }
         }
     }
 
@@ -121,4 +151,67 @@ pub struct SerialSnapshot {
     pub scratch: u8,
     /// Bytes queued for the guest to read.
     pub in_buffer: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port() -> SerialPort {
+        SerialPort::new(IrqLine::disconnected().unwrap(), Box::new(std::io::sink()))
+    }
+
+    fn read(p: &mut SerialPort, off: u64) -> u8 {
+        let mut b = [0u8];
+        p.read(off, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn input_beyond_the_fifo_is_held_and_read_in_order() {
+        let mut p = port();
+        let input: Vec<u8> = (0..200u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(p.enqueue_input(&input), 200);
+        let mut got = Vec::new();
+        while read(&mut p, 5) & 1 == 1 {
+            got.push(read(&mut p, 0));
+        }
+        assert_eq!(got, input);
+    }
+
+    #[test]
+    fn input_is_bounded() {
+        let mut p = port();
+        let big = vec![b'x'; SERIAL_FIFO + SERIAL_PENDING + 100];
+        assert_eq!(p.enqueue_input(&big), SERIAL_FIFO + SERIAL_PENDING);
+        assert_eq!(p.enqueue_input(b"y"), 0);
+        read(&mut p, 0);
+        assert_eq!(p.enqueue_input(b"yz"), 1);
+    }
+
+    #[test]
+    fn receive_interrupt_follows_ier() {
+        let mut p = port();
+        p.write(1, &[0x01]); // IER: received data available.
+        let before = p.uart.interrupt_evt().eventfd().read().unwrap_or(0);
+        assert_eq!(before, 0);
+        p.enqueue_input(b"a");
+        assert!(p.uart.interrupt_evt().eventfd().read().unwrap() >= 1);
+        p.write(1, &[0x00]);
+        p.enqueue_input(b"b");
+        assert!(p.uart.interrupt_evt().eventfd().read().is_err(), "no IRQ with IER off");
+    }
+
+    #[test]
+    fn any_register_write_is_harmless() {
+        let mut p = port();
+        for off in 0..16u64 {
+            for v in [0u8, 0xff, 0x80, 0x10] {
+                p.write(off, &[v]);
+                p.write(off, &[]);
+                p.enqueue_input(b"q");
+                read(&mut p, off);
+            }
+        }
+    }
 }
