@@ -52,47 +52,61 @@ impl GuestRam {
 }
 
 impl GuestRam {
-    /// Calls `send(gpa, bytes)` for every run of RAM pages that are not all zero, in address
-    /// order, each run at most `max_run` bytes (rounded down to whole pages, at least one).
-    /// Only the populated pages ([`populated_runs`](Self::populated_runs)) are read, through
-    /// one reused buffer, so a large guest that touched little costs little. Pages written
-    /// while this runs may or may not be seen: the caller tracks them (the dirty log).
-    pub fn for_each_nonzero_run<E>(
+    /// Reads the guest-physical `runs` (inside RAM, page-aligned) through one reused buffer of
+    /// at most `max_chunk` bytes and calls `f(gpa, bytes)` for each piece, in order. A run
+    /// outside RAM stops the walk with `outside(gpa, len)`.
+    pub fn for_each_chunk<E>(
         &self,
-        max_run: usize,
-        mut send: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        runs: impl IntoIterator<Item = (u64, u64)>,
+        max_chunk: usize,
+        outside: impl Fn(u64, usize) -> E,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        const PAGE: usize = PAGE_SIZE as usize;
-        let max_run = (max_run / PAGE).max(1) * PAGE;
-        let mut buf = vec![0u8; max_run];
-        for (start, len) in self.populated_runs() {
+        let max_chunk = (max_chunk / PAGE_SIZE as usize).max(1) * PAGE_SIZE as usize;
+        let mut buf = vec![0u8; max_chunk];
+        for (start, len) in runs {
             let mut off = 0u64;
             while off < len {
-                let n = (len - off).min(max_run as u64) as usize;
+                let n = (len - off).min(max_chunk as u64) as usize;
                 let gpa = start + off;
                 let chunk = &mut buf[..n];
-                // The runs are inside RAM by construction; a failed read (none expected) is
-                // treated as a page that must be sent, never skipped.
-                if self.memory().read_slice(chunk, GuestAddress(gpa)).is_err() {
-                    chunk.fill(0xff);
-                }
-                let pages = n / PAGE;
-                let mut page = 0;
-                while page < pages {
-                    if is_zero(&chunk[page * PAGE..(page + 1) * PAGE]) {
-                        page += 1;
-                        continue;
-                    }
-                    let first = page;
-                    while page < pages && !is_zero(&chunk[page * PAGE..(page + 1) * PAGE]) {
-                        page += 1;
-                    }
-                    send(gpa + (first * PAGE) as u64, &chunk[first * PAGE..page * PAGE])?;
-                }
+                self.memory().read_slice(chunk, GuestAddress(gpa)).map_err(|_| outside(gpa, n))?;
+                f(gpa, chunk)?;
                 off += n as u64;
             }
         }
         Ok(())
+    }
+
+    /// Calls `send(gpa, bytes)` for every run of RAM pages that are not all zero, in address
+    /// order, each run at most `max_run` bytes (rounded down to whole pages, at least one).
+    /// Only the populated pages ([`populated_runs`](Self::populated_runs)) are read, so a
+    /// large guest that touched little costs little. Pages written while this runs may or
+    /// may not be seen: the caller tracks them (the dirty log).
+    pub fn for_each_nonzero_run<E>(
+        &self,
+        max_run: usize,
+        outside: impl Fn(u64, usize) -> E,
+        mut send: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const PAGE: usize = PAGE_SIZE as usize;
+        self.for_each_chunk(self.populated_runs(), max_run, outside, |gpa, chunk| {
+            let pages = chunk.len() / PAGE;
+            let zero = |p: usize| is_zero(&chunk[p * PAGE..(p + 1) * PAGE]);
+            let mut page = 0;
+            while page < pages {
+                if zero(page) {
+                    page += 1;
+                    continue;
+                }
+                let first = page;
+                while page < pages && !zero(page) {
+                    page += 1;
+                }
+                send(gpa + (first * PAGE) as u64, &chunk[first * PAGE..page * PAGE])?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -199,11 +213,15 @@ mod tests {
         mem.write_slice(&[1u8], GuestAddress(0x10_4fff)).unwrap();
         mem.write_slice(&[0u8; 4096], GuestAddress(0x20_0000)).unwrap();
         let mut seen = Vec::new();
-        ram.for_each_nonzero_run(2 * 4096, |gpa, data| {
-            assert!(data.iter().any(|&b| b != 0));
-            seen.push((gpa, data.len()));
-            Ok::<_, ()>(())
-        })
+        ram.for_each_nonzero_run(
+            2 * 4096,
+            |_, _| (),
+            |gpa, data| {
+                assert!(data.iter().any(|&b| b != 0));
+                seen.push((gpa, data.len()));
+                Ok::<_, ()>(())
+            },
+        )
         .unwrap();
         assert_eq!(seen, vec![(0x10_0000, 0x2000), (0x10_2000, 0x1000), (0x10_4000, 0x1000)]);
         assert!(super::is_zero(&[0u8; 4096]));

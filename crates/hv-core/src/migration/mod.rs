@@ -246,7 +246,7 @@ fn send_run(w: &mut impl Write, gpa: u64, data: &[u8]) -> Result<()> {
 /// the bytes of RAM sent.
 fn send_all(ram: &GuestRam, w: &mut impl Write) -> Result<u64> {
     let mut sent = 0u64;
-    ram.for_each_nonzero_run(MAX_RUN, |gpa, data| {
+    ram.for_each_nonzero_run(MAX_RUN, bad_run, |gpa, data| {
         sent += data.len() as u64;
         send_run(w, gpa, data)
     })?;
@@ -256,24 +256,17 @@ fn send_all(ram: &GuestRam, w: &mut impl Write) -> Result<u64> {
 
 /// Sends every page set in `bitmap`. Returns the bytes of RAM sent.
 fn send_pages(ram: &GuestRam, w: &mut impl Write, bitmap: &DirtyBitmap) -> Result<u64> {
-    let mut buf = vec![0u8; MAX_RUN];
     let mut sent = 0u64;
-    for (start, len) in bitmap.runs() {
-        let mut off = 0u64;
-        while off < len {
-            let n = (len - off).min(MAX_RUN as u64) as usize;
-            let gpa = start + off;
-            let chunk = &mut buf[..n];
-            ram.memory()
-                .read_slice(chunk, GuestAddress(gpa))
-                .map_err(|_| Error::BadMemoryRun { gpa, len: n })?;
-            send_run(w, gpa, chunk)?;
-            sent += n as u64;
-            off += n as u64;
-        }
-    }
+    ram.for_each_chunk(bitmap.runs(), MAX_RUN, bad_run, |gpa, chunk| {
+        sent += chunk.len() as u64;
+        send_run(w, gpa, chunk)
+    })?;
     w.flush().map_err(|source| Error::Io { during: "sending memory", source })?;
     Ok(sent)
+}
+
+fn bad_run(gpa: u64, len: usize) -> Error {
+    Error::BadMemoryRun { gpa, len }
 }
 
 impl Vm {

@@ -141,12 +141,13 @@ impl Vm {
             offset += region.len();
         }
         f.set_len(offset)?;
-        self.ram().for_each_nonzero_run(1 << 20, |gpa, data| {
+        let outside = |gpa: u64, _| std::io::Error::other(format!("{gpa:#x} is not guest RAM"));
+        self.ram().for_each_nonzero_run(1 << 20, outside, |gpa, data| {
             let at = regions
                 .iter()
                 .find(|&&(start, len, _)| gpa >= start && gpa - start < len)
                 .map(|&(start, _, off)| off + (gpa - start))
-                .ok_or_else(|| std::io::Error::other(format!("{gpa:#x} is not guest RAM")))?;
+                .ok_or_else(|| outside(gpa, data.len()))?;
             f.write_all_at(data, at)
         })
     }
