@@ -49,7 +49,8 @@ struct Args {
     /// `tap=T[,mac=M][,num_queues=N][,id=I]` (repeatable).
     #[arg(long, value_parser = cli::parse_net, num_args = 1..)]
     net: Vec<hv::vmm::config::NetConfig>,
-    /// `off`, `null`, `tty` or `file=F` (default null).
+    /// `off`, `null`, `pty`, `tty`, `file=F` or `socket=S` (default null). A pty's path is
+    /// logged (`-v`) and shown by `vm.info` in `serial.file`.
     #[arg(long, value_parser = |s: &str| cli::parse_console("serial", s))]
     serial: Option<ConsoleConfig>,
     /// The virtio console: only `off` (hv has none).

@@ -158,18 +158,22 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
     })
 }
 
-/// `--serial off|null|tty|file=F` (and `--console off`).
+/// `--serial off|null|pty|tty|file=F|socket=S` (and `--console off`), Cloud Hypervisor's forms.
 pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, OptionError> {
     let err = |reason: &str| OptionError { flag, value: s.into(), reason: reason.into() };
     Ok(match s {
         "off" => ConsoleConfig::mode(ConsoleMode::Off),
         "null" => ConsoleConfig::mode(ConsoleMode::Null),
         "tty" => ConsoleConfig::mode(ConsoleMode::Tty),
+        "pty" => ConsoleConfig::mode(ConsoleMode::Pty),
         _ => match s.split_once('=') {
             Some(("file", f)) if !f.is_empty() => {
                 ConsoleConfig { file: Some(f.into()), ..ConsoleConfig::mode(ConsoleMode::File) }
             }
-            _ => return Err(err("want off, null, tty or file=PATH")),
+            Some(("socket", f)) if !f.is_empty() => {
+                ConsoleConfig { socket: Some(f.into()), ..ConsoleConfig::mode(ConsoleMode::Socket) }
+            }
+            _ => return Err(err("want off, null, pty, tty, file=PATH or socket=PATH")),
         },
     })
 }
@@ -257,7 +261,11 @@ mod tests {
         }
         assert!(parse_memory("size=lots").is_err());
         assert!(parse_net("mac=52:54:00:00:00:01").is_err());
-        assert!(parse_console("serial", "pty").is_err());
+        assert_eq!(parse_console("serial", "pty").unwrap().mode, ConsoleMode::Pty);
+        let s = parse_console("serial", "socket=/s").unwrap();
+        assert_eq!((s.mode, s.socket), (ConsoleMode::Socket, Some("/s".into())));
+        assert!(parse_console("serial", "socket=").is_err());
+        assert!(parse_console("serial", "ptyx").is_err());
         assert!(parse_cpus("boot=x").is_err());
     }
 }

@@ -9,7 +9,9 @@
 //!   before anything acts on it.
 //! - [`manager`]: at most one VM, its state table (`Created`, `Running`, `Paused`, `Shutdown`)
 //!   and its lifecycle on hv-core's `VmBuilder`/`Vm`; [`machine`] opens its devices
-//!   (hv-storage's virtio-blk, hv-net's virtio-net) from the configuration.
+//!   (hv-storage's virtio-blk, hv-net's virtio-net) from the configuration; [`console`] is
+//!   the serial port's `Pty` and `Socket` modes (output never blocks a vCPU, input is fed to
+//!   the UART by a thread of its own).
 //!   Its state endpoints (`vm.snapshot`, `vm.restore`, `vm.send-migration`,
 //!   `vm.receive-migration`) run on hv-core's snapshot and pre-copy migration; [`urls`] parses
 //!   their `file:///DIR`, `unix:/PATH` and `tcp:HOST:PORT` URLs.
@@ -35,6 +37,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod machine;
 pub mod manager;
 pub mod process;

@@ -96,7 +96,18 @@ pub fn ram_config(config: &VmConfig) -> RamConfig {
         .mergeable(m.mergeable)
 }
 
-fn serial_output(config: &VmConfig, truncate: bool) -> Result<Box<dyn Write + Send>, DeviceError> {
+/// The UART's output: `console`'s (a pty or socket, see [`crate::console`]) when given, else
+/// what `config.serial` names.
+pub type SerialOut = Option<Box<dyn Write + Send>>;
+
+fn serial_output(
+    config: &VmConfig,
+    truncate: bool,
+    console: SerialOut,
+) -> Result<Box<dyn Write + Send>, DeviceError> {
+    if let Some(out) = console {
+        return Ok(out);
+    }
     Ok(match (config.serial.mode, &config.serial.file) {
         (ConsoleMode::Tty, _) => Box::new(std::io::stdout()),
         (ConsoleMode::File, Some(path)) => Box::new(
@@ -108,8 +119,8 @@ fn serial_output(config: &VmConfig, truncate: bool) -> Result<Box<dyn Write + Se
                 .open(path)
                 .map_err(|source| DeviceError::SerialFile { path: path.clone(), source })?,
         ),
-        // Off and Null (validation refuses the rest): hv-core always has COM1, so a guest
-        // probing it finds a port whose output goes nowhere.
+        // Off and Null (Pty and Socket come as `console`): hv-core always has COM1, so a
+        // guest probing it finds a port whose output goes nowhere.
         _ => Box::new(std::io::sink()),
     })
 }
@@ -131,9 +142,14 @@ pub fn assign_macs(config: &mut VmConfig) {
 }
 
 /// Opens every device of a validated `config` and describes the VM to hv-core. A serial file
-/// is truncated on the first boot (`first_boot`) and appended to on reboots. Dirty-page
-/// tracking is on, so the VM can be migrated live.
-pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceError> {
+/// is truncated on the first boot (`first_boot`) and appended to on reboots; `console` is the
+/// UART's output for a pty or socket serial. Dirty-page tracking is on, so the VM can be
+/// migrated live.
+pub fn builder(
+    config: &VmConfig,
+    first_boot: bool,
+    console: SerialOut,
+) -> Result<Machine, DeviceError> {
     let payload = &config.payload;
     let mut b = VmBuilder::new()
         .memory(ram_config(config))
@@ -145,20 +161,25 @@ pub fn builder(config: &VmConfig, first_boot: bool) -> Result<Machine, DeviceErr
     if let Some(initramfs) = &payload.initramfs {
         b = b.initrd(initramfs);
     }
-    devices(config, b, first_boot)
+    devices(config, b, first_boot, console)
 }
 
 /// The builder for a VM that comes from elsewhere (a snapshot, a migration): the serial output
 /// (appended to) and the devices of `config`, which must be those the VM was saved with.
 /// Memory, vCPUs and command line come with the saved machine.
-pub fn rebuild_builder(config: &VmConfig) -> Result<Machine, DeviceError> {
-    devices(config, VmBuilder::new(), false)
+pub fn rebuild_builder(config: &VmConfig, console: SerialOut) -> Result<Machine, DeviceError> {
+    devices(config, VmBuilder::new(), false, console)
 }
 
 /// Adds the serial output and every virtio device of `config` to `b`, each with where its
 /// backend is (so a snapshot records how to reopen it).
-fn devices(config: &VmConfig, b: VmBuilder, first_boot: bool) -> Result<Machine, DeviceError> {
-    let mut b = b.dirty_tracking(true).serial_output(serial_output(config, first_boot)?);
+fn devices(
+    config: &VmConfig,
+    b: VmBuilder,
+    first_boot: bool,
+    console: SerialOut,
+) -> Result<Machine, DeviceError> {
+    let mut b = b.dirty_tracking(true).serial_output(serial_output(config, first_boot, console)?);
     for (index, d) in config.disks.iter().flatten().enumerate() {
         let path = d.path.clone().unwrap_or_default();
         // Explicit format, never probed; a qcow2 may open no backing or data file.

@@ -18,6 +18,7 @@ use hv_core::{ExitReason, Vm};
 
 use crate::api::{VmCounters, VmInfo, VmState};
 use crate::config::{ConfigError, VmConfig};
+use crate::console::{self, ConsoleError, SerialConsole};
 use crate::machine::{self, DeviceError, NicCounters};
 use crate::urls::UrlError;
 
@@ -149,6 +150,9 @@ pub enum ManagerError {
     /// A device could not be opened at boot.
     #[error("cannot boot the VM: {0}")]
     Device(#[from] DeviceError),
+    /// The pty or socket of the serial console could not be set up.
+    #[error("cannot set up the serial console: {0}")]
+    Console(#[from] ConsoleError),
     /// hv-core refused to build or run the VM.
     #[error("VM operation failed: {0}")]
     Vm(#[from] hv_core::Error),
@@ -167,7 +171,10 @@ impl ManagerError {
             ManagerError::NotCreated { .. } | ManagerError::AlreadyCreated { .. } => 404,
             ManagerError::InvalidState { .. } | ManagerError::Migrating { .. } => 405,
             ManagerError::Config(_) | ManagerError::Url(_) => 400,
-            ManagerError::Device(_) | ManagerError::Vm(_) | ManagerError::State(_) => 500,
+            ManagerError::Device(_)
+            | ManagerError::Console(_)
+            | ManagerError::Vm(_)
+            | ManagerError::State(_) => 500,
         }
     }
 }
@@ -193,6 +200,8 @@ pub struct VmManager {
     seccomp: SeccompMode,
     /// A migration (out or in) is under way.
     migrating: bool,
+    /// The serial console's pty or socket, kept across reboots (made at the first boot).
+    console: Option<SerialConsole>,
 }
 
 impl std::fmt::Debug for VmManager {
@@ -279,13 +288,14 @@ impl VmManager {
 
     /// Opens the devices, builds the VM and starts its vCPUs.
     fn start(&mut self) -> Result<(), ManagerError> {
-        let config = self.config.as_ref().ok_or(ManagerError::NotCreated { action: "boot" })?;
-        let machine = machine::builder(config, self.boots == 0)?;
+        let config = self.config.as_mut().ok_or(ManagerError::NotCreated { action: "boot" })?;
+        let out = console::prepare(&mut self.console, config)?;
+        let machine = machine::builder(config, self.boots == 0, out)?;
         let vm = machine.builder.seccomp(self.seccomp).build()?;
         vm.start()?;
         self.boots += 1;
         log::info!("VM running, command line: {}", vm.cmdline());
-        self.booted = Some(Booted { vm: Arc::new(vm), nics: machine.nics });
+        self.set_booted(vm, machine.nics);
         self.state = Some(VmState::Running);
         Ok(())
     }
@@ -362,6 +372,7 @@ impl VmManager {
         let next = self.check(Action::Delete)?;
         self.stop();
         self.config = None;
+        self.console = None;
         self.state = next;
         Ok(())
     }
@@ -410,6 +421,15 @@ impl VmManager {
         if self.state.is_some_and(|s| s != VmState::Created) {
             self.state = Some(VmState::Shutdown);
         }
+    }
+
+    /// Keeps `vm` as the booted VM; the serial console's input goes to it.
+    fn set_booted(&mut self, vm: Vm, nics: Vec<NicCounters>) {
+        let vm = Arc::new(vm);
+        if let Some(c) = &self.console {
+            c.attach(&vm);
+        }
+        self.booted = Some(Booted { vm, nics });
     }
 
     fn vm(&self) -> Result<&Arc<Vm>, ManagerError> {

@@ -7,6 +7,7 @@
 mod acpi;
 mod boot;
 mod dirty;
+mod echo;
 mod idt;
 mod io;
 mod mem;

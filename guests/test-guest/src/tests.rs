@@ -54,6 +54,7 @@ pub fn run(args: &Args, acpi: Option<&Acpi>, cmdline: &[u8]) {
             }
         }
         b"dirty" => crate::dirty::run(cmdline),
+        b"echo" => crate::echo::run(args.count),
         b"blk" => crate::virtio::blk::test(cmdline),
         b"blk-loop" => crate::virtio::blk_loop::run(cmdline),
         b"blk-bench" => crate::virtio::blk::bench(cmdline),

@@ -218,7 +218,8 @@ const MAIN: &[i64] = &[
     libc::SYS_getsockname,
 ];
 
-/// Host ioctls the main thread makes besides the KVM ones: TAP creation and block sizes.
+/// Host ioctls the main thread makes besides the KVM ones: TAP creation, block sizes, and
+/// making a pseudo-terminal.
 fn main_ioctls() -> Vec<u64> {
     let mut v = vec![
         KVM_GET_API_VERSION(),
@@ -245,6 +246,10 @@ fn main_ioctls() -> Vec<u64> {
         libc::BLKSSZGET,
         libc::TCGETS,
         libc::FIOCLEX,
+        // A serial pty (hv-vmm's `--serial pty`): grantpt/ptsname, unlockpt, raw mode.
+        libc::TIOCGPTN,
+        libc::TIOCSPTLCK,
+        libc::TCSETS,
     ];
     v.extend(vcpu_state_ioctls());
     v.extend(vm_state_ioctls());

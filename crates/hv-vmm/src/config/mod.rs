@@ -445,13 +445,13 @@ pub struct NetConfig {
 pub enum ConsoleMode {
     /// No output.
     Off,
-    /// A pseudo-terminal: refused.
+    /// A pseudo-terminal (see [`crate::console`]); `file` then names it in `vm.info`.
     Pty,
     /// The process's standard output.
     Tty,
     /// A file.
     File,
-    /// A Unix socket: refused.
+    /// A Unix socket at `socket`, one client at a time (see [`crate::console`]).
     Socket,
     /// Output discarded.
     Null,
@@ -463,7 +463,7 @@ pub enum ConsoleMode {
 pub struct ConsoleConfig {
     /// The mode.
     pub mode: ConsoleMode,
-    /// The file, for `File`.
+    /// The file, for `File`; for `Pty`, the pty's terminal end (`/dev/pts/N`) once made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// The socket, for `Socket`.

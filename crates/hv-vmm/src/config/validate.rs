@@ -42,9 +42,12 @@ impl ConsoleConfig {
             ConsoleMode::File if self.file.is_none() => {
                 Err(invalid(format!("{field}.file"), "mode File needs a file"))
             }
-            ConsoleMode::Pty | ConsoleMode::Socket => {
-                Err(unsupported(format!("{field}.mode"), format!("{:?}", self.mode)))
+            ConsoleMode::Socket
+                if self.socket.as_deref().is_none_or(|s| s.as_os_str().is_empty()) =>
+            {
+                Err(invalid(format!("{field}.socket"), "mode Socket needs a socket path"))
             }
+            // A Pty's `file` is where the pty was (vm.info reports it so): a new one replaces it.
             _ => Ok(()),
         }
     }
@@ -261,7 +264,8 @@ mod tests {
             r#"{"payload":{"kernel":"/k"},"net":[{"tap":"t","num_queues":3}]}"#,
             r#"{"payload":{"kernel":"/k"},"console":{"mode":"Tty"}}"#,
             r#"{"payload":{"kernel":"/k"},"serial":{"mode":"File"}}"#,
-            r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Pty"}}"#,
+            r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Socket"}}"#,
+            r#"{"payload":{"kernel":"/k"},"console":{"mode":"Pty"}}"#,
             r#"{"payload":{"kernel":"/k"},"vsock":{"cid":3,"socket":"/v"}}"#,
             r#"{"payload":{"kernel":"/k"},"platform":{"tdx":true}}"#,
             r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":1,"max_vcpus":1,"features":{"amx":true}}}"#,

@@ -15,15 +15,15 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use hv_core::migration::protocol::{write_frame, Kind};
 use hv_core::migration::{self, MigrationOptions, MigrationStats};
 use hv_core::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::{Action, Booted, ManagerError, VmManager};
+use super::{Action, ManagerError, VmManager};
 use crate::api::VmState;
 use crate::config::VmConfig;
+use crate::console::{self, SerialConsole};
 use crate::machine;
 use crate::urls::{MigrationUrl, Stream};
 use crate::Vmm;
@@ -135,15 +135,17 @@ impl VmManager {
         resume: bool,
     ) -> Result<(), ManagerError> {
         let next = self.check(Action::Restore)?;
-        let config = load_config(dir)?;
-        let machine = machine::rebuild_builder(&config)?;
+        let mut config = load_config(dir)?;
+        // A pty is made anew (the snapshot's was another process's); a socket is bound again.
+        let out = console::prepare(&mut self.console, &mut config)?;
+        let machine = machine::rebuild_builder(&config, out)?;
         let vm = machine.builder.restore(dir)?;
         if prefault_ram {
             prefault(&vm);
         }
         log::info!("VM restored from {} (paused)", dir.display());
         self.config = Some(config);
-        self.booted = Some(Booted { vm: Arc::new(vm), nics: machine.nics });
+        self.set_booted(vm, machine.nics);
         self.boots += 1;
         self.state = next;
         if resume {
@@ -247,22 +249,26 @@ pub fn receive_migration(vmm: &Vmm, url: &MigrationUrl) -> Result<(), ManagerErr
     })();
     let mut m = vmm.manager();
     m.migrating = false;
-    let (config, vm, nics) = result?;
+    let (config, vm, nics, serial) = result?;
     let state =
         if vm.state() == hv_core::VmState::Paused { VmState::Paused } else { VmState::Running };
     log::info!("VM received from {url}: {state}");
     m.config = Some(config);
-    m.booted = Some(Booted { vm: Arc::new(vm), nics });
+    m.console = serial;
+    m.set_booted(vm, nics);
     m.boots += 1;
     m.state = Some(state);
     Ok(())
 }
 
-type Received = (VmConfig, hv_core::Vm, Vec<machine::NicCounters>);
+type Received = (VmConfig, hv_core::Vm, Vec<machine::NicCounters>, Option<SerialConsole>);
 
 fn receive_on(stream: &mut Stream) -> Result<Received, ManagerError> {
-    let machine = read_preamble(stream).map_err(ManagerError::from).and_then(|config| {
-        let machine = machine::rebuild_builder(&config)?;
+    let mut serial = None;
+    let machine = read_preamble(stream).map_err(ManagerError::from).and_then(|mut config| {
+        // The source's pty is not ours: a new one, named in this process's configuration.
+        let out = console::prepare(&mut serial, &mut config)?;
+        let machine = machine::rebuild_builder(&config, out)?;
         Ok((config, machine))
     });
     let (config, machine) = match machine {
@@ -276,5 +282,5 @@ fn receive_on(stream: &mut Stream) -> Result<Received, ManagerError> {
     let vm = migration::accept(stream)
         .and_then(|incoming| incoming.complete(machine.builder))
         .map_err(StateError::from)?;
-    Ok((config, vm, machine.nics))
+    Ok((config, vm, machine.nics, serial))
 }
