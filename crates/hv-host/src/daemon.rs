@@ -3,7 +3,10 @@
 //!
 //! Paths: `GET /v1/ping`; `POST /v1/call` with a [`Call`] as JSON, answered with a [`Reply`]
 //! (200) or an [`ErrorReply`] (its kind's status); `GET /v1/domains/{name}/console` streams the
-//! domain's serial output as it is written (from the start of the current log).
+//! domain's serial output as it is written (from the start of the current log);
+//! `POST /v1/domains/{name}/console[?force=1]` with `Connection: Upgrade` and `Upgrade:
+//! hv-console` is answered `101 Switching Protocols`, and the connection becomes the domain's
+//! console, raw bytes both ways (see [`crate::console`]).
 //!
 //! TCP connections are authenticated by a shared secret (`Authorization: Bearer KEY`, compared
 //! in constant time), read from a file only root can read: a libvirt-style management network
@@ -26,6 +29,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::console::{self as consoles, ConsoleSessions};
 use crate::domain::{DomainName, DomainState};
 use crate::error::HostError;
 use crate::host::Host;
@@ -68,6 +72,8 @@ struct App {
     started: Instant,
     /// Byte streams in progress (volume uploads and downloads): the daemon is not idle.
     transfers: AtomicU64,
+    /// Interactive console sessions, one per domain.
+    consoles: Arc<ConsoleSessions>,
 }
 
 impl App {
@@ -209,7 +215,8 @@ impl From<&HostError> for ErrorKind {
     fn from(e: &HostError) -> ErrorKind {
         match e {
             HostError::NoDomain(_) | HostError::NoDisk { .. } => ErrorKind::NotFound,
-            HostError::State(_) => ErrorKind::InvalidState,
+            HostError::State(_) | HostError::NotRunning(_) => ErrorKind::InvalidState,
+            HostError::ConsoleBusy(_) => ErrorKind::Conflict,
             HostError::Xml(_) | HostError::Unsupported(_) | HostError::Migration(_) => {
                 ErrorKind::InvalidArgument
             }
@@ -419,6 +426,60 @@ async fn console(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) ->
         .unwrap_or_else(|e| error_response(ErrorKind::Internal, e.to_string()))
 }
 
+/// The query of a console attach.
+#[derive(Debug, Default, serde::Deserialize)]
+struct AttachQuery {
+    /// End a session that holds the console and take it (`virsh console --force`).
+    #[serde(default)]
+    force: Option<u8>,
+}
+
+/// `POST /v1/domains/{name}/console` with `Upgrade: hv-console`: claims the domain's console
+/// and, once the connection is upgraded, runs the session on it.
+async fn console_attach(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<AttachQuery>,
+    mut req: Request,
+) -> Response {
+    use axum::http::header::{CONNECTION, UPGRADE};
+    app.touch();
+    let wants = req.headers().get(UPGRADE).and_then(|v| v.to_str().ok());
+    if !wants.is_some_and(|v| v.eq_ignore_ascii_case(consoles::UPGRADE_PROTOCOL)) {
+        let why = format!("a console needs Upgrade: {}", consoles::UPGRADE_PROTOCOL);
+        return error_response(ErrorKind::InvalidArgument, why);
+    }
+    let (dname, source) = match app.host.console_source(&name).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let session = match app.consoles.claim(dname.as_str(), q.force.unwrap_or(0) != 0) {
+        Ok(s) => s,
+        Err(_) => return HostError::ConsoleBusy(dname.to_string()).into_response(),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let host = app.host.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => {
+                let io = hyper_util::rt::TokioIo::new(io);
+                log::info!("console of domain {dname} attached");
+                if let Err(e) = consoles::run(io, &source, session, host).await {
+                    log::warn!("console of domain {dname}: {e}");
+                }
+                log::info!("console of domain {dname} detached");
+            }
+            Err(e) => log::warn!("console of domain {dname}: the upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, consoles::UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_else(|e| error_response(ErrorKind::Internal, e.to_string()))
+}
+
 fn read_from(path: &Path, offset: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
@@ -480,11 +541,12 @@ pub async fn serve(
         last_request: AtomicU64::new(0),
         started: Instant::now(),
         transfers: AtomicU64::new(0),
+        consoles: Arc::default(),
     });
     let router = Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/call", post(call))
-        .route("/v1/domains/{name}/console", get(console))
+        .route("/v1/domains/{name}/console", get(console).post(console_attach))
         .route("/v1/pools/{pool}/volumes/{vol}/data", get(vol_download).put(vol_upload))
         .with_state(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -43,6 +43,12 @@ pub enum HostError {
     /// The operation is not allowed in the domain's state.
     #[error("Requested operation is not valid: {0}")]
     State(#[from] TransitionError),
+    /// The operation needs an active domain (virsh's words).
+    #[error("Requested operation is not valid: domain is not running")]
+    NotRunning(String),
+    /// Another client holds the domain's console (virsh's words).
+    #[error("operation failed: Active console session exists for this domain")]
+    ConsoleBusy(String),
     /// Something hv cannot do (yet), named.
     #[error("Operation not supported: {0}")]
     Unsupported(String),

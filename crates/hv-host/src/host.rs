@@ -23,8 +23,9 @@ use crate::error::{io_err, HostError, Result};
 use crate::persist;
 use crate::process::ProcessRecord;
 use crate::protocol::{DomInfo, DomainRow, IfRow};
-use crate::vmm::{self, ResolvedDisk, ResolvedNic, VmmApi, VmmPaths};
+use crate::vmm::{self, ResolvedDisk, ResolvedNic, SerialSink, VmmApi, VmmPaths};
 
+mod console;
 mod migrate;
 mod save;
 
@@ -145,13 +146,11 @@ impl Host {
         }
     }
 
-    fn serial_path(&self, def: &DomainDef) -> Result<Option<PathBuf>> {
+    fn serial_sink(&self, def: &DomainDef) -> SerialSink {
         match &def.serial {
-            SerialDef::File(p) => Ok(Some(p.clone())),
-            SerialDef::None => Ok(Some(self.console_log(&def.name))),
-            SerialDef::Pty => {
-                Err(HostError::Unsupported("serial type pty (use type file or none)".into()))
-            }
+            SerialDef::File(p) => SerialSink::File(p.clone()),
+            SerialDef::None => SerialSink::File(self.console_log(&def.name)),
+            SerialDef::Pty => SerialSink::Pty,
         }
     }
 
@@ -232,9 +231,9 @@ impl Host {
         fs::create_dir_all(&run_dir).map_err(io_err("create", &run_dir))?;
         let disks = self.resolve_disks(&def)?;
         let nics = self.plug_nics(&def, id)?;
-        let serial = self.serial_path(&def)?;
+        let serial = self.serial_sink(&def);
         let paths = VmmPaths::new(&run_dir);
-        let args = vmm::command_line(&def, &disks, &nics, serial.as_deref(), &paths);
+        let args = vmm::command_line(&def, &disks, &nics, &serial, &paths);
         let (child, proc_) = match vmm::spawn(&self.cfg.vmm_binary, &args, &paths) {
             Ok(c) => c,
             Err(e) => {
@@ -519,11 +518,6 @@ impl Host {
                 inner.last_reason.get(&d.name).cloned().unwrap_or(StateReason::Unknown),
             ),
         })
-    }
-
-    /// `dumpxml`.
-    pub async fn dumpxml(&self, key: &str) -> Result<String> {
-        Ok(self.inner.lock().await.store.lookup(key)?.to_xml())
     }
 
     /// `autostart [--disable]`.

@@ -246,6 +246,45 @@ pub async fn download(
     Ok(Response { status, body: Bytes::new() })
 }
 
+/// A connection upgraded out of HTTP: raw bytes both ways.
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Sends a bodiless `POST path` asking to upgrade the connection to `protocol`. A `101
+/// Switching Protocols` answer gives the raw connection; any other comes back whole, for the
+/// caller to read the error from.
+pub async fn upgrade(
+    endpoint: &Endpoint,
+    path: &str,
+    protocol: &str,
+    headers: &[(&str, &str)],
+) -> Result<std::result::Result<Upgraded, Response>, HttpError> {
+    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
+    let io = connect(endpoint).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    // The connection task hands the stream over to the upgrade when the answer is 101.
+    tokio::spawn(conn.with_upgrades());
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "localhost")
+        .header("connection", "upgrade")
+        .header("upgrade", protocol);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = resp.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+        return Ok(Err(Response { status, body }));
+    }
+    let io = hyper::upgrade::on(resp).await.map_err(|e| fail(format!("upgrade: {e}")))?;
+    Ok(Ok(TokioIo::new(io)))
+}
+
 /// The connection half of a streamed exchange: the request sender (dropping it lets the
 /// connection end) and the task that runs the connection.
 type Exchange = (

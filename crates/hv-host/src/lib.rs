@@ -5,6 +5,7 @@
 //! daemon serves this library to `hvctl` and to the cloud's compute service; an embedder can use
 //! it in-process without the daemon.
 
+pub mod console;
 pub mod daemon;
 pub mod domain;
 pub mod error;

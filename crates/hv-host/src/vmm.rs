@@ -98,7 +98,7 @@ pub fn command_line(
     def: &DomainDef,
     disks: &[ResolvedDisk],
     nics: &[ResolvedNic],
-    serial: Option<&Path>,
+    serial: &SerialSink,
     paths: &VmmPaths,
 ) -> Vec<String> {
     let mut a = vec![
@@ -134,8 +134,8 @@ pub fn command_line(
     }
     a.push("--serial".into());
     a.push(match serial {
-        Some(p) => format!("file={}", p.display()),
-        None => "null".into(),
+        SerialSink::File(p) => format!("file={}", p.display()),
+        SerialSink::Pty => "pty".into(),
     });
     a.extend(["--console".into(), "off".into()]);
     a
@@ -206,6 +206,44 @@ pub struct VmmApi {
 pub struct VmInfo {
     /// `Created`, `Running`, `Paused` or `Shutdown`.
     pub state: String,
+    /// The VM's configuration (only its serial port is read).
+    #[serde(default)]
+    pub config: Option<VmInfoConfig>,
+}
+
+/// The part of `VmConfig` the host reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VmInfoConfig {
+    /// The serial port.
+    #[serde(default)]
+    pub serial: Option<VmInfoSerial>,
+}
+
+/// Cloud Hypervisor's `SerialConfig`: its `file` names the pty in `Pty` mode.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VmInfoSerial {
+    /// `Off`, `Null`, `Pty`, `Tty`, `File` or `Socket`.
+    pub mode: String,
+    /// The file, or the pty's terminal end.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl VmInfo {
+    /// The pty the serial port is on (`/dev/pts/N`), in `Pty` mode.
+    pub fn pty(&self) -> Option<&Path> {
+        let s = self.config.as_ref()?.serial.as_ref()?;
+        (s.mode == "Pty").then_some(s.file.as_deref()).flatten()
+    }
+}
+
+/// Where a domain's VMM sends its serial port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSink {
+    /// Appended to a file.
+    File(PathBuf),
+    /// A pty the VMM makes (`--serial pty`).
+    Pty,
 }
 
 impl VmmApi {

@@ -114,16 +114,17 @@ impl Conn {
         }
     }
 
-    /// Streams `path`'s body into `sink` until it ends or `sink` says stop.
-    pub async fn stream(&self, path: &str, sink: impl FnMut(&[u8]) -> bool) -> Result<(), String> {
+    /// Attaches to `domain`'s console (`force`: take it from a session that holds it); the
+    /// connection then carries the console's bytes both ways.
+    pub async fn console(&self, domain: &str, force: bool) -> Result<http::Upgraded, String> {
         let h = self.headers();
         let hdrs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let status =
-            http::stream(&self.endpoint, path, &hdrs, sink).await.map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("hvd answered {status}"))
+        let path = format!("/v1/domains/{domain}/console{}", if force { "?force=1" } else { "" });
+        let protocol = hv::host::console::UPGRADE_PROTOCOL;
+        match http::upgrade(&self.endpoint, &path, protocol, &hdrs).await {
+            Ok(Ok(io)) => Ok(io),
+            Ok(Err(r)) => answer(r).and(Err(format!("hvd did not attach the console of {domain}"))),
+            Err(e) => Err(format!("failed to connect to the hypervisor: {e}")),
         }
     }
 }

@@ -1,6 +1,5 @@
 //! The domain verbs (and the dispatch to the storage and network verbs): one small function each that makes the call and prints the answer.
 
-use std::io::Write;
 use std::path::Path;
 
 use hv::host::host::MigrateFlags;
@@ -72,7 +71,7 @@ pub async fn run(conn: &Conn, verb: Verb) -> VerbResult {
             print!("{xml}");
             Ok(())
         }
-        Verb::Console { domain } => console(conn, &domain).await,
+        Verb::Console { domain, force } => crate::console::run(conn, &domain, force).await,
         Verb::Autostart { domain, disable } => {
             let n = done(conn.call(&Call::Autostart { domain, enable: !disable }).await?);
             if disable {
@@ -219,60 +218,4 @@ async fn dominfo(conn: &Conn, domain: String) -> VerbResult {
     field("Security DOI", "0");
     println!();
     Ok(())
-}
-
-/// Streams the serial output to stdout until the domain stops or the user presses Ctrl-]
-/// (when stdin is a terminal, it is put in raw mode meanwhile and restored after).
-async fn console(conn: &Conn, domain: &str) -> VerbResult {
-    println!("Connected to domain '{domain}'\nEscape character is ^] (Ctrl + ])");
-    let raw = RawTerminal::enter();
-    let (quit_tx, mut quit_rx) = tokio::sync::oneshot::channel::<()>();
-    if raw.is_some() {
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut b = [0u8; 1];
-            while let Ok(1) = std::io::stdin().read(&mut b) {
-                if b[0] == 0x1d {
-                    let _ = quit_tx.send(());
-                    return;
-                }
-            }
-        });
-    }
-    let path = format!("/v1/domains/{domain}/console");
-    let mut out = std::io::stdout();
-    let result = tokio::select! {
-        r = conn.stream(&path, |chunk| out.write_all(chunk).and_then(|()| out.flush()).is_ok()) => r,
-        _ = &mut quit_rx => Ok(()),
-    };
-    drop(raw);
-    println!();
-    result
-}
-
-/// A terminal in raw mode until dropped.
-struct RawTerminal {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawTerminal {
-    fn enter() -> Option<RawTerminal> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(RawTerminal { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
-    }
 }

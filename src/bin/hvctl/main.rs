@@ -11,6 +11,7 @@
 //! 1 on error (virsh's).
 
 mod connect;
+mod console;
 mod domain;
 mod net;
 mod output;
@@ -121,6 +122,9 @@ enum Verb {
     Console {
         /// Domain name or UUID.
         domain: String,
+        /// Take the console from a session that holds it.
+        #[arg(long)]
+        force: bool,
     },
     /// Mark a domain to start with the daemon.
     Autostart {

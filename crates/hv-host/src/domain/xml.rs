@@ -4,7 +4,7 @@
 //! `deny_unknown_fields`, so an element or attribute hv does not know is an error naming it
 //! (never silently dropped); then each value is checked and turned into the typed definition.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -226,6 +226,9 @@ struct XModel {
 struct XChar {
     #[serde(rename = "@type")]
     kind: String,
+    /// A running domain's pty, on `<console>` (libvirt writes it; ignored when read).
+    #[serde(rename = "@tty", default, skip_serializing_if = "Option::is_none")]
+    tty: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source: Option<XCharSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,7 +529,29 @@ impl DomainDef {
 
     /// Writes the definition as libvirt domain XML, in the form [`DomainDef::from_xml`] reads.
     pub fn to_xml(&self) -> String {
-        let x = self.to_raw();
+        self.to_xml_live(None)
+    }
+
+    /// [`to_xml`](Self::to_xml) for a running domain whose serial port is the pty `pty`: as
+    /// libvirt writes it, the serial and a console naming it (`<source path='/dev/pts/N'/>`).
+    pub fn to_xml_live(&self, pty: Option<&Path>) -> String {
+        let mut x = self.to_raw();
+        if let (Some(pty), SerialDef::Pty) = (pty, &self.serial) {
+            let path = pty.display().to_string();
+            let source = || Some(XCharSource { path: path.clone() });
+            x.devices.serials = vec![XChar {
+                kind: "pty".into(),
+                tty: None,
+                source: source(),
+                target: Some(XCharTarget { kind: None, port: Some("0".into()) }),
+            }];
+            x.devices.consoles = vec![XChar {
+                kind: "pty".into(),
+                tty: Some(path.clone()),
+                source: source(),
+                target: Some(XCharTarget { kind: Some("serial".into()), port: Some("0".into()) }),
+            }];
+        }
         let mut out = String::new();
         let mut ser = quick_xml::se::Serializer::new(&mut out);
         ser.indent(' ', 2);
@@ -600,11 +625,13 @@ impl DomainDef {
             SerialDef::None => vec![],
             SerialDef::Pty => vec![XChar {
                 kind: "pty".into(),
+                tty: None,
                 source: None,
                 target: Some(XCharTarget { kind: None, port: Some("0".into()) }),
             }],
             SerialDef::File(p) => vec![XChar {
                 kind: "file".into(),
+                tty: None,
                 source: Some(XCharSource { path: p.display().to_string() }),
                 target: Some(XCharTarget { kind: None, port: Some("0".into()) }),
             }],

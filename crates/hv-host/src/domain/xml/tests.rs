@@ -213,3 +213,20 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_running_pty_domain_names_its_pty_and_reads_back() {
+    let def = DomainDef::from_xml(&minimal("<serial type='pty'><target port='0'/></serial>"))
+        .expect("pty serial");
+    assert_eq!(def.serial, SerialDef::Pty);
+    let live = def.to_xml_live(Some(Path::new("/dev/pts/7")));
+    assert!(live.contains("<serial type=\"pty\">"), "{live}");
+    assert!(live.contains("<source path=\"/dev/pts/7\"/>"), "{live}");
+    assert!(live.contains("<console type=\"pty\" tty=\"/dev/pts/7\">"), "{live}");
+    // What dumpxml gives of a running domain defines the same domain again.
+    let again = DomainDef::from_xml(&live).expect("live XML reads back");
+    assert_eq!(again.serial, SerialDef::Pty);
+    // Stopped: no path.
+    assert!(!def.to_xml().contains("/dev/pts"));
+    assert_eq!(def.to_xml_live(None), def.to_xml());
+}
