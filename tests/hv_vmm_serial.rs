@@ -1,8 +1,8 @@
 //! The serial console of the `hv-vmm` binary as a user reaches it: `--serial pty` (the pty's
 //! path in `vm.info`'s `serial.file`, as Cloud Hypervisor reports it) and `--serial
 //! socket=PATH`, driven with the echoing test guest (`test=echo`: each input line comes back as
-//! `hvtest: echo LINE`), under the default seccomp filters; a restored VM gets a new pty that
-//! works the same.
+//! `hvtest: echo LINE`), under the default seccomp filters; a restored or migrated VM gets a
+//! new pty, named in its process's `vm.info`, that works the same.
 
 mod vmm_process;
 
@@ -136,6 +136,38 @@ fn a_restored_vm_gets_a_new_pty_that_works() {
     term.write_all(b"quit\n").expect("write");
     read_until(&term, "hvtest: done", "quit");
     assert_eq!(dst.wait_exit().code(), Some(0), "log:\n{}", dst.log_text());
+}
+
+#[test]
+fn a_migrated_vm_gets_a_pty_of_its_own_process() {
+    if !can_run_guests() {
+        return;
+    }
+    let guest = hv_test_support::test_guest();
+    let mut src = spawn(&echo_args(&guest, "pty"));
+    let src_pty = pty_of(&src.client());
+    let src_term = open_pty(&src_pty);
+    read_until(&src_term, "hvtest: echo ready", "boot");
+    let dst = VmmProcess::spawn(&[], true);
+    let url = format!("unix:{}", dst.dir.path().join("migration.sock").display());
+    let receive = {
+        let c = dst.client();
+        let body = serde_json::json!({"receiver_url": url}).to_string();
+        std::thread::spawn(move || put(&c, "vm.receive-migration", Some(&body)))
+    };
+    dst.wait_for_log("listening for a migration");
+    let body = serde_json::json!({"destination_url": url}).to_string();
+    let sent = put(&src.client(), "vm.send-migration", Some(&body));
+    assert_eq!(sent.status, 204, "{}; log:\n{}", sent.body, src.log_text());
+    let received = receive.join().expect("receiver thread");
+    assert_eq!(received.status, 204, "{}; log:\n{}", received.body, dst.log_text());
+    // Made while the source's was still open: another pty, named in the destination's info.
+    let dst_pty = pty_of(&dst.client());
+    assert_ne!(dst_pty, src_pty);
+    assert_eq!(src.wait_exit().code(), Some(0), "{}", src.log_text());
+    let mut term = open_pty(&dst_pty);
+    term.write_all(b"after migration\n").expect("write");
+    read_until(&term, "hvtest: echo after migration\n", "migrated echo");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! the echoing test guest (`test=echo`), `dumpxml` naming its pty, the console attached by a
 //! real `hvctl` process with piped stdin and stdout (a line in, its echo out, Ctrl-]
 //! detaching with exit 0), a second console refused with virsh's message, `--force` taking the
-//! console over, and a console ending by itself when the domain stops.
+//! console over, and a console ending by itself when the domain stops; after save and
+//! restore (a new VMM, a new pty) the console works over TCP with the key, and not without.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -80,9 +81,14 @@ struct Console {
 
 impl Console {
     fn spawn(h: &Host, args: &[&str]) -> Console {
+        let dir = h.dir.path().to_str().expect("utf-8");
+        Console::spawn_with(&["--state-dir", dir], args)
+    }
+
+    /// `hvctl CONN... console ARGS...`.
+    fn spawn_with(conn: &[&str], args: &[&str]) -> Console {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hvctl"))
-            .arg("--state-dir")
-            .arg(h.dir.path())
+            .args(conn)
             .arg("console")
             .args(args)
             .stdin(Stdio::piped())
@@ -157,10 +163,8 @@ fn pty_in(xml: &str) -> PathBuf {
     PathBuf::from(&rest[..rest.find('"').expect("closing quote")])
 }
 
-#[test]
-fn hvctl_console_reaches_a_pty_domain_one_session_at_a_time() {
-    require!(have_kvm(), "/dev/kvm is not usable");
-    let h = Host { dir: tempfile::tempdir().expect("temp dir") };
+/// Defines domain `echo`: the echoing test guest, its serial a pty.
+fn define_echo(h: &Host) {
     let xml = format!(
         "<domain type='kvm'><name>echo</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
          <os><type>hvm</type><kernel>{}</kernel><cmdline>test=echo</cmdline></os>\
@@ -170,6 +174,13 @@ fn hvctl_console_reaches_a_pty_domain_one_session_at_a_time() {
     let file = h.dir.path().join("echo.xml");
     std::fs::write(&file, xml).expect("write XML");
     h.ok(&["define", file.to_str().expect("utf-8")]);
+}
+
+#[test]
+fn hvctl_console_reaches_a_pty_domain_one_session_at_a_time() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host { dir: tempfile::tempdir().expect("temp dir") };
+    define_echo(&h);
     assert!(!h.ok(&["dumpxml", "echo"]).contains("/dev/pts/"), "a stopped domain has no pty");
     h.ok(&["start", "echo"]);
     let dumped = h.ok(&["dumpxml", "echo"]);
@@ -212,4 +223,54 @@ fn hvctl_console_reaches_a_pty_domain_one_session_at_a_time() {
         assert!(Instant::now() < deadline, "the domain did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_restored_domain_has_a_new_pty_and_the_console_works_over_tcp_with_the_key() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host { dir: tempfile::tempdir().expect("temp dir") };
+    let key = h.dir.path().join("key");
+    std::fs::write(&key, "s3cret-key\n").expect("write key");
+    let port = 20000 + (std::process::id() % 20000) + 1;
+    let mut hvd = Command::new(env!("CARGO_BIN_EXE_hvd"))
+        .arg("--state-dir")
+        .arg(h.dir.path())
+        .args(["--listen", &format!("tcp:127.0.0.1:{port}"), "--auth-key-file"])
+        .arg(&key)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hvd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.hvd_pid().is_none() {
+        assert!(Instant::now() < deadline, "hvd never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    define_echo(&h);
+    h.ok(&["start", "echo"]);
+    let save = h.dir.path().join("echo.save");
+    h.ok(&["save", "echo", save.to_str().expect("utf-8")]);
+    h.ok(&["restore", save.to_str().expect("utf-8")]);
+    let after = pty_in(&h.ok(&["dumpxml", "echo"]));
+    assert!(after.exists(), "{}", after.display());
+
+    let uri = format!("hv+tcp://127.0.0.1:{port}");
+    let key_s = key.to_str().expect("utf-8");
+    let wrong = h.dir.path().join("wrong");
+    std::fs::write(&wrong, "guess").expect("write key");
+    let mut refused = Console::spawn_with(
+        &["-c", &uri, "--auth-key-file", wrong.to_str().expect("utf-8")],
+        &["echo"],
+    );
+    assert_eq!(refused.wait_exit(), Some(1));
+    assert!(!refused.text().contains("Connected"), "{}", refused.text());
+
+    let mut c = Console::spawn_with(&["-c", &uri, "--auth-key-file", key_s], &["echo"]);
+    c.wait_for("Connected to domain 'echo'");
+    c.send(b"over tcp after restore\n");
+    c.wait_for("hvtest: echo over tcp after restore\n");
+    c.send(&[0x1d]);
+    assert_eq!(c.wait_exit(), Some(0), "{}", c.text());
+    h.ok(&["destroy", "echo"]);
+    let _ = hvd.kill();
+    let _ = hvd.wait();
 }
