@@ -2,11 +2,10 @@
 //! on TCP for remote clients.
 //!
 //! Paths: `GET /v1/ping`; `POST /v1/call` with a [`Call`] as JSON, answered with a [`Reply`]
-//! (200) or an [`ErrorReply`] (its kind's status); `GET /v1/domains/{name}/console` streams the
-//! domain's serial output as it is written (from the start of the current log);
-//! `POST /v1/domains/{name}/console[?force=1]` with `Connection: Upgrade` and `Upgrade:
-//! hv-console` is answered `101 Switching Protocols`, and the connection becomes the domain's
-//! console, raw bytes both ways (see [`crate::console`]).
+//! (200) or an [`ErrorReply`] (its kind's status); `POST /v1/domains/{name}/console[?force=1]`
+//! with `Connection: Upgrade` and `Upgrade: hv-console` is answered `101 Switching Protocols`,
+//! and the connection becomes the domain's console, raw bytes both ways (see
+//! [`crate::console`]).
 //!
 //! TCP connections are authenticated by a shared secret (`Authorization: Bearer KEY`, compared
 //! in constant time), read from a file only root can read: a libvirt-style management network
@@ -376,56 +375,6 @@ pub async fn dispatch(host: &Host, call: Call) -> Result<Reply, HostError> {
     })
 }
 
-/// Streams the domain's serial log: what is there, then what is appended, until the domain
-/// stops or the client goes away.
-async fn console(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
-    app.touch();
-    let info = match app.host.info(&name).await {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
-    if !info.state.is_active() {
-        return HostError::State(crate::domain::TransitionError {
-            state: info.state,
-            op: crate::domain::DomainOp::Resume,
-        })
-        .into_response();
-    }
-    let Ok(dname) = info.name.parse::<DomainName>() else {
-        return error_response(ErrorKind::Internal, "bad stored name".into());
-    };
-    let path = app.host.serial_log_of(&dname).await;
-    let host = app.host.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let mut offset = 0u64;
-        loop {
-            let chunk = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || read_from(&path, offset)
-            })
-            .await
-            .unwrap_or_default();
-            if !chunk.is_empty() {
-                offset += chunk.len() as u64;
-                if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if !host.state(&name).await.map(|(s, _)| s.is_active()).unwrap_or(false) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let stream = tokio_stream_from(rx);
-    Response::builder()
-        .header("content-type", "application/octet-stream")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| error_response(ErrorKind::Internal, e.to_string()))
-}
-
 /// The query of a console attach.
 #[derive(Debug, Default, serde::Deserialize)]
 struct AttachQuery {
@@ -478,17 +427,6 @@ async fn console_attach(
         .header(UPGRADE, consoles::UPGRADE_PROTOCOL)
         .body(Body::empty())
         .unwrap_or_else(|e| error_response(ErrorKind::Internal, e.to_string()))
-}
-
-fn read_from(path: &Path, offset: u64) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
-    if f.seek(SeekFrom::Start(offset)).is_err() {
-        return Vec::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(64 * 1024).read_to_end(&mut buf);
-    buf
 }
 
 /// Adapts a channel receiver to a `Stream` without another dependency.
@@ -546,7 +484,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/call", post(call))
-        .route("/v1/domains/{name}/console", get(console).post(console_attach))
+        .route("/v1/domains/{name}/console", post(console_attach))
         .route("/v1/pools/{pool}/volumes/{vol}/data", get(vol_download).put(vol_upload))
         .with_state(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

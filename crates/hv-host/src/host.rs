@@ -137,15 +137,6 @@ impl Host {
         self.run_dir(name).join("console.log")
     }
 
-    /// Where an active domain's serial output goes (its file, or the log the host keeps).
-    pub async fn serial_log_of(&self, name: &DomainName) -> PathBuf {
-        let inner = self.inner.lock().await;
-        match inner.store.get(name).map(|d| &d.serial) {
-            Ok(SerialDef::File(p)) => p.clone(),
-            _ => self.console_log(name),
-        }
-    }
-
     fn serial_sink(&self, def: &DomainDef) -> SerialSink {
         match &def.serial {
             SerialDef::File(p) => SerialSink::File(p.clone()),

@@ -156,33 +156,6 @@ async fn exchange(
     Ok(Response { status, body })
 }
 
-/// Sends a `GET` and hands the response body to `sink` chunk by chunk as it arrives, until the
-/// server ends it or `sink` returns false. Returns the status (a non-2xx body goes to `sink`
-/// too).
-pub async fn stream(
-    endpoint: &Endpoint,
-    path: &str,
-    headers: &[(&str, &str)],
-    mut sink: impl FnMut(&[u8]) -> bool,
-) -> Result<StatusCode, HttpError> {
-    use hyper::body::Body as _;
-    let fail = |why: String| HttpError::Exchange { endpoint: endpoint.clone(), why };
-    let (_sender, conn, resp) = send_get(endpoint, path, headers).await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    while !body.is_end_stream() {
-        let Some(frame) = body.frame().await else { break };
-        let frame = frame.map_err(|e| fail(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if !sink(data) {
-                break;
-            }
-        }
-    }
-    conn.abort();
-    Ok(status)
-}
-
 /// Sends a request whose body is the chunks `body` yields (never held whole in memory), and
 /// reads the whole (short) response. A chunk that is an error aborts the request.
 pub async fn upload(
@@ -294,7 +267,7 @@ type Exchange = (
 );
 
 /// Connects, sends a bodiless `GET path` with `headers`, and returns the response with its
-/// body still unread (for [`stream`] and [`download`]).
+/// body still unread (for [`download`]).
 async fn send_get(
     endpoint: &Endpoint,
     path: &str,
