@@ -165,10 +165,15 @@ fn pty_in(xml: &str) -> PathBuf {
 
 /// Defines domain `echo`: the echoing test guest, its serial a pty.
 fn define_echo(h: &Host) {
+    define_echo_with(h, "<serial type='pty'><target port='0'/></serial>");
+}
+
+/// Defines domain `echo` with the `serial` element given.
+fn define_echo_with(h: &Host, serial: &str) {
     let xml = format!(
         "<domain type='kvm'><name>echo</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
          <os><type>hvm</type><kernel>{}</kernel><cmdline>test=echo</cmdline></os>\
-         <devices><serial type='pty'><target port='0'/></serial></devices></domain>",
+         <devices>{serial}</devices></domain>",
         test_guest().display()
     );
     let file = h.dir.path().join("echo.xml");
@@ -273,4 +278,27 @@ fn a_restored_domain_has_a_new_pty_and_the_console_works_over_tcp_with_the_key()
     h.ok(&["destroy", "echo"]);
     let _ = hvd.kill();
     let _ = hvd.wait();
+}
+
+#[test]
+fn a_file_serial_domain_streams_its_output_and_ignores_input() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host { dir: tempfile::tempdir().expect("temp dir") };
+    let log = h.dir.path().join("echo.serial");
+    define_echo_with(
+        &h,
+        &format!("<serial type='file'><source path='{}'/></serial>", log.display()),
+    );
+    let refused = h.hvctl(&["console", "echo"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("domain is not running"));
+    h.ok(&["start", "echo"]);
+    let mut c = Console::spawn(&h, &["echo"]);
+    c.wait_for("hvtest: echo ready\n");
+    // Input has nowhere to go: the guest never sees it.
+    c.send(b"unheard\n");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!std::fs::read_to_string(&log).unwrap_or_default().contains("unheard"));
+    c.send(&[0x1d]);
+    assert_eq!(c.wait_exit(), Some(0), "{}", c.text());
 }
