@@ -165,7 +165,9 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
         ]);
         let vm = create("guest", "vm1");
         assert_eq!(s(&vm, "status"), "ACTIVE", "{vm}");
-        let ip = address_on(&alice.json(&["server", "show", "vm1"]), "net1");
+        let shown = alice.json(&["server", "show", "vm1"]);
+        assert_eq!(shown["security_groups"], serde_json::json!([{"name": "default"}]), "{shown}");
+        let ip = address_on(&shown, "net1");
         assert!(ip.starts_with("10.0.0."), "{ip}");
         let log = console_until(&alice, "vm1", "net serving");
         assert!(log.contains(&format!("net lease {ip}/24")), "{log}");
@@ -194,6 +196,9 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
             alice.ok(&["security", "group", "rule", "delete", r["ID"].as_str().unwrap()]);
         }
         alice.ok(&["port", "set", "--no-security-group", "--security-group", "locked", &port]);
+        // The server shows its port's groups, as Nova does.
+        let shown = alice.json(&["server", "show", "vm1"]);
+        assert_eq!(shown["security_groups"], serde_json::json!([{"name": "locked"}]), "{shown}");
         let rules = || ns.exec_ok(&["nft", "list", "ruleset"]);
         assert!(!ns.ping(&ip, 2), "no rule, no way in:\n{}", rules());
         let rule = alice.json(&[

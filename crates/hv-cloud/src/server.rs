@@ -43,18 +43,27 @@ pub fn routes() -> Router<Arc<Api>> {
         .layer(middleware::from_fn(nova_microversion))
 }
 
-/// An instance with the names of its networks and its ports' floating addresses, as a
-/// server is shown.
+/// An instance with the names of its networks, its ports' floating addresses and the names
+/// of its ports' security groups, as a server is shown.
 struct View {
     inst: Instance,
     net_names: BTreeMap<String, String>,
     floating: BTreeMap<String, Ipv4Addr>,
+    groups: std::collections::BTreeSet<String>,
 }
 
-/// Looks up the network names of `insts` (a network the caller cannot see is named by id)
-/// and the floating addresses mapped to their ports.
+/// Looks up the network names of `insts` (a network the caller cannot see is named by id),
+/// the floating addresses mapped to their ports and their ports' security groups (Nova shows
+/// a server's groups as its ports have them).
 fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec<View> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let port_groups: BTreeMap<String, Vec<String>> = c
+        .list_ports(ctx, None)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.id, p.security_groups))
+        .collect();
+    let mut group_names: BTreeMap<String, String> = BTreeMap::new();
     let fips: BTreeMap<String, Ipv4Addr> = c
         .list_floating_ips(ctx)
         .unwrap_or_default()
@@ -83,7 +92,14 @@ fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec
                 .iter()
                 .filter_map(|n| fips.get(&n.port_id).map(|a| (n.port_id.clone(), *a)))
                 .collect();
-            View { inst, net_names, floating }
+            let mut groups = std::collections::BTreeSet::new();
+            for g in inst.nics.iter().filter_map(|n| port_groups.get(&n.port_id)).flatten() {
+                let name = group_names.entry(g.clone()).or_insert_with(|| {
+                    c.get_security_group(ctx, g).map(|sg| sg.name).unwrap_or_else(|_| g.clone())
+                });
+                groups.insert(name.clone());
+            }
+            View { inst, net_names, floating, groups }
         })
         .collect()
 }
@@ -146,12 +162,15 @@ fn server_json(api: &Api, v: &View) -> Value {
         "OS-EXT-STS:power_state": power, "OS-EXT-AZ:availability_zone": "nova",
         "OS-SRV-USG:launched_at": i.launched_at.map(|t| iso(t, false)),
         "OS-SRV-USG:terminated_at": null, "OS-DCF:diskConfig": "MANUAL",
-        "security_groups": [{"name": "default"}],
         "os-extended-volumes:volumes_attached": volumes,
         "accessIPv4": "", "accessIPv6": "", "config_drive": "", "key_name": null,
         "progress": if i.status == InstanceStatus::Active { 100 } else { 0 },
         "links": links(api, "servers", &i.id),
     });
+    // As Nova: the groups of the server's ports, the key absent when it has none.
+    if !v.groups.is_empty() {
+        s["security_groups"] = v.groups.iter().map(|g| json!({"name": g})).collect();
+    }
     if let Some(f) = &i.fault {
         s["fault"] =
             json!({"code": f.code, "message": f.message, "created": iso(f.created, false)});
