@@ -470,6 +470,8 @@ fn servers_on_a_control_plane_only_cloud_end_in_error_and_answer_in_novas_shape(
         json!({"server": {"name": "x", "flavorRef": fid}}),
         json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid, "max_count": 2}}),
         json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid, "networks": "some"}}),
+        // 2.37's words, refused at 2.1 as Nova refuses them.
+        json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid, "networks": "auto"}}),
         json!({"server": {"name": "x", "imageRef": iid, "flavorRef": fid,
                           "networks": [{"fixed_ip": "10.0.0.1"}]}}),
     ] {
@@ -526,6 +528,22 @@ fn servers_on_a_control_plane_only_cloud_end_in_error_and_answer_in_novas_shape(
         Some(&json!({"volume": {"size": 1}})),
     );
     assert_eq!(v.status, 501, "{}", String::from_utf8_lossy(&v.body));
+
+    // Without `networks`, two networks of the project are ambiguous: Nova's 409, nothing made.
+    for n in ["n1", "n2"] {
+        let r =
+            call(a, &ta, "POST", "/network/v2.0/networks", Some(&json!({"network": {"name": n}})));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let body = json!({"server": {"name": "vm2", "imageRef": iid, "flavorRef": fid}});
+    let r = call(a, &ta, "POST", "/compute/v2.1/servers", Some(&body));
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["conflictingRequest"]["message"],
+        "Multiple possible networks found, use a Network ID to be more specific."
+    );
+    let byname = call(a, &ta, "GET", "/compute/v2.1/servers?name=vm2", None).json();
+    assert_eq!(byname["servers"], json!([]));
 
     // Delete: 204, then 404.
     assert_eq!(call(a, &ta, "DELETE", &format!("/compute/v2.1/servers/{id}"), None).status, 204);

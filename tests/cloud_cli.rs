@@ -9,23 +9,11 @@ mod cloud_support;
 
 use std::path::Path;
 
-use cloud_support::{openstack_bin, Os, Serve, ADMIN_PASSWORD, OPENSTACK_MISSING};
+use cloud_support::{
+    can_run_vms, names, openstack_bin, s, Os, Serve, ADMIN_PASSWORD, OPENSTACK_MISSING,
+};
 use hv_test_support::postgres::{PgServer, PG_MISSING};
 use hv_test_support::{require, test_guest};
-use serde_json::Value;
-
-/// The value of `field` in a `show -f json` object.
-fn s<'a>(v: &'a Value, field: &str) -> &'a str {
-    v[field].as_str().unwrap_or_else(|| panic!("no string '{field}' in {v}"))
-}
-
-/// The names in a `list -f json` table.
-fn names(v: &Value) -> Vec<String> {
-    let mut n: Vec<String> =
-        v.as_array().unwrap().iter().map(|r| r["Name"].as_str().unwrap().to_string()).collect();
-    n.sort();
-    n
-}
 
 /// Admin makes project `project` and user `user` (password `pw`) with the member role.
 fn tenant(admin: &Os, project: &str, user: &str, pw: &str) {
@@ -350,15 +338,6 @@ fn openstack_client_networks_with_two_tenants() {
             "x"
         ])
         .is_empty());
-}
-
-/// True when this host can run servers: KVM, root, `ip` and `nft` (for the netns, bridges
-/// and NAT the compute host makes).
-fn can_run_vms() -> bool {
-    hv_test_support::have_kvm()
-        && hv_test_support::is_root()
-        && hv_test_support::netns::have_netns_tools()
-        && Path::new("/usr/sbin/nft").exists()
 }
 
 #[test]

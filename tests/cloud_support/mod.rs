@@ -26,6 +26,28 @@ pub fn openstack_bin() -> Option<PathBuf> {
 pub const OPENSTACK_MISSING: &str =
     "the openstack client (python-openstackclient in /opt/hv-venv, or $HV_OPENSTACK)";
 
+/// The value of `field` in a `show -f json` object.
+pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field].as_str().unwrap_or_else(|| panic!("no string '{field}' in {v}"))
+}
+
+/// The names in a `list -f json` table, sorted.
+pub fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> =
+        v.as_array().unwrap().iter().map(|r| r["Name"].as_str().unwrap().to_string()).collect();
+    n.sort();
+    n
+}
+
+/// True when this host can run servers: KVM, root, `ip` and `nft` (for the netns, bridges
+/// and NAT the compute host makes).
+pub fn can_run_vms() -> bool {
+    hv_test_support::have_kvm()
+        && hv_test_support::is_root()
+        && hv_test_support::netns::have_netns_tools()
+        && Path::new("/usr/sbin/nft").exists()
+}
+
 /// A running `hv-cloud serve`.
 pub struct Serve {
     child: Option<Child>,

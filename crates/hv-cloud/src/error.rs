@@ -55,7 +55,7 @@ impl ApiError {
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Invalid { .. } | Error::ImageRefused { .. } => StatusCode::BAD_REQUEST,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::NetworkAmbiguous => StatusCode::CONFLICT,
             Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             // Nova and Keystone answer 403 for quota; Cinder and Glance 413; Neutron 409.
             Error::QuotaExceeded { .. } => match service {

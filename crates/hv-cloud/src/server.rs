@@ -43,18 +43,27 @@ pub fn routes() -> Router<Arc<Api>> {
         .layer(middleware::from_fn(nova_microversion))
 }
 
-/// An instance with the names of its networks and its ports' floating addresses, as a
-/// server is shown.
+/// An instance with the names of its networks, its ports' floating addresses and the names
+/// of its ports' security groups, as a server is shown.
 struct View {
     inst: Instance,
     net_names: BTreeMap<String, String>,
     floating: BTreeMap<String, Ipv4Addr>,
+    groups: std::collections::BTreeSet<String>,
 }
 
-/// Looks up the network names of `insts` (a network the caller cannot see is named by id)
-/// and the floating addresses mapped to their ports.
+/// Looks up the network names of `insts` (a network the caller cannot see is named by id),
+/// the floating addresses mapped to their ports and their ports' security groups (Nova shows
+/// a server's groups as its ports have them).
 fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec<View> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let port_groups: BTreeMap<String, Vec<String>> = c
+        .list_ports(ctx, None)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.id, p.security_groups))
+        .collect();
+    let mut group_names: BTreeMap<String, String> = BTreeMap::new();
     let fips: BTreeMap<String, Ipv4Addr> = c
         .list_floating_ips(ctx)
         .unwrap_or_default()
@@ -83,7 +92,14 @@ fn views(c: &Cloud, ctx: &hv_orchestrator::Context, insts: Vec<Instance>) -> Vec
                 .iter()
                 .filter_map(|n| fips.get(&n.port_id).map(|a| (n.port_id.clone(), *a)))
                 .collect();
-            View { inst, net_names, floating }
+            let mut groups = std::collections::BTreeSet::new();
+            for g in inst.nics.iter().filter_map(|n| port_groups.get(&n.port_id)).flatten() {
+                let name = group_names.entry(g.clone()).or_insert_with(|| {
+                    c.get_security_group(ctx, g).map(|sg| sg.name).unwrap_or_else(|_| g.clone())
+                });
+                groups.insert(name.clone());
+            }
+            View { inst, net_names, floating, groups }
         })
         .collect()
 }
@@ -93,14 +109,16 @@ fn links(api: &Api, kind: &str, id: &str) -> Value {
            {"rel": "bookmark", "href": format!("{}/compute/{kind}/{id}", api.public)}])
 }
 
-/// Nova's `OS-EXT-STS:vm_state` and `OS-EXT-STS:power_state` of a status.
+/// Nova's `OS-EXT-STS:vm_state` and `OS-EXT-STS:power_state` of a status. A suspended
+/// server's VM is saved to disk and its VMM gone, so its power state is SHUTDOWN (4), as Nova
+/// shows a libvirt domain with a managed save.
 fn vm_state(s: InstanceStatus) -> (&'static str, u8) {
     match s {
         InstanceStatus::Build => ("building", 0),
         InstanceStatus::Active => ("active", 1),
         InstanceStatus::Shutoff => ("stopped", 4),
         InstanceStatus::Paused => ("paused", 3),
-        InstanceStatus::Suspended => ("suspended", 7),
+        InstanceStatus::Suspended => ("suspended", 4),
         InstanceStatus::Error => ("error", 0),
         InstanceStatus::Deleted => ("deleted", 0),
     }
@@ -144,12 +162,15 @@ fn server_json(api: &Api, v: &View) -> Value {
         "OS-EXT-STS:power_state": power, "OS-EXT-AZ:availability_zone": "nova",
         "OS-SRV-USG:launched_at": i.launched_at.map(|t| iso(t, false)),
         "OS-SRV-USG:terminated_at": null, "OS-DCF:diskConfig": "MANUAL",
-        "security_groups": [{"name": "default"}],
         "os-extended-volumes:volumes_attached": volumes,
         "accessIPv4": "", "accessIPv6": "", "config_drive": "", "key_name": null,
         "progress": if i.status == InstanceStatus::Active { 100 } else { 0 },
         "links": links(api, "servers", &i.id),
     });
+    // As Nova: the groups of the server's ports, the key absent when it has none.
+    if !v.groups.is_empty() {
+        s["security_groups"] = v.groups.iter().map(|g| json!({"name": g})).collect();
+    }
     if let Some(f) = &i.fault {
         s["fault"] =
             json!({"code": f.code, "message": f.message, "created": iso(f.created, false)});
@@ -183,7 +204,8 @@ struct CreateBody {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-/// `networks`: a list, or `"auto"` / `"none"` (microversion 2.37).
+/// `networks`: a list (a word, `"auto"` / `"none"`, needs microversion 2.37, which hv does
+/// not serve: it is refused as Nova refuses it at 2.1).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Networks {
@@ -204,17 +226,21 @@ struct NetworkBody {
     tag: Option<String>,
 }
 
-fn network_requests(n: Option<Networks>) -> ApiResult<Vec<NetworkRequest>> {
+/// The NICs a create body asks for; `None` when it names none (no key, or an empty list: the
+/// cloud then picks as Nova does at 2.1, see [`Cloud::default_networks`]).
+fn network_requests(n: Option<Networks>) -> ApiResult<Option<Vec<NetworkRequest>>> {
     let list = match n {
-        // Without a network hv gives the server no NIC (there is no auto-allocated network).
-        None => return Ok(vec![]),
-        Some(Networks::Word(w)) if w == "auto" || w == "none" => return Ok(vec![]),
+        None => return Ok(None),
         Some(Networks::Word(w)) => {
             return Err(ApiError::bad_request(
                 S,
-                format!("invalid value for 'server.networks': '{w}' (a list, 'auto' or 'none')"),
+                format!(
+                    "invalid value for 'server.networks': '{w}' is not of type 'array' \
+                     ('auto' and 'none' need compute microversion 2.37)"
+                ),
             ))
         }
+        Some(Networks::List(l)) if l.is_empty() => return Ok(None),
         Some(Networks::List(l)) => l,
     };
     list.into_iter()
@@ -239,7 +265,8 @@ fn network_requests(n: Option<Networks>) -> ApiResult<Vec<NetworkRequest>> {
                 }
             }
         })
-        .collect()
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Some)
 }
 
 async fn create_server(State(api): State<Arc<Api>>, who: Who, body: Body) -> ApiResult<Response> {
@@ -248,10 +275,17 @@ async fn create_server(State(api): State<Arc<Api>>, who: Who, body: Body) -> Api
         return Err(ApiError::bad_request(S, "hv creates one server per request (min_count 1)"));
     }
     let mut new = NewInstance::new(&b.name, &b.image_ref, &b.flavor_ref);
-    new.networks = network_requests(b.networks)?;
+    let networks = network_requests(b.networks)?;
     new.metadata = b.metadata.unwrap_or_default();
     let ctx = who.0;
-    let inst = blocking(&api, S, move |c| c.create_instance(&ctx, &new)).await?;
+    let inst = blocking(&api, S, move |c| {
+        new.networks = match networks {
+            Some(n) => n,
+            None => c.default_networks(&ctx)?,
+        };
+        c.create_instance(&ctx, &new)
+    })
+    .await?;
     Ok(json_at(
         StatusCode::ACCEPTED,
         json!({"server": {"id": inst.id, "links": links(&api, "servers", &inst.id),
@@ -456,20 +490,24 @@ mod tests {
     }
 
     #[test]
-    fn networks_take_a_list_or_a_word() {
+    fn networks_take_a_list_at_2_1() {
         let n = |s: &str| network_requests(serde_json::from_str(s).unwrap());
-        assert_eq!(n(r#""auto""#).unwrap(), vec![]);
+        assert_eq!(network_requests(None).unwrap(), None);
+        assert_eq!(n("[]").unwrap(), None);
         assert_eq!(
             n(r#"[{"uuid": "n1", "fixed_ip": "10.0.0.5"}, {"port": "p1"}]"#).unwrap(),
-            vec![
+            Some(vec![
                 NetworkRequest::Network {
                     network_id: "n1".into(),
                     fixed_ip: Some("10.0.0.5".parse().unwrap())
                 },
                 NetworkRequest::Port("p1".into())
-            ]
+            ])
         );
-        assert!(n(r#""some""#).is_err());
+        // The words are 2.37's; at 2.1 they are schema errors.
+        for w in [r#""auto""#, r#""none""#, r#""some""#] {
+            assert_eq!(n(w).unwrap_err().status, StatusCode::BAD_REQUEST, "{w}");
+        }
         assert!(n(r#"[{"fixed_ip": "10.0.0.5"}]"#).is_err());
         assert!(n(r#"[{"uuid": "n1", "fixed_ip": "ten"}]"#).is_err());
     }

@@ -44,6 +44,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A server was asked for without networks and more than one network could carry it:
+    /// Nova's `NetworkAmbiguous`, in its words (409).
+    #[error("Multiple possible networks found, use a Network ID to be more specific.")]
+    NetworkAmbiguous,
     /// A quota would be exceeded (413/403, as Nova does).
     #[error("quota exceeded for {resource}: limit {limit}, in use {in_use}, reserved {reserved}, requested {requested}")]
     QuotaExceeded {

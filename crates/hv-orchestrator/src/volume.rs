@@ -146,6 +146,27 @@ impl Cloud {
                     reason: "not active".into(),
                 });
             }
+            // As Cinder: the image's guest-visible bytes must fit, and its min_disk holds.
+            let need = img.virtual_size.or(img.size).unwrap_or(0);
+            if need > new.size_gb << 30 {
+                return Err(Error::invalid(
+                    "size",
+                    format!(
+                        "image virtual size is {}GB and doesn't fit in a volume of size {}GB",
+                        need.div_ceil(1 << 30),
+                        new.size_gb
+                    ),
+                ));
+            }
+            if img.min_disk > new.size_gb {
+                return Err(Error::invalid(
+                    "size",
+                    format!(
+                        "volume size {}GB cannot be smaller than the image minDisk size {}GB",
+                        new.size_gb, img.min_disk
+                    ),
+                ));
+            }
         }
         let snap = match &new.snapshot_id {
             Some(s) => Some(self.load_snapshot(ctx, s)?.0),

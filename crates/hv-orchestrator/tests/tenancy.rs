@@ -251,3 +251,33 @@ both!(volume_quotas_hold_under_races, |db| {
     let g = usage.iter().find(|u| u.resource == Resource::Gigabytes).unwrap();
     assert_eq!(g.in_use, 6);
 });
+
+both!(a_server_without_networks_gets_nova_s_default, |db| {
+    use hv_orchestrator::compute::NetworkRequest;
+    let cloud = db.cloud();
+    let admin = admin(&cloud);
+    let a = tenant(&cloud, &admin, "pa", Role::Member);
+    let b = tenant(&cloud, &admin, "pb", Role::Member);
+    let on = |n: &str| vec![NetworkRequest::Network { network_id: n.into(), fixed_ip: None }];
+    // None usable: no NIC. The admin's external network and another project's network are
+    // not the project's to use.
+    let ext = NewNetwork { name: "public".into(), shared: false, external: true };
+    cloud.create_network(&admin, &ext).unwrap();
+    let theirs = cloud.create_network(&b, &NewNetwork::new("theirs")).unwrap();
+    assert_eq!(cloud.default_networks(&a).unwrap(), vec![]);
+    assert_eq!(cloud.default_networks(&b).unwrap(), on(&theirs.id));
+    // Exactly one: that one.
+    let mine = cloud.create_network(&a, &NewNetwork::new("mine")).unwrap();
+    assert_eq!(cloud.default_networks(&a).unwrap(), on(&mine.id));
+    // A shared network counts for every project: now two, ambiguous.
+    let shared = NewNetwork { name: "shared".into(), shared: true, external: false };
+    let shared = cloud.create_network(&admin, &shared).unwrap();
+    let e = cloud.default_networks(&a).unwrap_err();
+    assert!(matches!(e, Error::NetworkAmbiguous), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "Multiple possible networks found, use a Network ID to be more specific."
+    );
+    cloud.delete_network(&a, &mine.id).unwrap();
+    assert_eq!(cloud.default_networks(&a).unwrap(), on(&shared.id));
+});

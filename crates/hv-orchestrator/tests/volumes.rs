@@ -106,6 +106,38 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
         let f2 = state.path().join("volumes").join(&from_img.id);
         assert_eq!(first_bytes(&f2, guest.len()), guest);
         assert!(from_img.bootable);
+        // An image whose guest-visible size does not fit the volume is refused before
+        // anything is claimed (a qcow2 of 2 GiB virtual size into 1 GiB).
+        let big = state.path().join("big.qcow2");
+        let mk = std::process::Command::new("qemu-img")
+            .args(["create", "-f", "qcow2"])
+            .arg(&big)
+            .arg("2G")
+            .output()
+            .expect("qemu-img runs");
+        assert!(mk.status.success(), "{mk:?}");
+        let big_img = {
+            use hv_orchestrator::image::{DiskFormat, NewImage};
+            let im = cloud.create_image(&t, &NewImage::new("big", DiskFormat::Qcow2)).unwrap();
+            cloud.upload_image(&t, &im.id, &mut std::fs::File::open(&big).unwrap()).unwrap();
+            im.id
+        };
+        let before = cloud.quota_usage(&t, t.project_id()).unwrap();
+        let e = cloud
+            .create_volume(
+                &t,
+                &NewVolume {
+                    name: "small".into(),
+                    size_gb: 1,
+                    image_id: Some(big_img.clone()),
+                    snapshot_id: None,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, hv_orchestrator::Error::Invalid { field: "size", .. }), "{e}");
+        assert!(e.to_string().contains("doesn't fit"), "{e}");
+        assert_eq!(cloud.quota_usage(&t, t.project_id()).unwrap(), before);
+        assert_eq!(cloud.list_volumes(&t).unwrap().len(), 1);
         cloud.delete_instance(&t, &i.id).unwrap();
         cloud.delete_volume(&t, &from_img.id).unwrap();
         let usage = cloud.quota_usage(&t, t.project_id()).unwrap();

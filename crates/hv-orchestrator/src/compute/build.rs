@@ -469,11 +469,6 @@ impl Cloud {
             Error::Conflict { kind, reason, .. } => Error::Conflict { kind, id: id.into(), reason },
             e => e,
         })?;
-        if matches!(action, InstanceAction::Suspend | InstanceAction::Resume) {
-            return Err(Error::Unsupported(
-                "suspend/resume: hv-host has no save verb yet (use pause, or stop)".into(),
-            ));
-        }
         let driver = self.driver().ok_or_else(|| Error::NoValidHost("no compute driver".into()))?;
         let name = inst.domain.clone();
         match action {
@@ -518,7 +513,28 @@ impl Cloud {
             InstanceAction::Unpause => {
                 driver.call(move |h| async move { h.resume(&name).await })?;
             }
-            InstanceAction::Suspend | InstanceAction::Resume => unreachable!("refused above"),
+            InstanceAction::Suspend => {
+                // The host's managed save: the VM's whole state to a directory of this host,
+                // the VMM stopped (its TAPs go with it).
+                let dir = driver.save_dir(id)?;
+                discard_saved_state(&dir)?;
+                driver.call(move |h| async move { h.save(&name, &dir).await.map(drop) })?;
+                self.unbind_ports(&inst)?;
+            }
+            InstanceAction::Resume => {
+                // A new VMM restores the saved state on the same TAPs and runs on from where
+                // the guest was; the saved state is then spent.
+                let dir = driver.save_dir(id)?;
+                let d = dir.clone();
+                let taps = driver.call(move |h| async move {
+                    h.restore(&d).await?;
+                    h.iflist(&name).await
+                })?;
+                for (nic, row) in inst.nics.iter().zip(taps) {
+                    self.bind_port(&nic.port_id, &row.interface)?;
+                }
+                discard_saved_state(&dir)?;
+            }
         }
         self.store().apply(&[event(
             ctx,
@@ -553,6 +569,7 @@ impl Cloud {
                 })?;
             }
             disks::delete_volume(driver.state_dir(), INSTANCE_POOL, id)?;
+            discard_saved_state(&driver.save_dir(id)?)?;
         }
         for n in &inst.nics {
             let Some((p, _)) = load::<Port>(self.store(), &n.port_id)? else { continue };
@@ -611,6 +628,19 @@ impl Cloud {
         })?;
         let max = max_bytes.unwrap_or(CONSOLE_MAX).min(CONSOLE_MAX);
         read_tail(&path, max)
+    }
+}
+
+/// Removes a suspended instance's saved state (nothing there is fine).
+fn discard_saved_state(dir: &std::path::Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            what: "remove the saved state",
+            path: dir.display().to_string(),
+            source,
+        }),
     }
 }
 

@@ -8,7 +8,14 @@
 //!                      |        |    start            |  unpause
 //!                      v        +-- reboot (soft/hard)
 //!                    ERROR (fault)      any -- delete --> DELETED (record removed)
+//!
+//!            suspend                     resume
+//!   ACTIVE ----------> SUSPENDED ---------------> ACTIVE
 //! ```
+//!
+//! Suspend is the host's managed save: the VM's whole state goes to a directory of the host
+//! and its VMM stops (Nova shows power state SHUTDOWN); resume restores it in a new VMM on the
+//! same TAPs, running on from where it was. Only an ACTIVE instance suspends, as in Nova.
 //!
 //! A VM that stops on its own becomes SHUTOFF (the guest powered off) or ERROR (its VMM died,
 //! with the host's reason as the fault); [`Cloud::sync_instances`] and every get/list see it.
@@ -20,8 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::Timestamp;
+use crate::policy::{authorize, Action, Context};
 use crate::records::impl_resource;
 use crate::store::Kind;
+use crate::Cloud;
 
 /// Nova's server states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,7 +78,7 @@ impl InstanceStatus {
             (S::Shutoff | S::Error | S::Paused, A::Reboot { hard: true }) => S::Active,
             (S::Active, A::Pause) => S::Paused,
             (S::Paused, A::Unpause) => S::Active,
-            (S::Active | S::Paused, A::Suspend) => S::Suspended,
+            (S::Active, A::Suspend) => S::Suspended,
             (S::Suspended, A::Resume) => S::Active,
             _ => {
                 return Err(Error::Conflict {
@@ -104,9 +113,9 @@ pub enum InstanceAction {
     Pause,
     /// `unpause`.
     Unpause,
-    /// `suspend` (needs the host's save verb; answered with [`Error::Unsupported`] here).
+    /// `suspend`: the host saves the VM's state to disk and stops its VMM.
     Suspend,
-    /// `resume`.
+    /// `resume`: the host restores the saved state; the VM runs on where it was.
     Resume,
 }
 
@@ -276,6 +285,28 @@ impl NewInstance {
     }
 }
 
+impl Cloud {
+    /// The NICs Nova gives a server created without a `networks` list (compute API 2.1): the
+    /// networks the project can use are its own unshared ones and the shared ones; with
+    /// exactly one, a port on it; with none, no NIC; with several,
+    /// [`Error::NetworkAmbiguous`] (409), as Nova's `validate_networks`.
+    pub fn default_networks(&self, ctx: &Context) -> Result<Vec<NetworkRequest>> {
+        authorize(ctx, Action::NetworkList)?;
+        let usable: Vec<_> = self
+            .list_networks(ctx)?
+            .into_iter()
+            .filter(|n| n.shared || (n.project_id == ctx.project_id()))
+            .collect();
+        match usable.as_slice() {
+            [] => Ok(vec![]),
+            [one] => {
+                Ok(vec![NetworkRequest::Network { network_id: one.id.clone(), fixed_ip: None }])
+            }
+            _ => Err(Error::NetworkAmbiguous),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{InstanceAction as A, InstanceStatus as S};
@@ -291,5 +322,30 @@ mod tests {
         assert!(S::Shutoff.apply(A::Pause).is_err());
         assert!(S::Build.apply(A::Stop).is_err());
         assert!(S::Shutoff.apply(A::Reboot { hard: false }).is_err());
+    }
+
+    #[test]
+    fn suspend_and_resume() {
+        assert_eq!(S::Active.apply(A::Suspend).unwrap(), S::Suspended);
+        assert_eq!(S::Suspended.apply(A::Resume).unwrap(), S::Active);
+        // Only a running instance suspends (Nova: vm_state ACTIVE), and a suspended one only
+        // resumes: start, stop, pause, reboot and a second suspend are state conflicts.
+        for from in [S::Paused, S::Shutoff, S::Build, S::Error, S::Suspended] {
+            assert!(from.apply(A::Suspend).is_err(), "suspend from {from:?}");
+        }
+        for a in [
+            A::Start,
+            A::Stop,
+            A::Pause,
+            A::Unpause,
+            A::Reboot { hard: false },
+            A::Reboot { hard: true },
+        ] {
+            let e = S::Suspended.apply(a).unwrap_err();
+            assert!(e.to_string().contains("SUSPENDED"), "{e}");
+        }
+        for from in [S::Active, S::Paused, S::Shutoff, S::Build, S::Error] {
+            assert!(from.apply(A::Resume).is_err(), "resume from {from:?}");
+        }
     }
 }

@@ -160,6 +160,23 @@ impl Driver {
         &self.cfg.state_dir
     }
 
+    /// Where a suspended instance's saved state lives (an absolute path, as hv-host's
+    /// `save` wants): `<state dir>/saved/<instance id>`.
+    pub(crate) fn save_dir(&self, instance_id: &str) -> Result<PathBuf> {
+        let dir = self.cfg.state_dir.join("saved");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            what: "create",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let abs = std::path::absolute(&dir).map_err(|source| Error::Io {
+            what: "resolve",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(abs.join(instance_id))
+    }
+
     /// Runs `f` on the driver thread (in its network namespace) and waits for its result.
     pub(crate) fn run<T: Send + 'static>(
         &self,
