@@ -9,6 +9,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use hv_storage::block::DiskOptions;
+use hv_storage::format::Probed;
 use hv_storage::pool::{
     BuildFlags, Pool, PoolDef, PoolError, PoolKind, PoolManager, ResizeFlags, VolFormat,
     VolumeInfo, VolumeSpec,
@@ -44,6 +46,46 @@ pub fn volume_for_vm(state_dir: &Path, pool: &str, volume: &str) -> Result<(Path
         ))
     })?;
     Ok((path, format))
+}
+
+/// Whether the VMM may open the backing chain of disk `path` (hv-vmm's `backing_files=on`).
+///
+/// Only a qcow2 whose header names a backing file needs it, and it is given only when `path`
+/// is a volume of a directory pool this host manages and its whole chain opens under that
+/// pool's confinement (recorded volumes of the same pool, stated formats, bounded depth, no
+/// loops); hv-vmm then confines the chain to that directory again. A qcow2 with a backing
+/// file anywhere else is refused here, before any VMM starts.
+pub fn backing_chain_allowed(state_dir: &Path, path: &Path, format: DiskFormat) -> Result<bool> {
+    if format != DiskFormat::Qcow2 {
+        return Ok(false);
+    }
+    match hv_storage::format::probe_path(path) {
+        Ok(Probed::Qcow2(h)) if h.backing_file.is_some() => {}
+        // No backing file, or not a valid qcow2: the VMM opens it (or says why not) itself.
+        _ => return Ok(false),
+    }
+    let refused = |why: String| {
+        HostError::Unsupported(format!(
+            "disk {}: a qcow2 with a backing file starts only as a volume of a dir pool \
+             this host manages, its backing volumes in the same pool ({why})",
+            path.display()
+        ))
+    };
+    let real = path.canonicalize().map_err(|e| refused(format!("cannot resolve it: {e}")))?;
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
+        return Err(refused("no file name".into()));
+    };
+    let mgr = PoolManager::new(state_dir)?;
+    for (def, _) in mgr.list()? {
+        let PoolKind::Dir { target } = &def.kind else { continue };
+        if target.canonicalize().ok().as_deref() != Some(dir) {
+            continue;
+        }
+        let pool = mgr.open(&def.name)?;
+        pool.open_disk(name, DiskOptions { read_only: true, ..Default::default() })?;
+        return Ok(true);
+    }
+    Err(refused(format!("{} is in no dir pool", dir.display())))
 }
 
 /// `pool-define-as NAME TYPE ...`: a pool definition as virsh's arguments give it.

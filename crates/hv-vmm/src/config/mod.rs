@@ -360,9 +360,13 @@ pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "asks_nothing")]
     /// Cloud Hypervisor's field of this name: refused when it asks for something.
     pub queue_affinity: Option<Value>,
-    #[serde(default, skip_serializing_if = "asks_nothing")]
-    /// Cloud Hypervisor's field of this name: refused when it asks for something.
-    pub backing_files: Option<Value>,
+    /// Whether a qcow2 image may open its backing file (Cloud Hypervisor's field; default
+    /// false). hv confines the chain: every backing file must be named in the image that uses
+    /// it, lie directly in the directory of this disk's image (no `..`, symlinks resolved),
+    /// with a stated format, at most [`hv_storage::block::open::MAX_CHAIN_DEPTH`] deep and
+    /// without loops. When false, a qcow2 with a backing file does not open.
+    #[serde(default)]
+    pub backing_files: bool,
     /// Accepted either way: sparseness is the image file's business.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<Value>,
