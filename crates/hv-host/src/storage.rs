@@ -88,6 +88,33 @@ pub fn backing_chain_allowed(state_dir: &Path, path: &Path, format: DiskFormat) 
     Err(refused(format!("{} is in no dir pool", dir.display())))
 }
 
+/// The backing chain below disk image `path`, top layer first, as its qcow2 headers name it
+/// (for `dumpxml`; a raw image, a file that cannot be read or a layer without a stated format
+/// ends it; at most [`hv_storage::block::open::MAX_CHAIN_DEPTH`] layers). Nothing is opened
+/// for a guest here: this only reads headers.
+pub fn backing_chain(path: &Path) -> Vec<crate::domain::BackingLayer> {
+    let mut chain = Vec::new();
+    let mut image = path.to_path_buf();
+    while chain.len() < hv_storage::block::open::MAX_CHAIN_DEPTH {
+        let Ok(Probed::Qcow2(h)) = hv_storage::format::probe_path(&image) else { break };
+        let Some(name) = h.backing_file else { break };
+        let joined = image.parent().unwrap_or(Path::new("/")).join(&name);
+        let next = joined.canonicalize().unwrap_or(joined);
+        let format = h.backing_format;
+        chain.push(crate::domain::BackingLayer {
+            path: next.clone(),
+            format: format.map(|f| f.as_str().to_string()),
+        });
+        if format != Some(hv_storage::format::ImageFormat::Qcow2)
+            || chain.iter().rev().skip(1).any(|l| l.path == next)
+        {
+            break;
+        }
+        image = next;
+    }
+    chain
+}
+
 /// `pool-define-as NAME TYPE ...`: a pool definition as virsh's arguments give it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
