@@ -568,4 +568,21 @@ mod tests {
         assert_eq!(minimal.serial.mode, ConsoleMode::Null);
         assert_eq!(minimal.disks.unwrap_or_default().len(), 0);
     }
+
+    #[test]
+    fn backing_files_is_cloud_hypervisors_bool_off_by_default() {
+        let disk = |d: &str| parse(&format!(r#"{{"payload":{{"kernel":"/k"}},"disks":[{d}]}}"#));
+        let off = disk(r#"{"path":"/d","image_type":"Qcow2"}"#).unwrap();
+        assert!(!off.disks.as_ref().unwrap()[0].backing_files);
+        let on = disk(r#"{"path":"/d","image_type":"Qcow2","backing_files":true}"#).unwrap();
+        on.validate().unwrap();
+        assert!(on.disks.as_ref().unwrap()[0].backing_files);
+        // vm.info shows it, as Cloud Hypervisor does, and it reads back.
+        let shown = serde_json::to_value(&on).unwrap();
+        assert_eq!(shown["disks"][0]["backing_files"], true);
+        for bad in [r#""on""#, "1", "null", "{}"] {
+            let r = disk(&format!(r#"{{"path":"/d","backing_files":{bad}}}"#));
+            assert!(r.is_err(), "backing_files {bad} accepted: {r:?}");
+        }
+    }
 }
