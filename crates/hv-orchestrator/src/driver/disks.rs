@@ -213,3 +213,73 @@ pub(crate) fn delete_root_disk(state_dir: &Path, id: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 4 MiB image (a volume of the volume pool standing in for the image pool's).
+    fn image(state: &Path, seed: u8) -> (Box<dyn VolumeIo>, Vec<u8>) {
+        let bytes: Vec<u8> = (0..4 * MIB).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let name = format!("image-{seed}");
+        create_volume(state, VOLUME_POOL, &name, 4 * MIB, None).unwrap();
+        let p = PoolManager::new(state).unwrap().open(VOLUME_POOL).unwrap();
+        p.open_volume(&name, true).unwrap().write_at(&bytes, 0).unwrap();
+        (p.open_volume(&name, false).unwrap(), bytes)
+    }
+
+    fn read(state: &Path, name: &str, len: usize) -> Vec<u8> {
+        let p = PoolManager::new(state).unwrap().open(INSTANCE_POOL).unwrap();
+        let io = p.open_volume(name, false).unwrap();
+        let mut b = vec![0u8; len];
+        io.read_at(&mut b, 0).unwrap();
+        b
+    }
+
+    fn info(state: &Path, name: &str) -> Option<hv_storage::pool::VolumeInfo> {
+        PoolManager::new(state).unwrap().open(INSTANCE_POOL).unwrap().volume_info(name).ok()
+    }
+
+    #[test]
+    fn overlays_share_one_base_that_goes_with_the_last_of_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        ensure_pools(&state).unwrap();
+        let (img, bytes) = image(&state, 3);
+        create_root_disk(&state, "img1", "vm1", 64 * MIB, img.as_ref()).unwrap();
+        create_root_disk(&state, "img1", "vm2", MIB, img.as_ref()).unwrap();
+        // One base; each overlay reads as the image, at the flavor's size (or the image's if
+        // larger); the overlays hold (almost) nothing.
+        let base = info(&state, "base-img1").unwrap();
+        assert_eq!((base.format, base.capacity), (VolFormat::Raw, 4 * MIB));
+        for (vm, size) in [("vm1", 64 * MIB), ("vm2", 4 * MIB)] {
+            let i = info(&state, vm).unwrap();
+            assert_eq!((i.format, i.capacity), (VolFormat::Qcow2, size), "{vm}");
+            assert_eq!(i.backing.as_deref().map(Path::new), base.path.as_deref(), "{vm}");
+            assert!(i.allocation < MIB, "{vm}: {} bytes", i.allocation);
+            assert!(read(&state, vm, bytes.len()) == bytes, "{vm} does not read as the image");
+        }
+        delete_root_disk(&state, "vm1").unwrap();
+        assert!(info(&state, "vm1").is_none());
+        assert!(info(&state, "base-img1").is_some(), "the base went while vm2 uses it");
+        delete_root_disk(&state, "vm1").unwrap(); // gone already: fine
+        delete_root_disk(&state, "vm2").unwrap();
+        assert!(info(&state, "base-img1").is_none(), "the base outlived its last overlay");
+        assert!(!marker(&state, "img1").exists());
+    }
+
+    #[test]
+    fn a_base_cut_short_by_a_crash_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        ensure_pools(&state).unwrap();
+        let (img, bytes) = image(&state, 5);
+        // A base volume without its marker: a copy that never finished (zeroes here).
+        create_volume(&state, INSTANCE_POOL, "base-img2", 4 * MIB, None).unwrap();
+        create_root_disk(&state, "img2", "vm", 8 * MIB, img.as_ref()).unwrap();
+        assert!(marker(&state, "img2").is_file());
+        assert!(read(&state, "vm", bytes.len()) == bytes, "the half-made base was used");
+    }
+}
