@@ -36,8 +36,8 @@ use crate::{check_name, Cloud};
 /// The most console output returned.
 const CONSOLE_MAX: u64 = 64 << 10;
 
-/// What an image boots from, checked before anything is claimed: the image whose bytes the
-/// root disk copies (none for an `aki` image, which boots as the kernel itself).
+/// What an image boots from, checked before anything is claimed: the image the root disk is
+/// an overlay of (none for an `aki` image, which boots as the kernel itself).
 struct Boot {
     root_from: Option<String>,
 }
