@@ -141,3 +141,35 @@ both!(instances_of_one_image_share_one_base_under_small_overlays, |db| {
         cloud.delete_image(&t, &img).unwrap();
     });
 });
+
+both!(an_instance_on_an_overlay_suspends_and_resumes, |db| {
+    hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
+    let ns = NetNs::new("orch-rootsus");
+    let state = tempfile::tempdir().unwrap();
+    ns.run(|| {
+        let cloud = db.compute_cloud(state.path());
+        let admin = admin(&cloud);
+        let t = tenant(&cloud, &admin, "pa", Role::Member);
+        let f = cloud.create_flavor(&admin, &NewFlavor::new("small", 1, 64, 1)).unwrap();
+        let (img, _) = root_image(&cloud, &t, "test=power-button");
+        let i = cloud.create_instance(&t, &NewInstance::new("vm", &img, &f.id)).unwrap();
+        assert_eq!(i.status, InstanceStatus::Active, "{:?}", i.fault);
+        wait_for(60, || {
+            let l = cloud.console_log(&t, &i.id, None).unwrap();
+            l.contains("waiting for the power button").then_some(())
+        })
+        .expect("the guest booted");
+        // Saved and restored: the VMM reopens the overlay with its chain.
+        let s = cloud.instance_action(&t, &i.id, InstanceAction::Suspend).unwrap();
+        assert_eq!(s.status, InstanceStatus::Suspended, "{:?}", s.fault);
+        let r = cloud.instance_action(&t, &i.id, InstanceAction::Resume).unwrap();
+        assert_eq!(r.status, InstanceStatus::Active, "{:?}", r.fault);
+        // The restored guest is the same one, still waiting: the power button reaches it.
+        let s = cloud.instance_action(&t, &i.id, InstanceAction::Stop).unwrap();
+        assert_eq!(s.status, InstanceStatus::Shutoff);
+        let log = cloud.console_log(&t, &i.id, None).unwrap();
+        assert!(log.contains("power button pressed"), "{log}");
+        cloud.delete_instance(&t, &i.id).unwrap();
+        assert!(!state.path().join("instances").join(format!("base-{img}")).exists());
+    });
+});
