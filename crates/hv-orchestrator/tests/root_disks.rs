@@ -1,7 +1,7 @@
 //! Instance root disks are qcow2 overlays over one base copy of the image per host: two
 //! instances of one image share the base, each overlay holds only its guest's writes, the
 //! flavor's root size is the disk's size, and deleting one instance leaves the other (and the
-//! base) whole until the last overlay goes.
+//! base) whole until the last overlay goes; an instance on an overlay suspends and resumes.
 
 mod common;
 
