@@ -478,6 +478,19 @@ fn a_qcow2_overlay_volume_boots_over_its_backing_volume_and_dumpxml_shows_the_ch
     h.ok(&["vol-download", "base", down.to_str().unwrap(), "--pool", "p"]);
     assert!(std::fs::read(&down).unwrap()[..base.len()] == base[..], "the base changed");
 
+    // The same overlay as a file disk (it lies in the pool's directory): its chain opens too.
+    let disk = format!(
+        "<disk type='file'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda'/></disk>",
+        images.join("vm1").display()
+    );
+    let file = disk_domain(&h, "infile", "test=blk sector=0 count=8 seed=2", &disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "infile"]);
+    let serial = h.wait_serial("infile", "hvtest: done");
+    assert!(serial.contains("hvtest: blk verify ok"), "{serial}");
+    assert_eq!(h.wait_state("infile", "shut off"), "shut off (shutdown)");
+
     // A qcow2 file disk whose backing file lies outside every pool does not start.
     let loose = h.path().join("loose");
     std::fs::create_dir(&loose).unwrap();
