@@ -409,3 +409,99 @@ fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
     assert!(h.ok(&["domblklist", "vd"]).contains("p/v"));
     h.ok(&["destroy", "vd"]);
 }
+
+/// A domain XML booting the test guest with `cmdline` on the one disk `disk` (XML).
+fn disk_domain(h: &Host, name: &str, cmdline: &str, disk: &str) -> PathBuf {
+    let xml = format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type>hvm</type><kernel>{}</kernel><cmdline>{cmdline}</cmdline></os>\
+         <devices>{disk}<serial type='file'><source path='{}'/></serial></devices></domain>",
+        test_guest().display(),
+        h.serial(name).display()
+    );
+    let file = h.path().join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    file
+}
+
+#[test]
+fn a_qcow2_overlay_volume_boots_over_its_backing_volume_and_dumpxml_shows_the_chain() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    let images = h.path().join("images");
+    h.ok(&["pool-define-as", "p", "dir", "--target", images.to_str().unwrap()]);
+    h.ok(&["pool-build", "p"]);
+    h.ok(&["pool-start", "p"]);
+    h.ok(&["vol-create-as", "p", "base", "16M"]);
+    let base = hv_test_support::blk_pattern(99, 0, 4096);
+    let up = h.path().join("base-bytes");
+    std::fs::write(&up, &base).unwrap();
+    h.ok(&["vol-upload", "base", up.to_str().unwrap(), "--pool", "p"]);
+    h.ok(&[
+        "vol-create-as",
+        "p",
+        "vm1",
+        "32M",
+        "--format",
+        "qcow2",
+        "--backing-vol",
+        "base",
+        "--backing-vol-format",
+        "raw",
+    ]);
+    let disk = "<disk type='volume'><driver name='qemu' type='qcow2'/>\
+                <source pool='p' volume='vm1'/><target dev='vda'/></disk>";
+    let file = disk_domain(&h, "ov", "test=blk sector=4000 count=160 seed=5", disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "ov"]);
+    let serial = h.wait_serial("ov", "hvtest: done");
+    assert!(serial.contains("hvtest: blk capacity=65536"), "{serial}");
+    assert!(serial.contains("hvtest: blk verify ok"), "{serial}");
+    // dumpxml shows the chain as libvirt does.
+    let xml = h.ok(&["dumpxml", "ov"]);
+    let squashed = xml.split_whitespace().collect::<Vec<_>>().join(" ");
+    let want = format!(
+        "<backingStore type=\"file\" index=\"1\"> <format type=\"raw\"/> \
+         <source file=\"{}\"/> <backingStore/> </backingStore>",
+        images.join("base").canonicalize().unwrap().display()
+    );
+    assert!(squashed.contains(&want), "{want} not in {xml}");
+    assert_eq!(h.wait_state("ov", "shut off"), "shut off (shutdown)");
+    // The overlay reads as the base plus the guest's writes; the base is as uploaded.
+    let down = h.path().join("down");
+    h.ok(&["vol-download", "vm1", down.to_str().unwrap(), "--pool", "p"]);
+    let got = std::fs::read(&down).unwrap();
+    let mut want = base.clone();
+    want.resize(6000 * 512, 0);
+    want[4000 * 512..4160 * 512].copy_from_slice(&hv_test_support::blk_pattern(5, 4000, 160));
+    assert!(got[..want.len()] == want[..], "the overlay is not base + the guest's writes");
+    h.ok(&["vol-download", "base", down.to_str().unwrap(), "--pool", "p"]);
+    assert!(std::fs::read(&down).unwrap()[..base.len()] == base[..], "the base changed");
+
+    // The same overlay as a file disk (it lies in the pool's directory): its chain opens too.
+    let disk = format!(
+        "<disk type='file'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda'/></disk>",
+        images.join("vm1").display()
+    );
+    let file = disk_domain(&h, "infile", "test=blk sector=0 count=8 seed=2", &disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "infile"]);
+    let serial = h.wait_serial("infile", "hvtest: done");
+    assert!(serial.contains("hvtest: blk verify ok"), "{serial}");
+    assert_eq!(h.wait_state("infile", "shut off"), "shut off (shutdown)");
+
+    // A qcow2 file disk whose backing file lies outside every pool does not start.
+    let loose = h.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::copy(images.join("vm1"), loose.join("vm1.qcow2")).unwrap();
+    let disk = format!(
+        "<disk type='file'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda'/></disk>",
+        loose.join("vm1.qcow2").display()
+    );
+    let file = disk_domain(&h, "loose", "test=blk count=1", &disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    let err = h.fails(&["start", "loose"]);
+    assert!(err.contains("backing file") && err.contains("pool"), "{err}");
+}

@@ -261,9 +261,16 @@ impl Host {
         def.disks
             .iter()
             .map(|d| match &d.source {
-                DiskSource::File { path, format } => {
-                    Ok(ResolvedDisk { path: path.clone(), format: *format, read_only: d.read_only })
-                }
+                DiskSource::File { path, format } => Ok(ResolvedDisk {
+                    path: path.clone(),
+                    format: *format,
+                    read_only: d.read_only,
+                    backing_files: crate::storage::backing_chain_allowed(
+                        &self.cfg.state_dir,
+                        path,
+                        *format,
+                    )?,
+                }),
                 DiskSource::Volume { pool, volume, format } => {
                     let (path, recorded) =
                         crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
@@ -275,7 +282,12 @@ impl Host {
                             )));
                         }
                     }
-                    Ok(ResolvedDisk { path, format: recorded, read_only: d.read_only })
+                    let backing_files = crate::storage::backing_chain_allowed(
+                        &self.cfg.state_dir,
+                        &path,
+                        recorded,
+                    )?;
+                    Ok(ResolvedDisk { path, format: recorded, read_only: d.read_only, backing_files })
                 }
             })
             .collect()

@@ -9,6 +9,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use hv_storage::block::DiskOptions;
+use hv_storage::format::Probed;
 use hv_storage::pool::{
     BuildFlags, Pool, PoolDef, PoolError, PoolKind, PoolManager, ResizeFlags, VolFormat,
     VolumeInfo, VolumeSpec,
@@ -44,6 +46,73 @@ pub fn volume_for_vm(state_dir: &Path, pool: &str, volume: &str) -> Result<(Path
         ))
     })?;
     Ok((path, format))
+}
+
+/// Whether the VMM may open the backing chain of disk `path` (hv-vmm's `backing_files=on`).
+///
+/// Only a qcow2 whose header names a backing file needs it, and it is given only when `path`
+/// is a volume of a directory pool this host manages and its whole chain opens under that
+/// pool's confinement (recorded volumes of the same pool, stated formats, bounded depth, no
+/// loops); hv-vmm then confines the chain to that directory again. A qcow2 with a backing
+/// file anywhere else is refused here, before any VMM starts.
+pub fn backing_chain_allowed(state_dir: &Path, path: &Path, format: DiskFormat) -> Result<bool> {
+    if format != DiskFormat::Qcow2 {
+        return Ok(false);
+    }
+    match hv_storage::format::probe_path(path) {
+        Ok(Probed::Qcow2(h)) if h.backing_file.is_some() => {}
+        // No backing file, or not a valid qcow2: the VMM opens it (or says why not) itself.
+        _ => return Ok(false),
+    }
+    let refused = |why: String| {
+        HostError::Unsupported(format!(
+            "disk {}: a qcow2 with a backing file starts only as a volume of a dir pool \
+             this host manages, its backing volumes in the same pool ({why})",
+            path.display()
+        ))
+    };
+    let real = path.canonicalize().map_err(|e| refused(format!("cannot resolve it: {e}")))?;
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
+        return Err(refused("no file name".into()));
+    };
+    let mgr = PoolManager::new(state_dir)?;
+    for (def, _) in mgr.list()? {
+        let PoolKind::Dir { target } = &def.kind else { continue };
+        if target.canonicalize().ok().as_deref() != Some(dir) {
+            continue;
+        }
+        let pool = mgr.open(&def.name)?;
+        pool.open_disk(name, DiskOptions { read_only: true, ..Default::default() })?;
+        return Ok(true);
+    }
+    Err(refused(format!("{} is in no dir pool", dir.display())))
+}
+
+/// The backing chain below disk image `path`, top layer first, as its qcow2 headers name it
+/// (for `dumpxml`; a raw image, a file that cannot be read or a layer without a stated format
+/// ends it; at most [`hv_storage::block::open::MAX_CHAIN_DEPTH`] layers). Nothing is opened
+/// for a guest here: this only reads headers.
+pub fn backing_chain(path: &Path) -> Vec<crate::domain::BackingLayer> {
+    let mut chain = Vec::new();
+    let mut image = path.to_path_buf();
+    while chain.len() < hv_storage::block::open::MAX_CHAIN_DEPTH {
+        let Ok(Probed::Qcow2(h)) = hv_storage::format::probe_path(&image) else { break };
+        let Some(name) = h.backing_file else { break };
+        let joined = image.parent().unwrap_or(Path::new("/")).join(&name);
+        let next = joined.canonicalize().unwrap_or(joined);
+        let format = h.backing_format;
+        chain.push(crate::domain::BackingLayer {
+            path: next.clone(),
+            format: format.map(|f| f.as_str().to_string()),
+        });
+        if format != Some(hv_storage::format::ImageFormat::Qcow2)
+            || chain.iter().rev().skip(1).any(|l| l.path == next)
+        {
+            break;
+        }
+        image = next;
+    }
+    chain
 }
 
 /// `pool-define-as NAME TYPE ...`: a pool definition as virsh's arguments give it.

@@ -27,6 +27,8 @@ pub struct ResolvedDisk {
     pub format: DiskFormat,
     /// Read-only for the guest.
     pub read_only: bool,
+    /// The qcow2 may open its backing chain (checked by the host first).
+    pub backing_files: bool,
 }
 
 /// A NIC as the VMM opens it: a TAP the host made and plugged in.
@@ -126,6 +128,9 @@ pub fn command_line(
         let mut spec = format!("path={},image_type={}", d.path.display(), d.format.as_str());
         if d.read_only {
             spec.push_str(",readonly=on");
+        }
+        if d.backing_files {
+            spec.push_str(",backing_files=on");
         }
         a.extend(["--disk".into(), spec]);
     }

@@ -46,9 +46,9 @@
 //!   Host work runs on the driver's own thread, in the network namespace the cloud was opened
 //!   in.
 //!
-//! What is not here yet: disk hotplug (volumes attach to shut-off instances), qcow2 overlays
-//! for root disks (hv-vmm opens qcow2 without backing files, so root disks are sparse full
-//! copies), hosts other than this process's.
+//! What is not here yet: disk hotplug (volumes attach to shut-off instances), hosts other than
+//! this process's. Root disks are qcow2 overlays over one base copy of the image per host
+//! (`driver::disks`).
 //!
 //! # Example
 //!

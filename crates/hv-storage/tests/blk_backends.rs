@@ -512,3 +512,34 @@ fn a_qcow2_with_a_zeroed_refcount_entry_is_refused_for_writing() {
     let disk = open_disk(&img, DiskFormat::Qcow2, ro).expect("read-only open still works");
     assert_eq!(disk.size(), MIB as u64);
 }
+
+#[test]
+fn a_backing_name_with_dot_dot_is_refused_even_when_it_lands_in_an_allowed_place() {
+    hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let base = raw_file(dir.path(), "base", 65536, 5);
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    // sub/../base is the allowed directory's own file, but the name climbs: refused.
+    let top = sub.join("top.qcow2");
+    qcow2_overlay(std::path::Path::new("../base"), "raw", &top, Some("64K"));
+    let opts = DiskOptions {
+        confinement: Confinement::none().allow_dir(dir.path()).unwrap(),
+        ..Default::default()
+    };
+    match open_disk(&top, DiskFormat::Qcow2, opts) {
+        Err(BlockError::NotAllowed { what: "backing file", reason, .. }) => {
+            assert!(reason.contains(".."), "{reason}")
+        }
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+    // The same base named plainly from next to it opens.
+    let next = dir.path().join("next.qcow2");
+    qcow2_overlay(std::path::Path::new("base"), "raw", &next, Some("64K"));
+    let opts = DiskOptions {
+        confinement: Confinement::none().allow_dir(dir.path()).unwrap(),
+        ..Default::default()
+    };
+    assert_eq!(open_disk(&next, DiskFormat::Qcow2, opts).unwrap().size(), 65536);
+    drop(base);
+}

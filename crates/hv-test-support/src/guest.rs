@@ -126,6 +126,19 @@ pub fn check_dirty_transcript(serial: &str, every: u64) -> Result<u64, String> {
     rounds.last().copied().ok_or_else(|| "no dirty round reported".into())
 }
 
+/// The bytes the test guest's `test=blk sector=S count=C seed=N` writes: for each 8-byte word
+/// at disk byte `offset`, `pattern_word(seed, offset)` little-endian (the same function as
+/// `guests/test-guest/src/virtio/blk.rs`).
+pub fn blk_pattern(seed: u64, sector: u64, count: u64) -> Vec<u8> {
+    let word = |offset: u64| {
+        let mut x = seed ^ offset.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^ (x >> 32)
+    };
+    (0..count * 64).flat_map(|i| word(sector * 512 + 8 * i).to_le_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

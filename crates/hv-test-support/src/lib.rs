@@ -27,7 +27,9 @@ pub mod virtq;
 
 mod guest;
 
-pub use guest::{check_dirty_transcript, dirty_rounds, hvtest_lines, test_guest, HVTEST_PREFIX};
+pub use guest::{
+    blk_pattern, check_dirty_transcript, dirty_rounds, hvtest_lines, test_guest, HVTEST_PREFIX,
+};
 
 /// True when running under CI (`CI=true`): missing prerequisites are failures there.
 pub fn in_ci() -> bool {

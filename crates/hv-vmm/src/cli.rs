@@ -120,12 +120,22 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     })
 }
 
-/// `--disk path=P[,readonly=on][,direct=on][,image_type=raw|qcow2][,id=I][,serial=S][,num_queues=N]`.
+/// `--disk path=P[,readonly=on][,direct=on][,image_type=raw|qcow2][,backing_files=on][,id=I][,serial=S][,num_queues=N]`.
 pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
     let o = Options::parse(
         "disk",
         s,
-        &["path", "readonly", "direct", "image_type", "id", "serial", "num_queues", "queue_size"],
+        &[
+            "path",
+            "readonly",
+            "direct",
+            "image_type",
+            "backing_files",
+            "id",
+            "serial",
+            "num_queues",
+            "queue_size",
+        ],
     )?;
     let image_type = match o.get("image_type") {
         None | Some("raw") => ImageType::Raw,
@@ -137,6 +147,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
         readonly: o.bool("readonly")?.unwrap_or(false),
         direct: o.bool("direct")?.unwrap_or(false),
         image_type,
+        backing_files: o.bool("backing_files")?.unwrap_or(false),
         num_queues: o.num("num_queues")?,
         queue_size: o.num("queue_size")?,
         id: o.get("id").map(Into::into),
@@ -241,6 +252,10 @@ mod tests {
         let d = parse_disk("path=/a.qcow2,readonly=on,image_type=qcow2").unwrap();
         assert_eq!((d.readonly, d.image_type), (true, ImageType::Qcow2));
         assert_eq!(parse_disk("path=/a").unwrap().image_type, ImageType::Raw);
+        assert!(!parse_disk("path=/a.qcow2,image_type=qcow2").unwrap().backing_files);
+        assert!(
+            parse_disk("path=/a.qcow2,image_type=qcow2,backing_files=on").unwrap().backing_files
+        );
         let n = parse_net("tap=t0,mac=52:54:00:00:00:01").unwrap();
         assert_eq!(n.tap.as_deref(), Some("t0"));
         assert_eq!(parse_console("serial", "file=/x").unwrap().file, Some("/x".into()));

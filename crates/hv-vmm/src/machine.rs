@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hv_core::snapshot::DeviceSource;
 use hv_core::VmBuilder;
@@ -12,7 +12,7 @@ use hv_mem::{Backing, HugePageSize, MemoryConfig as RamConfig};
 use hv_net::tap::{Tap, TapError};
 use hv_net::virtio_net::{NetBackend, NetConfig as NicConfig, NetHandle, TapBackend, VirtioNet};
 use hv_net::MacAddr;
-use hv_storage::block::{open_disk, BlockError, DiskFormat, DiskOptions};
+use hv_storage::block::{open_disk, BlockError, Confinement, DiskFormat, DiskOptions};
 use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
 
 use crate::config::{ConsoleMode, ImageType, VmConfig};
@@ -171,6 +171,19 @@ pub fn rebuild_builder(config: &VmConfig, console: SerialOut) -> Result<Machine,
     devices(config, VmBuilder::new(), false, console)
 }
 
+/// What a qcow2 disk with `backing_files` on may open besides itself: the regular files
+/// directly in its own directory (as a Nova or libvirt overlay sits next to, or in the pool of,
+/// its base), nothing elsewhere.
+fn backing_confinement(image: &Path) -> Result<Confinement, BlockError> {
+    let dir = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Confinement::none()
+        .allow_dir(dir)
+        .map_err(|source| BlockError::Open { path: dir.to_path_buf(), source })
+}
+
 /// Adds the serial output and every virtio device of `config` to `b`, each with where its
 /// backend is (so a snapshot records how to reopen it).
 fn devices(
@@ -182,12 +195,27 @@ fn devices(
     let mut b = b.dirty_tracking(true).serial_output(serial_output(config, first_boot, console)?);
     for (index, d) in config.disks.iter().flatten().enumerate() {
         let path = d.path.clone().unwrap_or_default();
-        // Explicit format, never probed; a qcow2 may open no backing or data file.
+        // Explicit format, never probed; a qcow2 opens a backing chain only with
+        // `backing_files`, and only files directly in its own directory.
         let format = match d.image_type {
             ImageType::Qcow2 => DiskFormat::Qcow2,
             _ => DiskFormat::Raw,
         };
-        let opts = DiskOptions { read_only: d.readonly, direct: d.direct, ..Default::default() };
+        let confinement = if d.backing_files && format == DiskFormat::Qcow2 {
+            backing_confinement(&path).map_err(|source| DeviceError::Disk {
+                index,
+                path: path.clone(),
+                source,
+            })?
+        } else {
+            Confinement::none()
+        };
+        let opts = DiskOptions {
+            read_only: d.readonly,
+            direct: d.direct,
+            confinement,
+            ..Default::default()
+        };
         let backend = open_disk(&path, format, opts).map_err(|source| DeviceError::Disk {
             index,
             path: path.clone(),

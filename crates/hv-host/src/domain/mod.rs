@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 pub use state::{DomainOp, DomainState, StateReason, TransitionError};
 pub use store::{Defined, DomainStore};
-pub use xml::XmlError;
+pub use xml::{BackingLayer, XmlError};
 
 /// The longest domain name accepted.
 pub const MAX_NAME_LEN: usize = 64;

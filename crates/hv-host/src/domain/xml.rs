@@ -151,9 +151,67 @@ struct XDisk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     driver: Option<XDriver>,
     source: Option<XDiskSource>,
+    /// libvirt's `<backingStore>` on input: accepted and ignored, as libvirt does for a
+    /// definition (the chain comes from the image headers); skipped without recursion.
+    #[serde(rename = "backingStore", default, skip_serializing)]
+    _backing_in: Option<serde::de::IgnoredAny>,
+    /// The chain as `dumpxml` shows it.
+    #[serde(rename = "backingStore", skip_deserializing, skip_serializing_if = "Option::is_none")]
+    backing_out: Option<XBackingStore>,
     target: XDiskTarget,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     readonly: Option<XEmpty>,
+}
+
+/// One layer of a disk's backing chain in libvirt's form; all fields empty is the closing
+/// `<backingStore/>`.
+#[derive(Debug, Default, Serialize)]
+struct XBackingStore {
+    #[serde(rename = "@type", skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(rename = "@index", skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<XFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<XDiskSource>,
+    #[serde(rename = "backingStore", skip_serializing_if = "Option::is_none")]
+    next: Option<Box<XBackingStore>>,
+}
+
+#[derive(Debug, Serialize)]
+struct XFormat {
+    #[serde(rename = "@type")]
+    kind: String,
+}
+
+/// One backing layer below a disk's image, as [`DomainDef::to_xml_with`] shows it: the file
+/// and its format (when the image above states one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingLayer {
+    /// The backing file.
+    pub path: PathBuf,
+    /// Its format as the layer above names it (`raw`, `qcow2`), if it does.
+    pub format: Option<String>,
+}
+
+/// libvirt's nested `<backingStore>` for `chain` (top first), closed by an empty one.
+fn backing_store(chain: &[BackingLayer]) -> XBackingStore {
+    let mut node = XBackingStore::default();
+    for (i, layer) in chain.iter().enumerate().rev() {
+        node = XBackingStore {
+            kind: Some("file".into()),
+            index: Some((i + 1).to_string()),
+            format: layer.format.clone().map(|kind| XFormat { kind }),
+            source: Some(XDiskSource {
+                file: Some(layer.path.display().to_string()),
+                pool: None,
+                volume: None,
+            }),
+            next: Some(Box::new(node)),
+        };
+    }
+    node
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -535,7 +593,18 @@ impl DomainDef {
     /// [`to_xml`](Self::to_xml) for a running domain whose serial port is the pty `pty`: as
     /// libvirt writes it, the serial and a console naming it (`<source path='/dev/pts/N'/>`).
     pub fn to_xml_live(&self, pty: Option<&Path>) -> String {
+        self.to_xml_with(pty, &[])
+    }
+
+    /// [`to_xml_live`](Self::to_xml_live) with each disk's backing chain (`chains[i]` for disk
+    /// `i`, top layer first) shown as libvirt's nested `<backingStore>` elements.
+    pub fn to_xml_with(&self, pty: Option<&Path>, chains: &[Vec<BackingLayer>]) -> String {
         let mut x = self.to_raw();
+        for (disk, chain) in x.devices.disks.iter_mut().zip(chains) {
+            if !chain.is_empty() {
+                disk.backing_out = Some(backing_store(chain));
+            }
+        }
         if let (Some(pty), SerialDef::Pty) = (pty, &self.serial) {
             let path = pty.display().to_string();
             let source = || Some(XCharSource { path: path.clone() });
@@ -596,6 +665,8 @@ impl DomainDef {
                         kind: format.map(|f| f.as_str().into()),
                     }),
                     source: Some(source),
+                    _backing_in: None,
+                    backing_out: None,
                     target: XDiskTarget { dev: d.target.clone(), bus: Some("virtio".into()) },
                     readonly: d.read_only.then(XEmpty::default),
                 }

@@ -4,7 +4,7 @@
 
 use super::Host;
 use crate::console::ConsoleSource;
-use crate::domain::{DomainName, SerialDef};
+use crate::domain::{DiskSource, DomainName, SerialDef};
 use crate::error::{HostError, Result};
 use crate::vmm::VmmApi;
 
@@ -49,6 +49,22 @@ impl Host {
             },
             _ => None,
         };
-        Ok(def.to_xml_live(pty.as_deref()))
+        // Each disk's backing chain, read from its image headers, as libvirt shows it.
+        let chains: Vec<_> = def
+            .disks
+            .iter()
+            .map(|d| {
+                let path = match &d.source {
+                    DiskSource::File { path, .. } => Some(path.clone()),
+                    DiskSource::Volume { pool, volume, .. } => {
+                        crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)
+                            .ok()
+                            .map(|(p, _)| p)
+                    }
+                };
+                path.map(|p| crate::storage::backing_chain(&p)).unwrap_or_default()
+            })
+            .collect();
+        Ok(def.to_xml_with(pty.as_deref(), &chains))
     }
 }

@@ -36,8 +36,8 @@ use crate::{check_name, Cloud};
 /// The most console output returned.
 const CONSOLE_MAX: u64 = 64 << 10;
 
-/// What an image boots from, checked before anything is claimed: the image whose bytes the
-/// root disk copies (none for an `aki` image, which boots as the kernel itself).
+/// What an image boots from, checked before anything is claimed: the image the root disk is
+/// an overlay of (none for an `aki` image, which boots as the kernel itself).
 struct Boot {
     root_from: Option<String>,
 }
@@ -225,16 +225,11 @@ impl Cloud {
         for v in &new.volumes {
             self.attach_volume(ctx, &inst.id, v)?;
         }
-        // Root disk: a copy of the image's guest-visible bytes.
+        // Root disk: a qcow2 overlay over the host's base copy of the image.
         if let Some(src) = &boot.root_from {
             let io = self.image_pool().open_volume(src, false)?;
-            disks::create_volume(
-                driver.state_dir(),
-                INSTANCE_POOL,
-                &inst.id,
-                inst.disk_gb << 30,
-                Some(io.as_ref()),
-            )?;
+            let dir = driver.state_dir();
+            disks::create_root_disk(dir, src, &inst.id, inst.disk_gb << 30, io.as_ref())?;
         }
         self.start_domain(&inst.id)?;
         self.set_status(&inst.id, |i| {
@@ -568,7 +563,7 @@ impl Cloud {
                     h.undefine(&name).await.map(drop)
                 })?;
             }
-            disks::delete_volume(driver.state_dir(), INSTANCE_POOL, id)?;
+            disks::delete_root_disk(driver.state_dir(), id)?;
             discard_saved_state(&driver.save_dir(id)?)?;
         }
         for n in &inst.nics {

@@ -2,19 +2,30 @@
 //! registered with its [`PoolManager`] so hv-host resolves `<disk type='volume'>` sources in
 //! them with the format the pool recorded (never a probe of guest-written bytes).
 //!
-//! - [`INSTANCE_POOL`]: instance root disks, one volume `<instance id>` each.
+//! - [`INSTANCE_POOL`]: instance root disks, one qcow2 overlay `<instance id>` each, and the
+//!   base copies of images they are overlays of, `base-<image id>`.
 //! - [`VOLUME_POOL`]: block-storage volumes and their snapshots. A directory pool stands in for
 //!   the logical pool the issue names: hv-storage's logical volumes have no host file, and
 //!   hv-vmm opens files (device-mapper is missing on these hosts, so no kernel LVM either).
 //!
-//! A root disk is a full copy of the image's guest-visible bytes (zero blocks skipped, so the
-//! file stays sparse), not a qcow2 overlay: hv-vmm opens qcow2 disks with no backing file
-//! allowed (its `backing_files` option is refused), so an overlay would not open.
+//! A root disk is a qcow2 overlay, as Nova's libvirt driver makes them: its backing file is
+//! the host's base copy of the image, volume `base-<image id>` of [`INSTANCE_POOL`] (the image's
+//! guest-visible bytes, raw and sparse), made once per image per host and shared by every
+//! instance of that image on the host. The guest reads the base through its overlay and writes
+//! into the overlay only (hv-vmm opens the chain read-only below the overlay; hvd hands it
+//! `backing_files=on` only after the pool has validated the chain). The overlay's virtual size
+//! is the flavor's root disk (or the image's size if larger). Deleting an instance deletes its
+//! overlay, then the base if no other overlay uses it (the pool refuses to delete a volume that
+//! backs another); a base is independent of the image service, so deleting the image does not
+//! touch running instances. A base is used only once its marker (`base-ready/<image id>`) says
+//! it was copied completely and synced; a base without one (a crash mid-copy) is remade.
 
-use std::path::Path;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use hv_storage::pool::{
-    Pool, PoolDef, PoolManager, PoolState, ResizeFlags, VolFormat, VolumeIo, VolumeSpec,
+    Pool, PoolDef, PoolError, PoolManager, PoolState, ResizeFlags, VolFormat, VolumeIo, VolumeSpec,
 };
 
 use crate::error::{Error, Result};
@@ -23,6 +34,18 @@ use crate::error::{Error, Result};
 pub const INSTANCE_POOL: &str = "hv-instances";
 /// The pool of volumes and volume snapshots.
 pub const VOLUME_POOL: &str = "hv-volumes";
+
+/// Directory (in the state directory) of the markers of complete base copies.
+const BASE_READY_DIR: &str = "base-ready";
+
+/// Serialises making and deleting bases with making and deleting the overlays on them, so a
+/// base is never deleted between its check and a new overlay on it.
+static BASES: Mutex<()> = Mutex::new(());
+
+/// The base volume of image `image_id` in [`INSTANCE_POOL`].
+pub fn base_volume(image_id: &str) -> String {
+    format!("base-{image_id}")
+}
 
 /// Copy unit.
 const CHUNK: usize = 1 << 20;
@@ -112,4 +135,151 @@ pub(crate) fn delete_volume(state_dir: &Path, pool: &str, name: &str) -> Result<
     }
     p.delete_volume(name)?;
     Ok(())
+}
+
+fn marker(state_dir: &Path, image_id: &str) -> PathBuf {
+    state_dir.join(BASE_READY_DIR).join(image_id)
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |source| Error::Io { what, path, source }
+}
+
+/// Makes instance `id`'s root disk: a qcow2 overlay of `capacity` bytes (at least the image's
+/// size) over the host's base copy of image `image_id`, which is made from `image` first if
+/// this host has none yet.
+pub(crate) fn create_root_disk(
+    state_dir: &Path,
+    image_id: &str,
+    id: &str,
+    capacity: u64,
+    image: &dyn VolumeIo,
+) -> Result<()> {
+    let _guard = BASES.lock().unwrap_or_else(|e| e.into_inner());
+    let base = base_volume(image_id);
+    let ready = marker(state_dir, image_id);
+    let mgr = PoolManager::new(state_dir)?;
+    let exists = mgr.open(INSTANCE_POOL)?.volume_info(&base).is_ok();
+    if !(exists && ready.is_file()) {
+        if exists {
+            // A copy a crash cut short (nothing is made over a base before its marker).
+            delete_volume(state_dir, INSTANCE_POOL, &base)?;
+        }
+        create_volume(state_dir, INSTANCE_POOL, &base, image.size(), Some(image))?;
+        let dir = state_dir.join(BASE_READY_DIR);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        File::create(&ready)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("write base marker", &ready))?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err("sync", &dir))?;
+    }
+    let mut p = mgr.open(INSTANCE_POOL)?;
+    let size = p.volume_info(&base)?.capacity;
+    let spec = VolumeSpec::builder(id)
+        .format(VolFormat::Qcow2)
+        .backing(base.as_str())
+        .backing_format(VolFormat::Raw)
+        .capacity(capacity.max(size))
+        .build()?;
+    p.create_volume(&spec)?;
+    Ok(())
+}
+
+/// Deletes instance `id`'s root disk (gone already is fine), then the base it was made over
+/// when no other instance's overlay uses it any more.
+pub(crate) fn delete_root_disk(state_dir: &Path, id: &str) -> Result<()> {
+    let _guard = BASES.lock().unwrap_or_else(|e| e.into_inner());
+    let mgr = PoolManager::new(state_dir)?;
+    let mut p = mgr.open(INSTANCE_POOL)?;
+    let Ok(info) = p.volume_info(id) else { return Ok(()) };
+    p.delete_volume(id)?;
+    let Some(backing) = info.backing else { return Ok(()) };
+    let Some(base) = Path::new(&backing).file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let Some(image_id) = base.strip_prefix("base-") else { return Ok(()) };
+    match p.delete_volume(base) {
+        Ok(()) => {}
+        // Another instance's overlay still uses it.
+        Err(PoolError::VolumeInUse { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let ready = marker(state_dir, image_id);
+    match fs::remove_file(&ready) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err("remove base marker", &ready)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 4 MiB image (a volume of the volume pool standing in for the image pool's).
+    fn image(state: &Path, seed: u8) -> (Box<dyn VolumeIo>, Vec<u8>) {
+        let bytes: Vec<u8> = (0..4 * MIB).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let name = format!("image-{seed}");
+        create_volume(state, VOLUME_POOL, &name, 4 * MIB, None).unwrap();
+        let p = PoolManager::new(state).unwrap().open(VOLUME_POOL).unwrap();
+        p.open_volume(&name, true).unwrap().write_at(&bytes, 0).unwrap();
+        (p.open_volume(&name, false).unwrap(), bytes)
+    }
+
+    fn read(state: &Path, name: &str, len: usize) -> Vec<u8> {
+        let p = PoolManager::new(state).unwrap().open(INSTANCE_POOL).unwrap();
+        let io = p.open_volume(name, false).unwrap();
+        let mut b = vec![0u8; len];
+        io.read_at(&mut b, 0).unwrap();
+        b
+    }
+
+    fn info(state: &Path, name: &str) -> Option<hv_storage::pool::VolumeInfo> {
+        PoolManager::new(state).unwrap().open(INSTANCE_POOL).unwrap().volume_info(name).ok()
+    }
+
+    #[test]
+    fn overlays_share_one_base_that_goes_with_the_last_of_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        ensure_pools(&state).unwrap();
+        let (img, bytes) = image(&state, 3);
+        create_root_disk(&state, "img1", "vm1", 64 * MIB, img.as_ref()).unwrap();
+        create_root_disk(&state, "img1", "vm2", MIB, img.as_ref()).unwrap();
+        // One base; each overlay reads as the image, at the flavor's size (or the image's if
+        // larger); the overlays hold (almost) nothing.
+        let base = info(&state, "base-img1").unwrap();
+        assert_eq!((base.format, base.capacity), (VolFormat::Raw, 4 * MIB));
+        for (vm, size) in [("vm1", 64 * MIB), ("vm2", 4 * MIB)] {
+            let i = info(&state, vm).unwrap();
+            assert_eq!((i.format, i.capacity), (VolFormat::Qcow2, size), "{vm}");
+            assert_eq!(i.backing.as_deref().map(Path::new), base.path.as_deref(), "{vm}");
+            assert!(i.allocation < MIB, "{vm}: {} bytes", i.allocation);
+            assert!(read(&state, vm, bytes.len()) == bytes, "{vm} does not read as the image");
+        }
+        delete_root_disk(&state, "vm1").unwrap();
+        assert!(info(&state, "vm1").is_none());
+        assert!(info(&state, "base-img1").is_some(), "the base went while vm2 uses it");
+        delete_root_disk(&state, "vm1").unwrap(); // gone already: fine
+        delete_root_disk(&state, "vm2").unwrap();
+        assert!(info(&state, "base-img1").is_none(), "the base outlived its last overlay");
+        assert!(!marker(&state, "img1").exists());
+    }
+
+    #[test]
+    fn a_base_cut_short_by_a_crash_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        ensure_pools(&state).unwrap();
+        let (img, bytes) = image(&state, 5);
+        // A base volume without its marker: a copy that never finished (zeroes here).
+        create_volume(&state, INSTANCE_POOL, "base-img2", 4 * MIB, None).unwrap();
+        create_root_disk(&state, "img2", "vm", 8 * MIB, img.as_ref()).unwrap();
+        assert!(marker(&state, "img2").is_file());
+        assert!(read(&state, "vm", bytes.len()) == bytes, "the half-made base was used");
+    }
 }

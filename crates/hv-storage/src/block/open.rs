@@ -5,8 +5,8 @@
 //!   name ([`DiskFormat::Auto`]);
 //! - every qcow2 header of the chain is checked by hv's own parser ([`crate::format`]) before
 //!   imago reads it;
-//! - a backing file or an external data file opens only if, after resolving symlinks, it is a
-//!   path the caller allowed ([`Confinement`]): a volume of the same pool, or a file or
+//! - a backing file or an external data file opens only if its name has no `..` and, after
+//!   resolving symlinks, it is a path the caller allowed ([`Confinement`]): a volume of the same pool, or a file or
 //!   directory named explicitly. Anything else is a typed error before any guest runs;
 //! - a backing file's format comes from the qcow2 backing-format extension or from the pool's
 //!   record, never from probing the backing file; where both exist they must agree;
@@ -251,6 +251,9 @@ fn confine(
     };
     if conf.is_empty() {
         return Err(refused("the caller allowed no backing or data files".into()));
+    }
+    if Path::new(name).components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(refused("the name climbs out of a directory ('..')".into()));
     }
     let real = joined.canonicalize().map_err(|e| refused(format!("cannot resolve it: {e}")))?;
     if !real.is_file() {

@@ -360,9 +360,13 @@ pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "asks_nothing")]
     /// Cloud Hypervisor's field of this name: refused when it asks for something.
     pub queue_affinity: Option<Value>,
-    #[serde(default, skip_serializing_if = "asks_nothing")]
-    /// Cloud Hypervisor's field of this name: refused when it asks for something.
-    pub backing_files: Option<Value>,
+    /// Whether a qcow2 image may open its backing file (Cloud Hypervisor's field; default
+    /// false). hv confines the chain: every backing file must be named in the image that uses
+    /// it, lie directly in the directory of this disk's image (no `..`, symlinks resolved),
+    /// with a stated format, at most [`hv_storage::block::open::MAX_CHAIN_DEPTH`] deep and
+    /// without loops. When false, a qcow2 with a backing file does not open.
+    #[serde(default)]
+    pub backing_files: bool,
     /// Accepted either way: sparseness is the image file's business.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<Value>,
@@ -563,5 +567,22 @@ mod tests {
         minimal.validate().unwrap();
         assert_eq!(minimal.serial.mode, ConsoleMode::Null);
         assert_eq!(minimal.disks.unwrap_or_default().len(), 0);
+    }
+
+    #[test]
+    fn backing_files_is_cloud_hypervisors_bool_off_by_default() {
+        let disk = |d: &str| parse(&format!(r#"{{"payload":{{"kernel":"/k"}},"disks":[{d}]}}"#));
+        let off = disk(r#"{"path":"/d","image_type":"Qcow2"}"#).unwrap();
+        assert!(!off.disks.as_ref().unwrap()[0].backing_files);
+        let on = disk(r#"{"path":"/d","image_type":"Qcow2","backing_files":true}"#).unwrap();
+        on.validate().unwrap();
+        assert!(on.disks.as_ref().unwrap()[0].backing_files);
+        // vm.info shows it, as Cloud Hypervisor does, and it reads back.
+        let shown = serde_json::to_value(&on).unwrap();
+        assert_eq!(shown["disks"][0]["backing_files"], true);
+        for bad in [r#""on""#, "1", "null", "{}"] {
+            let r = disk(&format!(r#"{{"path":"/d","backing_files":{bad}}}"#));
+            assert!(r.is_err(), "backing_files {bad} accepted: {r:?}");
+        }
     }
 }

@@ -171,7 +171,6 @@ impl DiskConfig {
             ("pci_segment", &u.pci_segment),
             ("rate_limit_group", &u.rate_limit_group),
             ("queue_affinity", &u.queue_affinity),
-            ("backing_files", &u.backing_files),
         ] {
             refuse_set(&format!("{field}.{name}"), v)?;
         }

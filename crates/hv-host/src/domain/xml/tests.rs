@@ -230,3 +230,33 @@ fn a_running_pty_domain_names_its_pty_and_reads_back() {
     assert!(!def.to_xml().contains("/dev/pts"));
     assert_eq!(def.to_xml_live(None), def.to_xml());
 }
+
+#[test]
+fn backing_stores_are_shown_as_libvirt_nests_them_and_accepted_on_input() {
+    let xml = minimal(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='/p/vm1'/><target dev='vda' bus='virtio'/></disk>",
+    );
+    let d = DomainDef::from_xml(&xml).unwrap();
+    let chain = vec![
+        BackingLayer { path: "/p/mid".into(), format: Some("qcow2".into()) },
+        BackingLayer { path: "/p/base".into(), format: Some("raw".into()) },
+    ];
+    let text = d.to_xml_with(None, &[chain]);
+    let squashed: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let want = "<source file=\"/p/vm1\"/> \
+        <backingStore type=\"file\" index=\"1\"> <format type=\"qcow2\"/> <source file=\"/p/mid\"/> \
+        <backingStore type=\"file\" index=\"2\"> <format type=\"raw\"/> <source file=\"/p/base\"/> \
+        <backingStore/> </backingStore> </backingStore> <target dev=\"vda\" bus=\"virtio\"/>";
+    assert!(squashed.contains(want), "{text}");
+    // libvirt's own output reads back as the same definition (the chain is the headers').
+    assert_eq!(DomainDef::from_xml(&text).unwrap(), d);
+    // A deep nest is skipped without recursing.
+    let deep = format!(
+        "<disk type='file'><source file='/p/vm1'/>{}{}<target dev='vda'/></disk>",
+        "<backingStore>".repeat(30_000),
+        "</backingStore>".repeat(30_000)
+    );
+    let r = DomainDef::from_xml(&minimal(&deep));
+    assert!(r.is_ok(), "{r:?}");
+}
