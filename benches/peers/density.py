@@ -2,8 +2,10 @@
 """Density: how many idle 64 MiB test-guest domains one hvd runs, and what each costs beyond
 its guest's pages.
 
-Starts hvd on a fresh state directory, then defines and starts domains (the test guest waiting
-for the power button: idle, in `hlt`) one after another until COUNT run or a start fails.
+Starts hvd on a fresh state directory, then defines and starts domains (the test guest with
+`test=hlt`: it says so and halts with interrupts off, so its vCPU sleeps in KVM; the
+`power-button` mode polls a port and is not idle) one after another until COUNT run or a start
+fails.
 Reports hvd's RSS, and per domain the hv-vmm process's RSS split into the guest RAM mapping's
 resident pages and everything else (the VMM's own memory), from /proc/PID/smaps_rollup and
 /proc/PID/smaps.
@@ -72,7 +74,7 @@ def main():
             path = os.path.join(work, f"{name}.xml")
             with open(path, "w") as f:
                 f.write(f"""<domain type='kvm'><name>{name}</name><memory unit='MiB'>{GUEST_MIB}</memory>
-<vcpu>1</vcpu><os><type>hvm</type><kernel>{guest}</kernel><cmdline>test=power-button</cmdline></os>
+<vcpu>1</vcpu><os><type>hvm</type><kernel>{guest}</kernel><cmdline>test=hlt</cmdline></os>
 <devices><serial type='file'><source path='{serial}'/></serial></devices></domain>""")
             subprocess.run(ctl + ["define", path], check=True, stdout=subprocess.DEVNULL)
             r = subprocess.run(ctl + ["start", name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
