@@ -370,6 +370,17 @@ fn save_and_restore_go_on_where_the_guest_was() {
     h.ok(&["resume", "mem"]);
     wait_dirty_round(&h, "mem", at + DIRTY_EVERY);
     h.ok(&["destroy", "mem"]);
+
+    // Undefining a domain with a saved state keeps the user's file and forgets the state: a
+    // new domain of that name has none.
+    let last = h.path().join("last.save");
+    h.ok(&["start", "mem"]);
+    h.ok(&["save", "mem", last.to_str().unwrap()]);
+    h.ok(&["undefine", "mem"]);
+    assert!(last.join("state.json").exists() || last.read_dir().unwrap().next().is_some());
+    h.define("mem", "test=hlt");
+    assert!(h.ok(&["dominfo", "mem"]).contains("Managed save:   no"));
+
     let bogus = h.path().join("bogus");
     std::fs::create_dir_all(&bogus).unwrap();
     assert!(h.fails(&["restore", bogus.to_str().unwrap()]).contains("cannot read"));

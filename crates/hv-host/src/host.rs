@@ -208,6 +208,9 @@ impl Host {
         inner.runs.remove(&name);
         self.save_record(&name, None)?;
         let _ = fs::remove_dir_all(self.run_dir(&name));
+        // The saved state's file is the user's (`save DOM FILE`) and stays; the record that the
+        // domain has one goes with the domain, so a later domain of this name starts clean.
+        self.forget_saved_state(&name);
         Ok(name)
     }
 

@@ -43,6 +43,11 @@ impl Host {
         self.cfg.state_dir.join("run").join(format!("{name}.saved"))
     }
 
+    /// Drops the record that `name` has a saved state (the state's file itself stays).
+    pub(super) fn forget_saved_state(&self, name: &DomainName) {
+        let _ = persist::remove_durable(&self.saved_marker(name));
+    }
+
     /// Whether a saved state is recorded for `name` (`dominfo`'s `Managed save`).
     pub(super) fn has_saved_state(&self, name: &DomainName) -> bool {
         self.saved_marker(name).exists()
