@@ -97,6 +97,8 @@ fn openstack_client_session_on_sqlite() {
         &format!("kernel_id={kid}"),
         "--property",
         "os_command_line=console=ttyS0 panic=-1",
+        "--tag",
+        "boot",
         "guest-disk",
     ]);
     assert_eq!(s(&d, "status"), "active");
@@ -120,6 +122,22 @@ fn openstack_client_session_on_sqlite() {
     ]);
     assert!(err.contains("not a kernel"), "{err}");
 
+    // Tags, a set as in Glance: `image create --tag` (in the body), `image set --tag` (a JSON
+    // patch of the list), `image unset --tag` (DELETE .../tags/T), `image list --tag`.
+    assert_eq!(alice.json(&["image", "show", "guest-disk"])["tags"], serde_json::json!(["boot"]));
+    alice.ok(&["image", "set", "--tag", "gold", "--tag", "fast", "guest-kernel"]);
+    alice.ok(&["image", "set", "--tag", "gold", "guest-kernel"]);
+    let tags = |img: &str| alice.json(&["image", "show", img])["tags"].clone();
+    assert_eq!(tags("guest-kernel"), serde_json::json!(["fast", "gold"]));
+    assert_eq!(names(&alice.json(&["image", "list", "--tag", "gold"])), ["guest-kernel"]);
+    assert_eq!(names(&alice.json(&["image", "list", "--tag", "boot"])), ["guest-disk"]);
+    assert!(names(&alice.json(&["image", "list", "--tag", "gold", "--tag", "boot"])).is_empty());
+    alice.ok(&["image", "unset", "--tag", "fast", "guest-kernel"]);
+    assert_eq!(tags("guest-kernel"), serde_json::json!(["gold"]));
+    let err = alice.fails(&["image", "unset", "--tag", "nope", "guest-kernel"]);
+    assert!(err.contains("Failed to unset 1 of 1 tags"), "{err}");
+    assert_eq!(tags("guest-kernel"), serde_json::json!(["gold"]));
+
     // Isolation: the other tenant sees none of it, by name or by id.
     assert_not_found(&bob.fails(&["image", "show", "guest-kernel"]), "image");
     assert_not_found(&bob.fails(&["image", "show", &kid]), "image");
@@ -127,6 +145,8 @@ fn openstack_client_session_on_sqlite() {
     // staying is what matters, checked below.)
     bob.fails(&["image", "delete", &kid]);
     assert_eq!(bob.json(&["image", "list"]).as_array().unwrap().len(), 0);
+    assert!(bob.json(&["image", "list", "--tag", "gold"]).as_array().unwrap().is_empty());
+    assert_not_found(&bob.fails(&["image", "set", "--tag", "x", &kid]), "image");
     let g = alice.json(&["server", "group", "create", "--policy", "anti-affinity", "spread"]);
     assert_eq!(g["policies"][0], "anti-affinity");
     assert_not_found(&bob.fails(&["server", "group", "show", s(&g, "id")]), "servergroup");

@@ -55,6 +55,10 @@ enum Command {
         /// hv-cloud).
         #[arg(long, value_name = "FILE")]
         vmm_binary: Option<PathBuf>,
+        /// Virtual CPUs the scheduler places per physical CPU of this host (Nova's
+        /// `cpu_allocation_ratio`; default: the ratio stored for the host, 16.0 at first).
+        #[arg(long, value_name = "RATIO", conflicts_with = "control_plane_only")]
+        cpu_allocation_ratio: Option<f64>,
     },
 }
 
@@ -70,11 +74,16 @@ fn main() -> ExitCode {
         tls_key,
         control_plane_only,
         vmm_binary,
+        cpu_allocation_ratio,
     } = args.command;
     let vmm_binary = vmm_binary.or_else(|| std::env::var_os("HV_VMM_BINARY").map(PathBuf::from));
-    let compute = (!control_plane_only).then(|| match vmm_binary {
-        Some(vmm_binary) => hv_cloud::ComputeOptions { vmm_binary },
-        None => hv_cloud::ComputeOptions::beside_exe(),
+    let compute = (!control_plane_only).then(|| {
+        let mut c = match vmm_binary {
+            Some(vmm_binary) => hv_cloud::ComputeOptions { vmm_binary, cpu_allocation_ratio: None },
+            None => hv_cloud::ComputeOptions::beside_exe(),
+        };
+        c.cpu_allocation_ratio = cpu_allocation_ratio;
+        c
     });
     let opts = hv_cloud::Options {
         state_dir,

@@ -2,6 +2,7 @@
 //! show, JSON-patch update, delete), their data streamed in and out (never whole in memory),
 //! and members.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -9,11 +10,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use futures_util::StreamExt;
 use hv_orchestrator::image::{
-    DiskFormat, Image, ImageMember, ImageStatus, ImageUpdate, MemberStatus, NewImage, Visibility,
+    DiskFormat, Image, ImageMember, ImageStatus, ImageUpdate, MemberStatus, NewImage, TagPatch,
+    Visibility,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -37,6 +39,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/image/v2/images", get(list_images).post(create_image))
         .route("/image/v2/images/{id}", get(show_image).patch(update_image).delete(delete_image))
         .route("/image/v2/images/{id}/file", get(download).put(upload))
+        .route("/image/v2/images/{id}/tags/{tag}", put(add_tag).delete(remove_tag))
         .route("/image/v2/images/{id}/members", get(list_members).post(add_member))
         .route(
             "/image/v2/images/{id}/members/{member}",
@@ -89,7 +92,7 @@ fn image_json(img: &Image) -> Value {
         "os_hash_algo": img.os_hash_algo, "os_hash_value": img.os_hash_value,
         "size": img.size, "virtual_size": img.virtual_size, "min_ram": img.min_ram,
         "min_disk": img.min_disk, "disk_format": img.disk_format.as_str(),
-        "container_format": img.container_format, "tags": [],
+        "container_format": img.container_format, "tags": img.tags,
         "created_at": iso(img.created_at, false), "updated_at": iso(img.updated_at, false),
         "self": format!("/v2/images/{id}"), "file": format!("/v2/images/{id}/file"),
         "schema": "/v2/schemas/image",
@@ -112,6 +115,40 @@ fn need_bool(field: &str, v: &Value) -> ApiResult<bool> {
     })
 }
 
+/// A JSON-patch operation on `/tags/INDEX` (or `/tags/-` to add at the end).
+fn tag_op(op: &str, index: &str, value: &dyn Fn() -> ApiResult<Value>) -> ApiResult<TagPatch> {
+    let at = || {
+        index.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(S, format!("invalid path '/tags/{index}': not a list index"))
+        })
+    };
+    let tag = || need_string("tags", &value()?);
+    Ok(match op {
+        "add" if index == "-" => TagPatch::Add(None, tag()?),
+        "add" => TagPatch::Add(Some(at()?), tag()?),
+        "replace" => TagPatch::Replace(at()?, tag()?),
+        "remove" => TagPatch::Remove(at()?),
+        other => {
+            return Err(ApiError::bad_request(
+                S,
+                format!("invalid value for 'op': '{other}' is not add, replace or remove"),
+            ))
+        }
+    })
+}
+
+/// A `tags` value: a list of strings (duplicates collapse, as in Glance's set).
+fn need_tags(v: &Value) -> ApiResult<BTreeSet<String>> {
+    let bad = || {
+        ApiError::bad_request(S, format!("invalid value for 'tags': {v} is not a list of strings"))
+    };
+    v.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|t| t.as_str().map(str::to_string).ok_or_else(bad))
+        .collect()
+}
+
 fn unsupported(field: &str) -> ApiError {
     ApiError::bad_request(S, format!("invalid key '{field}': hv images do not support it"))
 }
@@ -132,9 +169,9 @@ fn new_image(body: Map<String, Value>) -> ApiResult<NewImage> {
             "container_format" => new.container_format = need_string("container_format", &v)?,
             "visibility" => new.visibility = parse_visibility("visibility", &v)?,
             "protected" => new.protected = need_bool("protected", &v)?,
-            "tags" if v.as_array().is_some_and(Vec::is_empty) => {}
+            "tags" => new.tags = need_tags(&v)?,
             "min_disk" | "min_ram" if v.as_u64() == Some(0) => {}
-            "tags" | "min_disk" | "min_ram" | "id" | "os_hidden" | "locations" => {
+            "min_disk" | "min_ram" | "id" | "os_hidden" | "locations" => {
                 return Err(unsupported(&k))
             }
             _ => {
@@ -156,8 +193,9 @@ async fn create_image(State(api): State<Arc<Api>>, who: Who, body: Body) -> ApiR
 }
 
 /// Glance's list filters: `name`, `id` (also `in:a,b`), `status`, `visibility`, `owner`,
-/// `disk_format`.
+/// `disk_format`, `tag` (each given must be on the image).
 fn matches(img: &Image, q: &Params) -> bool {
+    let tags_ok = q.0.iter().filter(|(k, _)| k == "tag").all(|(_, t)| img.tags.contains(t));
     let is = |key: &str, val: &str| q.get(key).is_none_or(|want| want == val);
     let id_ok = match q.get("id") {
         None => true,
@@ -167,6 +205,7 @@ fn matches(img: &Image, q: &Params) -> bool {
         },
     };
     id_ok
+        && tags_ok
         && is("status", status_name(img.status))
         && is("visibility", visibility_name(img.visibility))
         && is("owner", &img.owner)
@@ -234,6 +273,8 @@ fn image_update(ops: Vec<PatchOp>) -> ApiResult<ImageUpdate> {
             ("add" | "replace", "protected") => {
                 u.protected = Some(need_bool("protected", &value()?)?)
             }
+            ("add" | "replace", "tags") => u.tags.push(TagPatch::Set(need_tags(&value()?)?)),
+            (o, k) if k.starts_with("tags/") => u.tags.push(tag_op(o, &k[5..], &value)?),
             (
                 _,
                 "name" | "visibility" | "protected" | "tags" | "min_disk" | "min_ram" | "os_hidden"
@@ -266,6 +307,26 @@ async fn update_image(
     let ctx = who.0;
     let img = blocking(&api, S, move |c| c.update_image(&ctx, &id, &change)).await?;
     Ok(ok(image_json(&img)))
+}
+
+async fn add_tag(
+    State(api): State<Arc<Api>>,
+    who: Who,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let ctx = who.0;
+    blocking(&api, S, move |c| c.add_image_tag(&ctx, &id, &tag)).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn remove_tag(
+    State(api): State<Arc<Api>>,
+    who: Who,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let ctx = who.0;
+    blocking(&api, S, move |c| c.remove_image_tag(&ctx, &id, &tag)).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 async fn delete_image(
@@ -530,5 +591,39 @@ mod tests {
         assert_eq!(u.name.as_deref(), Some("n"));
         assert_eq!(u.set.get("os_command_line").map(String::as_str), Some("console=ttyS0"));
         assert_eq!(u.remove, vec!["a/b".to_string()]);
+    }
+
+    #[test]
+    fn tag_patches_are_list_operations() {
+        let ops: Vec<PatchOp> = serde_json::from_str(
+            r#"[{"op": "add", "path": "/tags/0", "value": "a"},
+                {"op": "add", "path": "/tags/-", "value": "b"},
+                {"op": "replace", "path": "/tags/1", "value": "c"},
+                {"op": "remove", "path": "/tags/2"},
+                {"op": "replace", "path": "/tags", "value": ["x", "x", "y"]}]"#,
+        )
+        .unwrap();
+        let set = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        assert_eq!(
+            image_update(ops).unwrap().tags,
+            vec![
+                TagPatch::Add(Some(0), "a".into()),
+                TagPatch::Add(None, "b".into()),
+                TagPatch::Replace(1, "c".into()),
+                TagPatch::Remove(2),
+                TagPatch::Set(set(&["x", "y"])),
+            ]
+        );
+        for bad in [
+            r#"[{"op": "add", "path": "/tags/x", "value": "a"}]"#,
+            r#"[{"op": "add", "path": "/tags/0", "value": 3}]"#,
+            r#"[{"op": "replace", "path": "/tags", "value": "a"}]"#,
+            r#"[{"op": "move", "path": "/tags/0"}]"#,
+        ] {
+            assert!(image_update(serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
+        }
+        let body: Map<String, Value> =
+            serde_json::from_str(r#"{"name": "k", "tags": ["t", "t"]}"#).unwrap();
+        assert_eq!(new_image(body).unwrap().tags, set(&["t"]));
     }
 }

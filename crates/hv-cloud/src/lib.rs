@@ -167,6 +167,9 @@ pub struct Options {
 pub struct ComputeOptions {
     /// The `hv-vmm` binary each server runs as.
     pub vmm_binary: PathBuf,
+    /// The CPU allocation ratio (Nova's `cpu_allocation_ratio`); `None` keeps the stored one
+    /// (16.0 at first).
+    pub cpu_allocation_ratio: Option<f64>,
 }
 
 impl ComputeOptions {
@@ -176,7 +179,7 @@ impl ComputeOptions {
             .ok()
             .and_then(|e| e.parent().map(|d| d.join("hv-vmm")))
             .unwrap_or_else(|| PathBuf::from("hv-vmm"));
-        ComputeOptions { vmm_binary }
+        ComputeOptions { vmm_binary, cpu_allocation_ratio: None }
     }
 }
 
@@ -215,7 +218,9 @@ pub fn open(opts: &Options) -> Result<Arc<Cloud>, ServeError> {
     };
     let mut config = Config::new(opts.state_dir.join("images"));
     if let Some(c) = &opts.compute {
-        config.compute = Some(ComputeConfig::new(opts.state_dir.join("host"), &c.vmm_binary));
+        let mut host = ComputeConfig::new(opts.state_dir.join("host"), &c.vmm_binary);
+        host.cpu_ratio = c.cpu_allocation_ratio;
+        config.compute = Some(host);
     }
     let cloud = Cloud::open(store, config)?;
     cloud.bootstrap(&Bootstrap::new(&opts.admin_password))?;

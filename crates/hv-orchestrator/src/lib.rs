@@ -200,6 +200,11 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> Result<()> {
 /// made from its name, keeping its usage.
 fn register_local_host(store: &dyn Store, c: &ComputeConfig) -> Result<String> {
     check_name("host name", &c.host_name)?;
+    if let Some(r) = c.cpu_ratio {
+        if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
+            return Err(Error::invalid("cpu_ratio", format!("{r} is not in (0, 1000]")));
+        }
+    }
     let id = format!("local-{}", c.host_name);
     let existing = store.host(&id)?;
     let row = store::HostRow {
@@ -209,7 +214,7 @@ fn register_local_host(store: &dyn Store, c: &ComputeConfig) -> Result<String> {
         vcpus: c.vcpus,
         ram_mb: c.ram_mb,
         disk_gb: c.disk_gb,
-        cpu_ratio: existing.as_ref().map_or(16.0, |h| h.cpu_ratio),
+        cpu_ratio: c.cpu_ratio.unwrap_or_else(|| existing.as_ref().map_or(16.0, |h| h.cpu_ratio)),
         ram_ratio: existing.as_ref().map_or(1.5, |h| h.ram_ratio),
         disk_ratio: existing.as_ref().map_or(1.0, |h| h.disk_ratio),
         used_vcpus: 0,

@@ -42,6 +42,9 @@ pub struct ComputeConfig {
     /// How long `stop` waits after the ACPI power button before forcing the VM off, when the
     /// image has no `os_shutdown_timeout` property (Nova's `shutdown_timeout`, 60 s).
     pub shutdown_timeout: Duration,
+    /// The CPU allocation ratio the scheduler applies to this host (Nova's
+    /// `cpu_allocation_ratio`); `None` keeps the one stored for the host, 16.0 for a new one.
+    pub cpu_ratio: Option<f64>,
 }
 
 impl ComputeConfig {
@@ -70,6 +73,7 @@ impl ComputeConfig {
             ram_mb,
             disk_gb: 1000,
             shutdown_timeout: Duration::from_secs(60),
+            cpu_ratio: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! An image in use (an instance disk, [`Cloud::use_image`]) or `protected` cannot be deleted,
 //! and the pool itself refuses to delete a volume another volume is backed by.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,9 @@ pub struct Image {
     pub protected: bool,
     /// Free-form properties (`kernel_id`, `os_command_line`, `owner_specified.*`, ...).
     pub properties: BTreeMap<String, String>,
+    /// Glance's tags: a set of free-form strings (records made before tags have none).
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
     /// Why the image was killed.
     pub fault: Option<String>,
     /// When it was made.
@@ -198,6 +201,8 @@ pub struct NewImage {
     pub properties: BTreeMap<String, String>,
     /// Protected from deletion.
     pub protected: bool,
+    /// Tags.
+    pub tags: BTreeSet<String>,
 }
 
 impl NewImage {
@@ -210,6 +215,7 @@ impl NewImage {
             visibility: Visibility::Shared,
             properties: BTreeMap::new(),
             protected: false,
+            tags: BTreeSet::new(),
         }
     }
 }
@@ -227,6 +233,62 @@ pub struct ImageUpdate {
     pub set: BTreeMap<String, String>,
     /// Properties to remove.
     pub remove: Vec<String>,
+    /// Changes to the tags, in order (Glance's JSON-patch operations on `/tags`).
+    pub tags: Vec<TagPatch>,
+}
+
+/// A JSON-patch operation on an image's tags, seen as the sorted list the API shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagPatch {
+    /// `add`/`replace` `/tags`: these tags and no others.
+    Set(BTreeSet<String>),
+    /// `add` `/tags/N` (`None`: `/tags/-`, the end).
+    Add(Option<usize>, String),
+    /// `replace` `/tags/N`.
+    Replace(usize, String),
+    /// `remove` `/tags/N`.
+    Remove(usize),
+    /// Removes the tag by name (`DELETE /v2/images/{id}/tags/{tag}`); not found when absent.
+    Drop(String),
+}
+
+/// Applies `ops` to `tags` as JSON patch does to a list; a bad index is refused.
+fn patch_tags(tags: &BTreeSet<String>, ops: &[TagPatch]) -> Result<BTreeSet<String>> {
+    let mut list: Vec<String> = tags.iter().cloned().collect();
+    let bad = |i: usize| Error::invalid("tags", format!("no tag at index {i}"));
+    for op in ops {
+        match op {
+            TagPatch::Set(t) => list = t.iter().cloned().collect(),
+            TagPatch::Add(None, t) => list.push(t.clone()),
+            TagPatch::Add(Some(i), t) if *i <= list.len() => list.insert(*i, t.clone()),
+            TagPatch::Replace(i, t) if *i < list.len() => list[*i] = t.clone(),
+            TagPatch::Remove(i) if *i < list.len() => {
+                list.remove(*i);
+            }
+            TagPatch::Drop(t) => match list.iter().position(|x| x == t) {
+                Some(i) => {
+                    list.remove(i);
+                }
+                None => return Err(Error::not_found("image tag", t)),
+            },
+            TagPatch::Add(Some(i), _) | TagPatch::Replace(i, _) | TagPatch::Remove(i) => {
+                return Err(bad(*i))
+            }
+        }
+    }
+    let set: BTreeSet<String> = list.into_iter().collect();
+    check_tags(&set)?;
+    Ok(set)
+}
+
+/// Glance's default `image_tag_quota`.
+pub const MAX_TAGS: usize = 128;
+
+fn check_tags(tags: &BTreeSet<String>) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::invalid("tags", format!("at most {MAX_TAGS}")));
+    }
+    tags.iter().try_for_each(|t| check_name("tag", t))
 }
 
 /// Properties reserved for Glance's own fields.
@@ -278,6 +340,7 @@ impl Cloud {
         check_name("image name", &new.name)?;
         check_name("container_format", &new.container_format)?;
         check_properties(&new.properties)?;
+        check_tags(&new.tags)?;
         if new.visibility == Visibility::Public {
             authorize(ctx, Action::ImagePublish)?;
         }
@@ -299,6 +362,7 @@ impl Cloud {
             min_ram: 0,
             protected: new.protected,
             properties: new.properties.clone(),
+            tags: new.tags.clone(),
             fault: None,
             created_at: t,
             updated_at: t,
@@ -381,7 +445,7 @@ impl Cloud {
 
     /// Changes an image's name, visibility, protection and properties.
     pub fn update_image(&self, ctx: &Context, id: &str, change: &ImageUpdate) -> Result<Image> {
-        let ImageUpdate { name, visibility, protected, set, remove } = change;
+        let ImageUpdate { name, visibility, protected, set, remove, tags } = change;
         let (name, visibility, protected) = (name.as_deref(), *visibility, *protected);
         authorize(ctx, Action::ImageUpdate)?;
         if visibility == Some(Visibility::Public) {
@@ -399,6 +463,9 @@ impl Cloud {
         for k in remove {
             img.properties.remove(k);
         }
+        if !tags.is_empty() {
+            img.tags = patch_tags(&img.tags, tags)?;
+        }
         img.updated_at = now();
         self.store()
             .apply(&[
@@ -414,6 +481,20 @@ impl Cloud {
                 e => e.into(),
             })?;
         Ok(img)
+    }
+
+    /// Adds `tag` to an image the caller owns (Glance's `PUT /v2/images/{id}/tags/{tag}`;
+    /// adding a tag it has changes nothing).
+    pub fn add_image_tag(&self, ctx: &Context, id: &str, tag: &str) -> Result<Image> {
+        let add = TagPatch::Add(None, tag.to_string());
+        self.update_image(ctx, id, &ImageUpdate { tags: vec![add], ..Default::default() })
+    }
+
+    /// Removes `tag` from an image the caller owns; not found when the image lacks it (as
+    /// Glance's `DELETE /v2/images/{id}/tags/{tag}`).
+    pub fn remove_image_tag(&self, ctx: &Context, id: &str, tag: &str) -> Result<Image> {
+        let remove = TagPatch::Drop(tag.to_string());
+        self.update_image(ctx, id, &ImageUpdate { tags: vec![remove], ..Default::default() })
     }
 
     /// Deletes an image and its data; refused while it is protected or in use.
