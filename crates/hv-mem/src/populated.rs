@@ -54,7 +54,9 @@ impl GuestRam {
 impl GuestRam {
     /// Reads the guest-physical `runs` (inside RAM, page-aligned) through one reused buffer of
     /// at most `max_chunk` bytes and calls `f(gpa, bytes)` for each piece, in order. A run
-    /// outside RAM stops the walk with `outside(gpa, len)`.
+    /// outside RAM stops the walk with `outside(gpa, len)`. The buffer grows to the largest
+    /// piece only: a migration's last pass over a few dirty pages (while the guest is paused)
+    /// must not pay for zeroing megabytes it will not use.
     pub fn for_each_chunk<E>(
         &self,
         runs: impl IntoIterator<Item = (u64, u64)>,
@@ -63,12 +65,15 @@ impl GuestRam {
         mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let max_chunk = (max_chunk / PAGE_SIZE as usize).max(1) * PAGE_SIZE as usize;
-        let mut buf = vec![0u8; max_chunk];
+        let mut buf = Vec::new();
         for (start, len) in runs {
             let mut off = 0u64;
             while off < len {
                 let n = (len - off).min(max_chunk as u64) as usize;
                 let gpa = start + off;
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
                 let chunk = &mut buf[..n];
                 self.memory().read_slice(chunk, GuestAddress(gpa)).map_err(|_| outside(gpa, n))?;
                 f(gpa, chunk)?;
