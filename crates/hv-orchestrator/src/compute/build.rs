@@ -400,8 +400,9 @@ impl Cloud {
     pub fn list_instances(&self, ctx: &Context) -> Result<Vec<Instance>> {
         authorize(ctx, Action::InstanceList)?;
         let mut out = vec![];
+        self.poll_host()?;
         for (i, _) in list::<Instance>(self.store(), ctx.list_scope(), None)? {
-            self.sync_instance(&i)?;
+            self.sync_polled_instance(&i)?;
             if let Some((i, _)) = load::<Instance>(self.store(), &i.id)? {
                 out.push(i);
             }
@@ -414,19 +415,31 @@ impl Cloud {
     pub fn sync_instances(&self, ctx: &Context) -> Result<usize> {
         authorize(ctx, Action::InstanceSync)?;
         let mut changed = 0;
+        self.poll_host()?;
         for (i, _) in list::<Instance>(self.store(), None, None)? {
-            changed += usize::from(self.sync_instance(&i)?);
+            changed += usize::from(self.sync_polled_instance(&i)?);
         }
         Ok(changed)
     }
 
+    /// Has this host look at its VMMs once (before reading many instances' states).
+    fn poll_host(&self) -> Result<()> {
+        self.driver().map_or(Ok(()), |d| d.poll())
+    }
+
     /// Applies the host's view of `inst`'s VM to its record; true when it changed.
     fn sync_instance(&self, inst: &Instance) -> Result<bool> {
+        self.poll_host()?;
+        self.sync_polled_instance(inst)
+    }
+
+    /// [`sync_instance`](Self::sync_instance) after the caller polled the host.
+    fn sync_polled_instance(&self, inst: &Instance) -> Result<bool> {
         if !matches!(inst.status, InstanceStatus::Active | InstanceStatus::Paused) {
             return Ok(false);
         }
         let Some(driver) = self.driver() else { return Ok(false) };
-        let (status, fault) = match driver.vm_state(&inst.domain)? {
+        let (status, fault) = match driver.polled_vm_state(&inst.domain)? {
             VmState::Running if inst.status == InstanceStatus::Active => return Ok(false),
             VmState::Paused if inst.status == InstanceStatus::Paused => return Ok(false),
             VmState::Running => (InstanceStatus::Active, None),

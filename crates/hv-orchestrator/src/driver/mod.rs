@@ -201,15 +201,26 @@ impl Driver {
         run_on(&self.rt, async move { f(host).await })?.map_err(host_err)
     }
 
+    /// Has the host look at every running domain's VMM (one API call each) and record
+    /// those that stopped on their own.
+    pub(crate) fn poll(&self) -> Result<()> {
+        let host = self.host.clone();
+        run_on(&self.rt, async move { host.poll().await })
+    }
+
     /// The state of domain `name` after the host looked at its VMM.
     pub(crate) fn vm_state(&self, name: &str) -> Result<VmState> {
+        self.poll()?;
+        self.polled_vm_state(name)
+    }
+
+    /// The state of domain `name` as the host's last [`poll`](Self::poll) left it: a list
+    /// polls once, then reads each domain's state, rather than polling every VMM per domain.
+    pub(crate) fn polled_vm_state(&self, name: &str) -> Result<VmState> {
         let key = name.to_string();
         let r = run_on(&self.rt, {
             let host = self.host.clone();
-            async move {
-                host.poll().await;
-                host.state(&key).await
-            }
+            async move { host.state(&key).await }
         })?;
         Ok(match r {
             Ok((DomainState::Running, _)) => VmState::Running,
