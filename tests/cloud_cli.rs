@@ -68,17 +68,7 @@ fn openstack_client_session_on_sqlite() {
     // Images as OpenStack boots them by direct kernel boot: the test guest as an AKI, a disk
     // as an AMI naming it.
     let kernel = test_guest();
-    let k = alice.json(&[
-        "image",
-        "create",
-        "--disk-format",
-        "aki",
-        "--container-format",
-        "aki",
-        "--file",
-        kernel.to_str().unwrap(),
-        "guest-kernel",
-    ]);
+    let k = alice.create_aki("guest-kernel", &kernel, &[]);
     assert_eq!(s(&k, "status"), "active");
     assert_eq!(k["size"].as_u64(), Some(std::fs::metadata(&kernel).unwrap().len()));
     let disk = dir.path().join("disk.img");
@@ -377,21 +367,11 @@ fn openstack_client_runs_servers_on_this_host() {
         let bob = Os::new(&bin, &serve, "sb-user", "pw-sb", "sb");
         admin.json(&["flavor", "create", "--vcpus", "1", "--ram", "64", "--disk", "0", "m1.nano"]);
         let kernel = test_guest();
-        alice.json(&[
-            "image",
-            "create",
-            "--disk-format",
-            "aki",
-            "--container-format",
-            "aki",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--property",
-            "os_command_line=test=power-button",
-            "--property",
-            "os_shutdown_timeout=5",
+        alice.create_aki(
             "guest",
-        ]);
+            &kernel,
+            &["os_command_line=test=power-button", "os_shutdown_timeout=5"],
+        );
         admin.json(&[
             "network",
             "create",

@@ -97,33 +97,9 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
         admin.json(&["flavor", "create", "--vcpus", "1", "--ram", "64", "--disk", "0", "m1.nano"]);
         // The test guest takes a DHCP lease and answers pings.
         let kernel = test_guest();
-        alice.json(&[
-            "image",
-            "create",
-            "--disk-format",
-            "aki",
-            "--container-format",
-            "aki",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--property",
-            "os_command_line=test=net ip=dhcp serve=0",
-            "guest",
-        ]);
+        alice.create_aki("guest", &kernel, &["os_command_line=test=net ip=dhcp serve=0"]);
         // A guest without a NIC to use waits for the power button (so it stays ACTIVE).
-        alice.json(&[
-            "image",
-            "create",
-            "--disk-format",
-            "aki",
-            "--container-format",
-            "aki",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--property",
-            "os_command_line=test=power-button",
-            "idle",
-        ]);
+        alice.create_aki("idle", &kernel, &["os_command_line=test=power-button"]);
         // The operator's external network is no tenant's to boot on.
         admin.json(&[
             "network",

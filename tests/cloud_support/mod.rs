@@ -212,6 +212,19 @@ impl Os {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
     }
 
+    /// `image create --disk-format aki --container-format aki --file KERNEL --property P ...
+    /// NAME`: a kernel image as OpenStack boots it by direct kernel boot.
+    pub fn create_aki(&self, name: &str, kernel: &Path, properties: &[&str]) -> Value {
+        let file = kernel.to_str().expect("a UTF-8 kernel path");
+        let mut args = vec!["image", "create", "--disk-format", "aki", "--container-format", "aki"];
+        args.extend(["--file", file]);
+        for p in properties {
+            args.extend(["--property", p]);
+        }
+        args.push(name);
+        self.json(&args)
+    }
+
     /// Runs the client, which must fail; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
