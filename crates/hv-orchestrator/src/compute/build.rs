@@ -570,7 +570,9 @@ impl Cloud {
         };
         if let Some(driver) = self.driver() {
             let name = inst.domain.clone();
-            if !matches!(driver.vm_state(&name)?, VmState::Missing) {
+            // Whether the host has the domain at all: no need to poll every VMM for that
+            // (destroy copes with a VMM that already exited).
+            if !matches!(driver.polled_vm_state(&name)?, VmState::Missing) {
                 driver.call(move |h| async move {
                     let _ = h.destroy(&name).await;
                     h.undefine(&name).await.map(drop)
