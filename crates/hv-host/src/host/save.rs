@@ -193,7 +193,7 @@ impl Host {
         if !record.running {
             self.transition(&mut inner, &name, DomainOp::Suspend, StateReason::Restored)?;
         }
-        let _ = persist::remove_durable(&self.saved_marker(&name));
+        self.forget_saved_state(&name);
         Ok(name)
     }
 }
