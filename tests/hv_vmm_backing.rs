@@ -28,26 +28,8 @@ fn overlay(backing: &str, fmt: &str, overlay: &Path) {
 
 /// Runs the test guest on one disk; the exit code, the guest's lines and the log.
 fn boot(disk_flag: &str, cmdline: &str) -> (Option<i32>, Vec<String>, String) {
-    let guest = hv_test_support::test_guest();
-    let mut vmm = VmmProcess::spawn(
-        &[
-            "--kernel",
-            guest.to_str().expect("utf-8"),
-            "--cmdline",
-            cmdline,
-            "--memory",
-            "size=64M",
-            "--disk",
-            disk_flag,
-            "--serial",
-            "file={serial}",
-        ],
-        false,
-    );
-    let status = vmm.wait_exit();
-    let lines =
-        hv_test_support::hvtest_lines(&vmm.serial_text()).iter().map(|l| l.to_string()).collect();
-    (status.code(), lines, vmm.log_text())
+    let (vmm, status) = VmmProcess::run_with_disk(disk_flag, cmdline);
+    (status.code(), vmm.hvtest_lines(), vmm.log_text())
 }
 
 /// The overlay's guest-visible bytes `[0, len)`, as qemu-img reads them through its chain.

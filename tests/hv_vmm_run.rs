@@ -11,7 +11,7 @@ use std::process::Command;
 use vmm_process::{can_run_guests, get, guest_config, put, VmmProcess};
 
 fn lines(vmm: &VmmProcess) -> Vec<String> {
-    hv_test_support::hvtest_lines(&vmm.serial_text()).iter().map(|l| l.to_string()).collect()
+    vmm.hvtest_lines()
 }
 
 #[test]
@@ -101,25 +101,9 @@ fn a_guest_reset_reboots_the_vm() {
 }
 
 fn blk_lines(disk_flag: &str, cmdline: &str) -> (Vec<String>, String) {
-    let guest = hv_test_support::test_guest();
-    let mut vmm = VmmProcess::spawn(
-        &[
-            "--kernel",
-            guest.to_str().expect("utf-8"),
-            "--cmdline",
-            cmdline,
-            "--memory",
-            "size=64M",
-            "--disk",
-            disk_flag,
-            "--serial",
-            "file={serial}",
-        ],
-        false,
-    );
-    let status = vmm.wait_exit();
+    let (vmm, status) = VmmProcess::run_with_disk(disk_flag, cmdline);
     assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log_text());
-    (lines(&vmm), vmm.log_text())
+    (vmm.hvtest_lines(), vmm.log_text())
 }
 
 #[test]

@@ -390,10 +390,7 @@ fn save_and_restore_go_on_where_the_guest_was() {
 fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let h = Host::new();
-    let images = h.path().join("images");
-    h.ok(&["pool-define-as", "p", "dir", "--target", images.to_str().unwrap()]);
-    h.ok(&["pool-build", "p"]);
-    h.ok(&["pool-start", "p"]);
+    let images = dir_pool(&h, "p");
     h.ok(&["vol-create-as", "p", "v", "1M"]);
     // The raw volume's bytes are made to look like a qcow2 image (as a guest could write).
     let mut fake = b"QFI\xfb\0\0\0\x03".to_vec();
@@ -401,16 +398,8 @@ fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
     let up = h.path().join("fake");
     std::fs::write(&up, &fake).unwrap();
     h.ok(&["vol-upload", "v", up.to_str().unwrap(), "--pool", "p"]);
-    let xml = format!(
-        "<domain type='kvm'><name>vd</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-         <os><type>hvm</type><kernel>{}</kernel><cmdline>test=power-button</cmdline></os>\
-         <devices><disk type='volume'><source pool='p' volume='v'/><target dev='vda'/></disk>\
-         <serial type='file'><source path='{}'/></serial></devices></domain>",
-        test_guest().display(),
-        h.serial("vd").display()
-    );
-    let file = h.path().join("vd.xml");
-    std::fs::write(&file, xml).unwrap();
+    let disk = "<disk type='volume'><source pool='p' volume='v'/><target dev='vda'/></disk>";
+    let file = disk_domain(&h, "vd", "test=power-button", disk);
     h.ok(&["define", file.to_str().unwrap()]);
     h.ok(&["start", "vd"]);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.vmm_pid("vd"))).unwrap();
@@ -419,6 +408,16 @@ fn a_volume_disk_opens_in_its_recorded_format_whatever_its_bytes_say() {
     assert!(cmdline.contains(&want), "{want} not in {cmdline}");
     assert!(h.ok(&["domblklist", "vd"]).contains("p/v"));
     h.ok(&["destroy", "vd"]);
+}
+
+/// Defines, builds and starts the directory pool `name` in `images` under the test's
+/// directory; returns that directory.
+fn dir_pool(h: &Host, name: &str) -> PathBuf {
+    let images = h.path().join("images");
+    h.ok(&["pool-define-as", name, "dir", "--target", images.to_str().unwrap()]);
+    h.ok(&["pool-build", name]);
+    h.ok(&["pool-start", name]);
+    images
 }
 
 /// A domain XML booting the test guest with `cmdline` on the one disk `disk` (XML).
@@ -439,10 +438,7 @@ fn disk_domain(h: &Host, name: &str, cmdline: &str, disk: &str) -> PathBuf {
 fn a_qcow2_overlay_volume_boots_over_its_backing_volume_and_dumpxml_shows_the_chain() {
     require!(have_kvm(), "/dev/kvm is not usable");
     let h = Host::new();
-    let images = h.path().join("images");
-    h.ok(&["pool-define-as", "p", "dir", "--target", images.to_str().unwrap()]);
-    h.ok(&["pool-build", "p"]);
-    h.ok(&["pool-start", "p"]);
+    let images = dir_pool(&h, "p");
     h.ok(&["vol-create-as", "p", "base", "16M"]);
     let base = hv_test_support::blk_pattern(99, 0, 4096);
     let up = h.path().join("base-bytes");

@@ -74,6 +74,32 @@ impl VmmProcess {
         panic!("hv-vmm never answered on {}; log:\n{}", self.socket.display(), self.log_text());
     }
 
+    /// Runs the test guest with `cmdline` on one `--disk disk_flag` (64 MiB, serial to the
+    /// file) until the process ends by itself; returns it and its exit status.
+    pub fn run_with_disk(disk_flag: &str, cmdline: &str) -> (Self, ExitStatus) {
+        let guest = hv_test_support::test_guest();
+        let args = [
+            "--kernel",
+            guest.to_str().expect("utf-8"),
+            "--cmdline",
+            cmdline,
+            "--memory",
+            "size=64M",
+            "--disk",
+            disk_flag,
+            "--serial",
+            "file={serial}",
+        ];
+        let mut vmm = Self::spawn(&args, false);
+        let status = vmm.wait_exit();
+        (vmm, status)
+    }
+
+    /// The guest's `hvtest:` lines so far.
+    pub fn hvtest_lines(&self) -> Vec<String> {
+        hv_test_support::hvtest_lines(&self.serial_text()).iter().map(|l| l.to_string()).collect()
+    }
+
     pub fn serial_text(&self) -> String {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
