@@ -27,6 +27,7 @@ use crate::vmm::{self, ResolvedDisk, ResolvedNic, SerialSink, VmmApi, VmmPaths};
 
 mod console;
 mod migrate;
+mod poll;
 mod save;
 
 pub use migrate::{MigrateFlags, SharedDisk};
@@ -409,68 +410,6 @@ impl Host {
             }
         }
         self.unplug_nics(&rec.taps);
-    }
-
-    /// Looks at every active domain's VMM and applies what happened to it: a VMM that exited,
-    /// a guest that powered off or crashed. The daemon calls this periodically.
-    pub async fn poll(&self) {
-        let mut inner = self.inner.lock().await;
-        let names: Vec<DomainName> = inner
-            .runs
-            .iter()
-            .filter(|(_, r)| r.state.is_active())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
-            let Some(rec) = inner.runs.get(&name).cloned() else { continue };
-            let Some(p) = rec.process else { continue };
-            let paths = VmmPaths::new(&self.run_dir(&name));
-            let (op, reason) = if p.is_running() {
-                match VmmApi::new(&paths.api_socket).info().await {
-                    Ok(info) if info.state == "Shutdown" => {
-                        // The VMM marks the VM shut down whether the guest powered off or
-                        // crashed, and logs which right after: decide by its log line, and
-                        // look again at the next poll while neither is there yet.
-                        let tail = vmm::log_tail(&paths.log);
-                        let how = if tail.contains(vmm::POWERED_OFF_LINE) {
-                            (DomainOp::GuestPoweredOff, StateReason::Shutdown)
-                        } else if tail.contains(vmm::GUEST_STOPPED_LINE) {
-                            (DomainOp::GuestCrashed, StateReason::Crashed(tail))
-                        } else {
-                            continue;
-                        };
-                        self.stop_vmm(&mut inner, &name);
-                        how
-                    }
-                    _ => continue,
-                }
-            } else {
-                let status = inner.children.remove(&p.pid).and_then(|mut c| c.wait().ok());
-                self.unplug_nics(&rec.taps);
-                match status {
-                    Some(s) if s.success() => (DomainOp::GuestPoweredOff, StateReason::Shutdown),
-                    Some(s) => (
-                        DomainOp::VmmDied,
-                        StateReason::Crashed(format!("hv-vmm {s}: {}", vmm::log_tail(&paths.log))),
-                    ),
-                    None if vmm::log_tail(&paths.log).contains(vmm::POWERED_OFF_LINE) => {
-                        (DomainOp::GuestPoweredOff, StateReason::Shutdown)
-                    }
-                    None => (
-                        DomainOp::VmmDied,
-                        StateReason::Crashed(format!(
-                            "hv-vmm (pid {}) exited: {}",
-                            p.pid,
-                            vmm::log_tail(&paths.log)
-                        )),
-                    ),
-                }
-            };
-            log::info!("domain {name}: {reason}");
-            if let Err(e) = self.transition(&mut inner, &name, op, reason) {
-                log::warn!("domain {name}: cannot record its new state: {e}");
-            }
-        }
     }
 
     /// `list`: every domain (active only unless `all`).

@@ -120,6 +120,16 @@ impl Cloud {
         for v in &new.volumes {
             self.check_volume_attachable(ctx, v)?;
         }
+        // Group names become ids now: a bad one fails the request before anything is claimed.
+        let resolved;
+        let new = match &new.security_groups {
+            Some(g) => {
+                let security_groups = Some(self.resolve_security_groups(ctx, g)?);
+                resolved = NewInstance { security_groups, ..new.clone() };
+                &resolved
+            }
+            None => new,
+        };
         let id = uuid();
         let t = now();
         let mut inst = Instance {
@@ -203,6 +213,7 @@ impl Cloud {
                     let mut np = NewPort::new(network_id);
                     np.device_id = inst.id.clone();
                     np.device_owner = OWNER_COMPUTE.into();
+                    np.security_groups = new.security_groups.clone();
                     if let Some(ip) = fixed_ip {
                         np.fixed_ips =
                             vec![FixedIpRequest { subnet_id: None, ip_address: Some(*ip) }];
@@ -396,11 +407,13 @@ impl Cloud {
         Ok(self.load_instance(ctx, id)?.0)
     }
 
-    /// The caller's instances (an admin: all), synced with the host.
+    /// The caller's instances (an admin: all), synced with the host's recorded domain states
+    /// (as its last poll left them: see [`ComputeConfig::poll_interval`]; a list asks no VMM).
+    ///
+    /// [`ComputeConfig::poll_interval`]: crate::ComputeConfig::poll_interval
     pub fn list_instances(&self, ctx: &Context) -> Result<Vec<Instance>> {
         authorize(ctx, Action::InstanceList)?;
         let mut out = vec![];
-        self.poll_host()?;
         for (i, _) in list::<Instance>(self.store(), ctx.list_scope(), None)? {
             self.sync_polled_instance(&i)?;
             if let Some((i, _)) = load::<Instance>(self.store(), &i.id)? {
@@ -427,9 +440,15 @@ impl Cloud {
         self.driver().map_or(Ok(()), |d| d.poll())
     }
 
-    /// Applies the host's view of `inst`'s VM to its record; true when it changed.
+    /// Applies the host's view of `inst`'s VM to its record after the host looked at that
+    /// one VMM; true when it changed.
     fn sync_instance(&self, inst: &Instance) -> Result<bool> {
-        self.poll_host()?;
+        if !matches!(inst.status, InstanceStatus::Active | InstanceStatus::Paused) {
+            return Ok(false);
+        }
+        if let Some(d) = self.driver() {
+            d.poll_domain(&inst.domain)?;
+        }
         self.sync_polled_instance(inst)
     }
 

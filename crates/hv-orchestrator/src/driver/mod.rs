@@ -45,6 +45,11 @@ pub struct ComputeConfig {
     /// The CPU allocation ratio the scheduler applies to this host (Nova's
     /// `cpu_allocation_ratio`); `None` keeps the one stored for the host, 16.0 for a new one.
     pub cpu_ratio: Option<f64>,
+    /// How often the host looks at every VMM in the background, noticing VMs that stopped on
+    /// their own (Nova's power-state sync, but also what lists read: a list shows states no
+    /// older than this, without asking each VMM itself). `None`: only when asked
+    /// ([`Cloud::sync_instances`](crate::Cloud::sync_instances), a get). Default 2 s.
+    pub poll_interval: Option<Duration>,
 }
 
 impl ComputeConfig {
@@ -74,6 +79,7 @@ impl ComputeConfig {
             disk_gb: 1000,
             shutdown_timeout: Duration::from_secs(60),
             cpu_ratio: None,
+            poll_interval: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -140,8 +146,19 @@ impl Driver {
         let host_cfg =
             HostConfig { state_dir: cfg.state_dir.clone(), vmm_binary: cfg.vmm_binary.clone() };
         let host = run_on(&handle, async move { Host::open(host_cfg).await })?.map_err(host_err)?;
+        let host = Arc::new(host);
+        if let Some(every) = cfg.poll_interval {
+            let host = host.clone();
+            // Ends with the runtime when the driver stops.
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    host.poll().await;
+                }
+            });
+        }
         let mut d = Driver {
-            host: Arc::new(host),
+            host,
             rt: handle,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -208,14 +225,23 @@ impl Driver {
         run_on(&self.rt, async move { host.poll().await })
     }
 
+    /// Has the host look at domain `name`'s VMM only (one API call).
+    pub(crate) fn poll_domain(&self, name: &str) -> Result<()> {
+        let (host, key) = (self.host.clone(), name.to_string());
+        match run_on(&self.rt, async move { host.poll_domain(&key).await })? {
+            Ok(()) | Err(hv_host::HostError::NoDomain(_)) => Ok(()),
+            Err(e) => Err(host_err(e)),
+        }
+    }
+
     /// The state of domain `name` after the host looked at its VMM.
     pub(crate) fn vm_state(&self, name: &str) -> Result<VmState> {
-        self.poll()?;
+        self.poll_domain(name)?;
         self.polled_vm_state(name)
     }
 
-    /// The state of domain `name` as the host's last [`poll`](Self::poll) left it: a list
-    /// polls once, then reads each domain's state, rather than polling every VMM per domain.
+    /// The state of domain `name` as the host's last poll left it (the background one, or
+    /// the caller's): a list reads these rather than asking each VMM.
     pub(crate) fn polled_vm_state(&self, name: &str) -> Result<VmState> {
         let key = name.to_string();
         let r = run_on(&self.rt, {
