@@ -186,7 +186,7 @@ struct CreateReq {
 }
 
 /// The fields hv acts on; the rest of what clients send (`block_device_mapping_v2` booting
-/// the image, `key_name`, `security_groups`, `OS-DCF:diskConfig`...) is accepted and unused.
+/// the image, `key_name`, `OS-DCF:diskConfig`...) is accepted and unused.
 #[derive(Deserialize)]
 struct CreateBody {
     name: String,
@@ -202,6 +202,14 @@ struct CreateBody {
     max_count: Option<u32>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
+    /// `[{"name": NAME_OR_ID}]`: the groups of the ports made for `networks`.
+    #[serde(default)]
+    security_groups: Option<Vec<GroupRef>>,
+}
+
+#[derive(Deserialize)]
+struct GroupRef {
+    name: String,
 }
 
 /// `networks`: a list (a word, `"auto"` / `"none"`, needs microversion 2.37, which hv does
@@ -277,6 +285,11 @@ async fn create_server(State(api): State<Arc<Api>>, who: Who, body: Body) -> Api
     let mut new = NewInstance::new(&b.name, &b.image_ref, &b.flavor_ref);
     let networks = network_requests(b.networks)?;
     new.metadata = b.metadata.unwrap_or_default();
+    let groups: Vec<String> = match b.security_groups {
+        Some(g) => g.into_iter().map(|g| g.name).collect(),
+        None => vec!["default".into()],
+    };
+    new.security_groups = Some(groups.clone());
     let ctx = who.0;
     let inst = blocking(&api, S, move |c| {
         new.networks = match networks {
@@ -290,7 +303,8 @@ async fn create_server(State(api): State<Arc<Api>>, who: Who, body: Body) -> Api
         StatusCode::ACCEPTED,
         json!({"server": {"id": inst.id, "links": links(&api, "servers", &inst.id),
                           "OS-DCF:diskConfig": "MANUAL",
-                          "security_groups": [{"name": "default"}]}}),
+                          "security_groups":
+                              groups.iter().map(|g| json!({"name": g})).collect::<Vec<_>>()}}),
     ))
 }
 

@@ -281,3 +281,28 @@ both!(a_server_without_networks_gets_nova_s_default, |db| {
     cloud.delete_network(&a, &mine.id).unwrap();
     assert_eq!(cloud.default_networks(&a).unwrap(), on(&shared.id));
 });
+
+both!(a_server_s_security_groups_resolve_in_its_project_only, |db| {
+    let cloud = db.cloud();
+    let admin = admin(&cloud);
+    let a = tenant(&cloud, &admin, "pa", Role::Member);
+    let b = tenant(&cloud, &admin, "pb", Role::Member);
+    let web = cloud.create_security_group(&a, "web", "").unwrap();
+    let theirs = cloud.create_security_group(&b, "db", "").unwrap();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // By name or id, `default` made on demand, repeats once.
+    let ids = cloud.resolve_security_groups(&a, &names(&["web", "default", &web.id])).unwrap();
+    let default = cloud.list_security_groups(&a).unwrap();
+    let default = default.iter().find(|g| g.name == "default").unwrap();
+    assert_eq!(ids, vec![web.id.clone(), default.id.clone()]);
+    // Another project's group is unknown by name and by id, as Nova's 400 says.
+    for w in ["db", theirs.id.as_str(), "nope"] {
+        let e = cloud.resolve_security_groups(&a, &names(&[w])).unwrap_err();
+        assert!(matches!(e, Error::Invalid { field: "security_groups", .. }), "{w}: {e}");
+        assert!(e.to_string().contains(&format!("name or id '{w}'")), "{e}");
+    }
+    // Two groups of one name: ambiguous.
+    cloud.create_security_group(&a, "web", "").unwrap();
+    let e = cloud.resolve_security_groups(&a, &names(&["web"])).unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e}");
+});

@@ -249,6 +249,9 @@ pub struct NewInstance {
     pub server_group_id: Option<String>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Security groups (ids or names of the caller's project) of the ports made for its
+    /// networks; `None`: the project's `default` group. Ports passed in keep their own.
+    pub security_groups: Option<Vec<String>>,
 }
 
 impl NewInstance {
@@ -262,6 +265,7 @@ impl NewInstance {
             volumes: vec![],
             server_group_id: None,
             metadata: BTreeMap::new(),
+            security_groups: None,
         }
     }
 

@@ -228,6 +228,49 @@ impl Cloud {
         }
     }
 
+    /// The ids of the caller's project's groups that `wanted` names, each by id or name, as
+    /// Nova resolves a server's `security_groups`: the `default` group is made if needed, a
+    /// name no group of the project has is invalid input (Nova's 400 "Unable to find
+    /// security_group with name or id"), one that several groups share a conflict (409).
+    pub fn resolve_security_groups(&self, ctx: &Context, wanted: &[String]) -> Result<Vec<String>> {
+        authorize(ctx, Action::SecurityGroupList)?;
+        let project = ctx.project_id();
+        let mut ids = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let by_id =
+                self.load_security_group(ctx, w).ok().filter(|(g, _)| g.project_id == project);
+            let id = if let Some((g, _)) = by_id {
+                g.id
+            } else if w == "default" {
+                self.default_security_group(ctx, project)?.id
+            } else {
+                let found = list::<SecurityGroup>(self.store(), Some(project), Some(w))?;
+                match found.as_slice() {
+                    [(g, _)] => g.id.clone(),
+                    [] => {
+                        return Err(Error::Invalid {
+                            field: "security_groups",
+                            reason: format!("Unable to find security_group with name or id '{w}'"),
+                        })
+                    }
+                    _ => {
+                        return Err(Error::Conflict {
+                            kind: "security group",
+                            id: w.clone(),
+                            reason: "Multiple security_group matches found for this name, \
+                                     use an ID to be more specific."
+                                .into(),
+                        })
+                    }
+                }
+            };
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// One group.
     pub fn get_security_group(&self, ctx: &Context, id: &str) -> Result<SecurityGroup> {
         authorize(ctx, Action::SecurityGroupGet)?;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod conns;
+mod group;
 pub mod postgres;
 pub mod schema;
 mod sql;
@@ -362,6 +363,9 @@ pub enum StoreError {
         /// The newest version this program has.
         known: i64,
     },
+    /// The shared commit of a group of concurrent changes failed: none of them was applied.
+    #[error("the group commit failed: {0}")]
+    GroupCommit(String),
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),

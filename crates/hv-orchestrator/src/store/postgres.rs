@@ -160,6 +160,7 @@ fn retryable(e: &StoreError) -> bool {
 
 impl Backend for Postgres {
     const POSTGRES: bool = true;
+    const GROUP_COMMIT: bool = false;
 
     fn read<R>(&self, f: &mut dyn FnMut(&mut dyn Conn) -> Result<R>) -> Result<R> {
         self.conns.with(|c| {

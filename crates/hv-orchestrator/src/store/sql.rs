@@ -2,6 +2,9 @@
 //! parameters, which both understand), and a backend only supplies connections,
 //! transactions and value conversion ([`Backend`], [`Conn`]).
 
+use std::sync::Arc;
+
+use super::group::{GroupCommit, Job};
 use super::schema::{self, LATEST, MIGRATIONS, MIGRATIONS_TABLE};
 use super::*;
 
@@ -85,6 +88,11 @@ pub trait Conn {
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// True for PostgreSQL (DDL dialect).
     const POSTGRES: bool;
+    /// True when concurrent writes of this process should share commits
+    /// ([`group`](super::group)): a database with one writer at a time (SQLite). A server
+    /// database with concurrent transactions (PostgreSQL) flushes concurrent commits together
+    /// itself.
+    const GROUP_COMMIT: bool;
     /// Runs `f` on a connection outside any explicit transaction.
     fn read<R>(&self, f: &mut dyn FnMut(&mut dyn Conn) -> Result<R>) -> Result<R>;
     /// Runs `f` in a write transaction, committing on `Ok`, rolling back on `Err`; retries
@@ -98,6 +106,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct SqlStore<B> {
     pub(crate) db: B,
+    group: Option<GroupCommit>,
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -119,7 +128,7 @@ impl<B: Backend> SqlStore<B> {
             }
             Ok(())
         })?;
-        Ok(SqlStore { db })
+        Ok(SqlStore { db, group: B::GROUP_COMMIT.then(GroupCommit::default) })
     }
 }
 
@@ -422,9 +431,33 @@ fn apply_op(c: &mut dyn Conn, op: &Op) -> Result<()> {
     Ok(())
 }
 
+/// Applies each job's ops inside a savepoint of the open transaction: a job that fails is
+/// rolled back alone and keeps its error; the others stay for the one commit.
+fn apply_group(c: &mut dyn Conn, jobs: &[Arc<Job>]) -> Result<Vec<Result<()>>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        c.batch("SAVEPOINT hv_change")?;
+        match job.ops.iter().try_for_each(|op| apply_op(c, op)) {
+            Ok(()) => c.batch("RELEASE hv_change")?,
+            // If the database dropped the whole transaction (an I/O error), the savepoint is
+            // gone too and this fails the group: nothing of it is committed.
+            Err(e) => {
+                c.batch("ROLLBACK TO hv_change; RELEASE hv_change")?;
+                out.push(Err(e));
+                continue;
+            }
+        }
+        out.push(Ok(()));
+    }
+    Ok(out)
+}
+
 impl<B: Backend> Store for SqlStore<B> {
     fn apply(&self, ops: &[Op]) -> Result<()> {
-        self.db.write(&mut |c| ops.iter().try_for_each(|op| apply_op(c, op)))
+        match &self.group {
+            Some(g) => g.apply(ops, |jobs| self.db.write(&mut |c| apply_group(c, jobs))),
+            None => self.db.write(&mut |c| ops.iter().try_for_each(|op| apply_op(c, op))),
+        }
     }
 
     fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>> {

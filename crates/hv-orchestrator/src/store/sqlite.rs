@@ -105,6 +105,7 @@ impl Conn for Lite<'_> {
 
 impl Backend for Sqlite {
     const POSTGRES: bool = false;
+    const GROUP_COMMIT: bool = true;
 
     fn read<R>(&self, f: &mut dyn FnMut(&mut dyn Conn) -> Result<R>) -> Result<R> {
         self.conns.with(|c| f(&mut Lite(c)))
