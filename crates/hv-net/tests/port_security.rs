@@ -15,6 +15,36 @@ use hv_test_support::netns::NetNs;
 mod common;
 
 const MAC: &str = "52:54:00:00:00:10";
+/// The UDP port of [`udp_broadcast_arrives`].
+const BROADCAST_PORT: u16 = 5099;
+
+/// True when a datagram `from` sends to `10.72.0.255` reaches a socket in `to`.
+fn udp_broadcast_arrives(from: &NetNs, to: &NetNs) -> bool {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            to.run(move || {
+                let sock = UdpSocket::bind(("0.0.0.0", BROADCAST_PORT)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buf = [0u8; 64];
+                matches!(sock.recv_from(&mut buf), Ok((5, _)) if &buf[..5] == b"hello")
+            })
+        });
+        ready_rx.recv().unwrap();
+        from.run(|| {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.set_broadcast(true).unwrap();
+            for _ in 0..3 {
+                sock.send_to(b"hello", ("10.72.0.255", BROADCAST_PORT)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        receiver.join().unwrap()
+    })
+}
 
 #[test]
 fn forged_frames_dropped_real_traffic_flows_rules_change_live_mirrored() {
@@ -147,7 +177,8 @@ fn ports_named_alike_keep_their_own_filtering() {
 /// new; B may send anything and receive ICMP from A only. Through br_netfilter: A reaches B and
 /// its replies come back; B cannot reach A (with mirrored rules A's allow-all egress would let
 /// it in, as the test shows); the outsider reaches neither; the host answers A but cannot
-/// start anything towards it. Rule changes on the live ports take effect at once.
+/// start anything towards it; the outsider's UDP broadcast reaches B only once B allows it.
+/// Rule changes on the live ports take effect at once.
 #[test]
 fn security_groups_are_stateful_through_br_netfilter() {
     need_root!();
@@ -198,11 +229,15 @@ fn security_groups_are_stateful_through_br_netfilter() {
         assert!(!host.ping("10.72.0.10", 1), "host -> A: no ingress");
         let table = nft.list_table(hv_net::nft::Family::Inet, &brnf::table_name(&sb.port));
         assert!(table.unwrap().contains("ct state established,related accept"));
+        // A broadcast carries no address of B's: B's ingress rules still decide.
+        assert!(!udp_broadcast_arrives(&outsider, &b), "B allows no UDP in");
 
         // Live changes: B lets ICMP in from anywhere; A may no longer send.
         let icmp_in = SecurityRule::ingress(Protocol::Icmp);
-        ps.update_rules(&sb.port, &[any_out, icmp_in]).unwrap();
+        let udp_in = SecurityRule::ingress(Protocol::Udp).ports(BROADCAST_PORT, BROADCAST_PORT);
+        ps.update_rules(&sb.port, &[any_out, icmp_in, udp_in]).unwrap();
         assert!(outsider.ping("10.72.0.11", 2), "outsider -> B, now allowed");
+        assert!(udp_broadcast_arrives(&outsider, &b), "and its UDP broadcast, now allowed");
         assert!(a.ping("10.72.0.11", 2), "A -> B still");
         ps.update_rules(&sa.port, &[]).unwrap();
         assert!(!a.ping("10.72.0.11", 1), "A may not send any more");

@@ -225,6 +225,13 @@ pub fn l4proto(proto: &'static str) -> Statement<'static> {
     eq(Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::L4proto })), text(proto))
 }
 
+/// `meta pkttype { kinds }` (`unicast`, `broadcast`, `multicast`: what the frame was
+/// addressed to at layer 2).
+pub fn pkttype(kinds: &[&'static str]) -> Statement<'static> {
+    let left = Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Pkttype }));
+    eq(left, set(kinds.iter().map(|k| text(*k)).collect()))
+}
+
 /// `ether type <kind>` (`ip`, `arp`).
 pub fn ether_type(kind: &'static str) -> Statement<'static> {
     eq(payload("ether", "type"), text(kind))

@@ -20,9 +20,10 @@
 //!   drop the rest.
 //!
 //! Each port has its own table, so a packet between two guests must pass the sender's egress
-//! and the receiver's ingress. Not covered, as they concern no single port's address:
-//! broadcast and multicast IPv4 to a port (the subnet broadcast, `255.255.255.255`) pass its
-//! `ingress` unfiltered; its own egress and the bridge table still apply.
+//! and the receiver's ingress. Broadcast and multicast IPv4 to a port (the subnet broadcast,
+//! `255.255.255.255`) carry no address of the port's, and no connection: the port's bridge
+//! table filters them by its ingress rules as they are (chain `sg_ingress`, changed in the same
+//! transaction as this table's chains).
 //!
 //! [`ReplyMode::BrNetfilter`]: super::ReplyMode::BrNetfilter
 
@@ -125,7 +126,10 @@ mod tests {
         let tables = ps.tables_for(&spec(vec![rule], Some("hvbr0"))).unwrap();
         assert_eq!(tables.len(), 2);
         let bridge = serde_json::to_string(&tables[0].replace()).unwrap();
-        assert!(!bridge.contains("sg_ingress") && !bridge.contains(r#""ct""#), "{bridge}");
+        assert!(!bridge.contains("sg_egress") && !bridge.contains(r#""ct""#), "{bridge}");
+        // Broadcast and multicast to the guest meet its ingress rules in the bridge table.
+        assert!(bridge.contains(r#""right":{"set":["broadcast","multicast"]}"#), "{bridge}");
+        assert!(bridge.contains(r#""field":"dport"}},"right":22"#), "{bridge}");
         assert!(bridge.contains(r#""field":"saddr"}},"right":"52:54:00:00:00:01""#), "{bridge}");
         let inet = &tables[1];
         assert_eq!((inet.family, inet.name.as_str()), (Family::Inet, "hv_sg__hvtap0"));

@@ -12,8 +12,9 @@
 //!   1. [`ReplyMode::BridgeConntrack`]: the bridge table matches
 //!      `ct state established,related` (the kernel tracks connections in the bridge family,
 //!      `nf_conntrack_bridge`).
-//!   2. [`ReplyMode::BrNetfilter`]: the bridge table keeps anti-spoofing only, and the
-//!      security groups move to an `inet` table of the port's own on the IP hooks that
+//!   2. [`ReplyMode::BrNetfilter`]: the bridge table keeps anti-spoofing (and the ingress
+//!      rules for broadcast and multicast to the guest), and the security groups move to an
+//!      `inet` table of the port's own on the IP hooks that
 //!      `br_netfilter` passes bridged IPv4 through, where connections are tracked
 //!      ([`brnf`]; Neutron's iptables firewall driver works so). Applying a port in this mode
 //!      sets `net.bridge.bridge-nf-call-iptables=1` in the caller's network namespace.
@@ -138,7 +139,8 @@ pub enum ReplyMode {
     /// Stateful, in the port's bridge table (`ct state` in the bridge family).
     BridgeConntrack,
     /// Stateful, in an `inet` table of the port's own on the hooks `br_netfilter` runs bridged
-    /// IPv4 through ([`brnf`]); the bridge table does anti-spoofing only.
+    /// IPv4 through ([`brnf`]); the bridge table does anti-spoofing, and filters broadcast
+    /// and multicast to the guest by its ingress rules.
     BrNetfilter,
     /// Stateless, in the port's bridge table: each rule mirrored for replies.
     Mirrored,
@@ -256,7 +258,20 @@ impl PortSecurity {
         NftError::Invalid { port: port.to_string(), reason: reason.into() }
     }
 
+    /// The bridge table's chain `sg_egress` or `sg_ingress` (by `dir`). In
+    /// [`ReplyMode::BrNetfilter`] only `sg_ingress`, for broadcast and multicast to the guest
+    /// (no connection, no port address to find it by on the IP hooks): the ingress rules as
+    /// they are.
     fn sg_chain(&self, rules: &[SecurityRule], dir: Direction) -> Vec<Rule> {
+        if self.mode == ReplyMode::BrNetfilter {
+            let mut out: Vec<Rule> = rules
+                .iter()
+                .filter(|x| x.direction == dir)
+                .map(|x| render(x, true, true))
+                .collect();
+            out.push(vec![r::drop()]);
+            return out;
+        }
         let stateful = self.mode.stateful();
         let mut out = Vec::new();
         if stateful {
@@ -277,8 +292,8 @@ impl PortSecurity {
         Ok(())
     }
 
-    /// The port's whole bridge table for `spec` (in [`ReplyMode::BrNetfilter`] anti-spoofing
-    /// only: see [`PortSecurity::tables_for`]).
+    /// The port's whole bridge table for `spec` (in [`ReplyMode::BrNetfilter`] without the
+    /// unicast security-group decision: see [`PortSecurity::tables_for`]).
     pub fn rules_for(&self, spec: &PortSpec) -> Result<TableSpec> {
         Self::check(&spec.port, &spec.rules)?;
         if spec.mac.is_multicast() || spec.mac.is_zero() {
@@ -287,7 +302,8 @@ impl PortSecurity {
         let mac = || r::text(spec.mac.to_string());
         // No address yet: only DHCP can pass.
         let ips = ip_set(&spec.ips);
-        // Where the security groups are decided: here, or in the port's inet table.
+        // Where the security groups are decided: here, or (but for broadcast and multicast to
+        // the guest) in the port's inet table.
         let here = self.mode != ReplyMode::BrNetfilter;
         let sg = |chain| if here { r::jump(chain) } else { r::accept() };
         let ip = |field| r::payload("ip", field);
@@ -315,22 +331,27 @@ impl PortSecurity {
             vec![r::ether_type("ip"), sg("sg_egress")],
             vec![r::drop()],
         ];
-        let to_guest = vec![
+        let mut to_guest = vec![
             vec![r::ether_type("arp"), r::accept()],
             vec![r::ether_type("ip"), udp("sport", 67), udp("dport", 68), r::accept()],
-            vec![r::ether_type("ip"), sg("sg_ingress")],
-            vec![r::drop()],
         ];
+        if !here {
+            let to_many = r::pkttype(&["broadcast", "multicast"]);
+            to_guest.push(vec![r::ether_type("ip"), to_many, r::jump("sg_ingress")]);
+        }
+        to_guest.extend([vec![r::ether_type("ip"), sg("sg_ingress")], vec![r::drop()]]);
         let hook = |name, hook, rule| {
             ChainSpec::base(name, NfChainType::Filter, hook, PRIO_BRIDGE_FILTER, vec![rule])
         };
         let mut chains = vec![];
         if here {
-            chains.extend([
-                ChainSpec::regular("sg_egress", self.sg_chain(&spec.rules, Direction::Egress)),
-                ChainSpec::regular("sg_ingress", self.sg_chain(&spec.rules, Direction::Ingress)),
-            ]);
+            chains.push(ChainSpec::regular(
+                "sg_egress",
+                self.sg_chain(&spec.rules, Direction::Egress),
+            ));
         }
+        chains
+            .push(ChainSpec::regular("sg_ingress", self.sg_chain(&spec.rules, Direction::Ingress)));
         chains.extend([
             ChainSpec::regular("from_guest", from_guest),
             ChainSpec::regular("to_guest", to_guest),
@@ -401,6 +422,13 @@ impl PortSecurity {
             };
             r::flush_chain(&mut batch, family, &table, chain);
             r::add_rules(&mut batch, family, &table, chain, &body);
+        }
+        if self.mode == ReplyMode::BrNetfilter {
+            // Broadcast and multicast to the guest, in the bridge table.
+            let bridge = table_name(port);
+            let body = self.sg_chain(rules, Direction::Ingress);
+            r::flush_chain(&mut batch, Family::Bridge, &bridge, "sg_ingress");
+            r::add_rules(&mut batch, Family::Bridge, &bridge, "sg_ingress", &body);
         }
         self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())
     }
