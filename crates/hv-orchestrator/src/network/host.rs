@@ -112,7 +112,10 @@ impl Cloud {
         if !p.port_security_enabled {
             return driver.run(move |_| remove_port(&tap));
         }
-        let Some((net, _)) = load::<Network>(self.store(), &p.network_id)? else { return Ok(()) };
+        // No network, no bridge to filter on: an error, never a port left open.
+        let (net, _) = load::<Network>(self.store(), &p.network_id)?.ok_or_else(|| {
+            crate::Error::Network(format!("port {}: network {} is gone", p.id, p.network_id))
+        })?;
         let rules = self.port_rules(p)?;
         let (mac, ips) = (p.mac(), p.ips());
         let dir = driver.state_dir().to_path_buf();
