@@ -161,22 +161,21 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
         assert_eq!(names(&alice.json(&["server", "list"])), ["vm1"]);
         alice.ok(&["network", "delete", "net2"]);
 
-        // Security group rules on the running server. It moves to a group without rules (the
-        // new group's egress rules removed too: where the kernel has no bridge conntrack,
-        // hv-net's port security is stateless and mirrors an allow-all egress rule into an
-        // allow-all ingress one), which keeps the host (the subnet's gateway) out.
+        // Security group rules on the running server. The default group lets in only its
+        // members, so the host (the subnet's gateway) is kept out; the rules are stateful, so
+        // an allow-all egress rule lets replies out, not everything in. The server moves to a
+        // new group (its egress rules only), still kept out, until an ingress rule lets the
+        // host in.
+        let rules = || ns.exec_ok(&["nft", "list", "ruleset"]);
+        assert!(!ns.ping(&ip, 2), "the host is no member of the default group:\n{}", rules());
         let port = alice.json(&["port", "list", "--server", "vm1"]);
         let port = port[0]["ID"].as_str().unwrap().to_string();
         alice.json(&["security", "group", "create", "locked"]);
-        for r in alice.json(&["security", "group", "rule", "list", "locked"]).as_array().unwrap() {
-            alice.ok(&["security", "group", "rule", "delete", r["ID"].as_str().unwrap()]);
-        }
         alice.ok(&["port", "set", "--no-security-group", "--security-group", "locked", &port]);
         // The server shows its port's groups, as Nova does.
         let shown = alice.json(&["server", "show", "vm1"]);
         assert_eq!(shown["security_groups"], serde_json::json!([{"name": "locked"}]), "{shown}");
-        let rules = || ns.exec_ok(&["nft", "list", "ruleset"]);
-        assert!(!ns.ping(&ip, 2), "no rule, no way in:\n{}", rules());
+        assert!(!ns.ping(&ip, 2), "no ingress rule, no way in:\n{}", rules());
         let rule = alice.json(&[
             "security",
             "group",

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hv_net::dhcp::DhcpHandle;
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode, NetworkState};
+use hv_net::nft::port::brnf::table_name as sg_table;
 use hv_net::nft::port::{table_name as port_table, PortSecurity, PortSpec, Protocol, SecurityRule};
 use hv_net::nft::{Family, Nft};
 use hv_net::tap::Tap;
@@ -74,7 +75,8 @@ pub fn unplug(tap: &str) {
         }
     }
     if let (Ok(port), Ok(nft)) = (IfName::new(tap), Nft::locate()) {
-        if nft.has_table(Family::Bridge, &port_table(&port)).unwrap_or(false) {
+        let tables = [(Family::Bridge, port_table(&port)), (Family::Inet, sg_table(&port))];
+        if tables.iter().any(|(f, t)| nft.has_table(*f, t).unwrap_or(false)) {
             if let Err(e) = PortSecurity::new(nft).remove(&port) {
                 log::warn!("removing port security of {tap}: {e}");
             }
@@ -117,6 +119,7 @@ pub fn port_spec(def: &NetworkDef, tap: &str, mac: MacAddr) -> Result<Option<Por
         mac,
         ips,
         rules: vec![SecurityRule::ingress(Protocol::Any), SecurityRule::egress(Protocol::Any)],
+        bridge: Some(def.bridge.clone()),
     }))
 }
 

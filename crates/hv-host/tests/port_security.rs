@@ -2,7 +2,7 @@
 //! `plug` makes for a `type='network'` interface passes the guest's own frames (an ICMP echo to
 //! the gateway is answered) and drops frames with a forged source MAC or IP (a reply would
 //! come back were they let through: the host knows where to send it); `unplug` removes the
-//! port's table with the TAP. Frames are written into the TAP as a guest's virtio-net device
+//! port's tables with the TAP. Frames are written into the TAP as a guest's virtio-net device
 //! writes them.
 
 use std::io::{Read, Write};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hv_host::domain::InterfaceSource;
 use hv_host::network::{plug, unplug};
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode};
-use hv_net::nft::port::table_name;
+use hv_net::nft::port::{brnf, table_name, ReplyMode};
 use hv_net::nft::{Family, Nft};
 use hv_net::tap::Tap;
 use hv_net::{IfName, MacAddr};
@@ -104,6 +104,10 @@ fn forged_source_mac_or_ip_from_a_domain_tap_is_dropped() {
         let nft = Nft::locate().unwrap();
         let table = table_name(&IfName::new("hvtps0").unwrap());
         assert!(nft.has_table(Family::Bridge, &table).unwrap(), "port security installed");
+        // Without bridge conntrack, its rules are stateful in an inet table of the port's.
+        let sg = brnf::table_name(&IfName::new("hvtps0").unwrap());
+        let brnf_mode = ReplyMode::detect(&nft) == ReplyMode::BrNetfilter;
+        assert_eq!(nft.has_table(Family::Inet, &sg).unwrap(), brnf_mode, "the inet table");
 
         // The guest's side of the TAP, as its VMM holds it.
         let tap = Tap::open("hvtps0").unwrap();
@@ -132,6 +136,7 @@ fn forged_source_mac_or_ip_from_a_domain_tap_is_dropped() {
         drop(q);
         unplug("hvtps0");
         assert!(!nft.has_table(Family::Bridge, &table).unwrap(), "port security removed");
+        assert!(!nft.has_table(Family::Inet, &sg).unwrap(), "both tables");
         mgr.destroy("psn").unwrap();
     });
 }

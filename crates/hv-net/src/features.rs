@@ -29,7 +29,9 @@ pub enum Feature {
     /// The `nft` binary for nftables.
     Nftables,
     /// Connection tracking in nftables' bridge family (`nf_conntrack_bridge`), for stateful
-    /// security groups; without it port security mirrors rules for replies.
+    /// security groups in the port's bridge table; without it port security is stateful
+    /// through `br_netfilter` where the kernel has that, else mirrors rules for replies (see
+    /// [`crate::nft::port::ReplyMode`]).
     BridgeConntrack,
 }
 

@@ -392,6 +392,7 @@ fn forged_source_mac_or_ip_is_dropped_while_real_traffic_flows() {
                 SecurityRule::egress(Protocol::Icmp),
                 SecurityRule::ingress(Protocol::Icmp),
             ],
+            bridge: Some("hvngp".parse().unwrap()),
         })
         .unwrap();
         let g = Guest::boot("g", t, mac(0x10), args);

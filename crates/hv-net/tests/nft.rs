@@ -1,7 +1,7 @@
 //! nftables tables inside a test namespace: a network's table and a port's table are created,
 //! re-created idempotently, and deleted without a trace (`nft list tables`).
 
-use hv_net::nft::port::{self, PortSecurity, PortSpec, Protocol, SecurityRule};
+use hv_net::nft::port::{self, PortSecurity, PortSpec, Protocol, ReplyMode, SecurityRule};
 use hv_net::nft::{network, Family, Nft, TableName};
 use hv_net::IfName;
 use hv_test_support::netns::NetNs;
@@ -47,25 +47,55 @@ fn port_tables_create_update_delete() {
     hv_test_support::require!(Nft::locate().is_ok(), "nft binary (apt-get install nftables)");
     let nft = Nft::locate().unwrap();
     NetNs::new("hvt-nftp").run(|| {
-        let ps = PortSecurity::new(nft.clone());
         let spec = PortSpec {
             port: ifname("hvtap7"),
             mac: "52:54:00:00:00:07".parse().unwrap(),
             ips: vec!["10.44.0.7".parse().unwrap()],
             rules: vec![SecurityRule::ingress(Protocol::Tcp).ports(22, 22)],
+            bridge: Some(ifname("hvbr7")),
         };
-        ps.apply(&spec).unwrap();
+        let sg = port::brnf::table_name(&spec.port);
+        for mode in [ReplyMode::Mirrored, ReplyMode::BrNetfilter] {
+            let ps = PortSecurity::with_mode(nft.clone(), mode);
+            ps.apply(&spec).unwrap();
+            ps.apply(&spec).unwrap();
+            let (family, table) = match mode {
+                ReplyMode::BrNetfilter => {
+                    let mut want = vec![
+                        (Family::Bridge, "hv_port_hvtap7".to_string()),
+                        (Family::Inet, sg.to_string()),
+                    ];
+                    let mut have = nft.tables().unwrap();
+                    want.sort_by_key(|(f, n)| (f.as_str(), n.clone()));
+                    have.sort_by_key(|(f, n)| (f.as_str(), n.clone()));
+                    assert_eq!(have, want);
+                    (Family::Inet, sg.clone())
+                }
+                _ => {
+                    let tables = nft.tables().unwrap();
+                    assert_eq!(tables, vec![(Family::Bridge, "hv_port_hvtap7".to_string())]);
+                    (Family::Bridge, port::table_name(&spec.port))
+                }
+            };
+            let text = nft.list_table(family, &table).unwrap();
+            assert!(text.contains("tcp dport 22 accept"), "{text}");
+            let udp = [SecurityRule::ingress(Protocol::Udp).ports(53, 53)];
+            ps.update_rules(&spec.port, &udp).unwrap();
+            let text = nft.list_table(family, &table).unwrap();
+            assert!(
+                text.contains("udp dport 53 accept") && !text.contains("tcp dport 22"),
+                "{text}"
+            );
+            assert!(ps.update_rules(&ifname("hvnone"), &[]).is_err(), "no table for that port");
+        }
+        // Back in the bridge-table mode, the port's inet table is gone.
+        let ps = PortSecurity::with_mode(nft.clone(), ReplyMode::Mirrored);
         ps.apply(&spec).unwrap();
         assert_eq!(nft.tables().unwrap(), vec![(Family::Bridge, "hv_port_hvtap7".to_string())]);
-        let text = nft.list_table(Family::Bridge, &port::table_name(&spec.port)).unwrap();
-        assert!(text.contains("tcp dport 22 accept"), "{text}");
-        ps.update_rules(&spec.port, &[SecurityRule::ingress(Protocol::Udp).ports(53, 53)]).unwrap();
-        let text = nft.list_table(Family::Bridge, &port::table_name(&spec.port)).unwrap();
-        assert!(text.contains("udp dport 53 accept") && !text.contains("tcp dport 22"), "{text}");
-        assert!(ps.update_rules(&ifname("hvnone"), &[]).is_err(), "no table for that port");
+        PortSecurity::with_mode(nft.clone(), ReplyMode::BrNetfilter).apply(&spec).unwrap();
         ps.remove(&spec.port).unwrap();
         ps.remove(&spec.port).unwrap();
-        assert!(nft.tables().unwrap().is_empty());
+        assert!(nft.tables().unwrap().is_empty(), "remove drops both tables");
     });
 }
 

@@ -1,11 +1,13 @@
 //! Port security on a bridge inside a test namespace: a "guest" namespace behind a veth port
 //! with its MAC and IP pinned pings the gateway and a neighbour; with a forged IP or MAC its
-//! frames are dropped; a security-group change on the running port takes effect at once. Two
-//! ports whose names differ only in `-` and `_` get tables of their own: removing one's port
-//! security leaves the other's anti-spoofing working.
+//! frames are dropped; a security-group change on the running port takes effect at once (with
+//! mirrored rules and statefully through br_netfilter). Security groups through br_netfilter
+//! are stateful: replies pass without a rule of their own, new connections the other way do
+//! not. Two ports whose names differ only in `-` and `_` get tables of their own: removing
+//! one's port security leaves the other's anti-spoofing working.
 
 use hv_net::netlink::Netlink;
-use hv_net::nft::port::{PortSecurity, PortSpec, Protocol, SecurityRule};
+use hv_net::nft::port::{brnf, PortSecurity, PortSpec, Protocol, ReplyMode, SecurityRule};
 use hv_net::nft::Nft;
 use hv_net::IfName;
 use hv_test_support::netns::NetNs;
@@ -13,9 +15,48 @@ use hv_test_support::netns::NetNs;
 mod common;
 
 const MAC: &str = "52:54:00:00:00:10";
+/// The UDP port of [`udp_broadcast_arrives`].
+const BROADCAST_PORT: u16 = 5099;
+
+/// True when a datagram `from` sends to `10.72.0.255` reaches a socket in `to`.
+fn udp_broadcast_arrives(from: &NetNs, to: &NetNs) -> bool {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            to.run(move || {
+                let sock = UdpSocket::bind(("0.0.0.0", BROADCAST_PORT)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buf = [0u8; 64];
+                matches!(sock.recv_from(&mut buf), Ok((5, _)) if &buf[..5] == b"hello")
+            })
+        });
+        ready_rx.recv().unwrap();
+        from.run(|| {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.set_broadcast(true).unwrap();
+            for _ in 0..3 {
+                sock.send_to(b"hello", ("10.72.0.255", BROADCAST_PORT)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        receiver.join().unwrap()
+    })
+}
 
 #[test]
-fn forged_frames_dropped_real_traffic_flows_rules_change_live() {
+fn forged_frames_dropped_real_traffic_flows_rules_change_live_mirrored() {
+    forged_frames_dropped_real_traffic_flows_rules_change_live(ReplyMode::Mirrored);
+}
+
+#[test]
+fn forged_frames_dropped_real_traffic_flows_rules_change_live_through_br_netfilter() {
+    forged_frames_dropped_real_traffic_flows_rules_change_live(ReplyMode::BrNetfilter);
+}
+
+fn forged_frames_dropped_real_traffic_flows_rules_change_live(mode: ReplyMode) {
     need_root!();
     hv_test_support::require!(Nft::locate().is_ok(), "nft binary (apt-get install nftables)");
     let nft = Nft::locate().unwrap();
@@ -29,7 +70,10 @@ fn forged_frames_dropped_real_traffic_flows_rules_change_live() {
         common::attach_guest(&mut nl, "hvps", "hvp0", &guest, "10.70.0.10/24", None, Some(MAC));
         common::attach_guest(&mut nl, "hvps", "hvp1", &neighbour, "10.70.0.11/24", None, None);
 
-        let ps = PortSecurity::new(nft.clone());
+        if mode == ReplyMode::BrNetfilter {
+            hv_test_support::require!(brnf::available(), "br_netfilter (CONFIG_BRIDGE_NETFILTER)");
+        }
+        let ps = PortSecurity::with_mode(nft.clone(), mode);
         let spec = PortSpec {
             port: IfName::new("hvp0").unwrap(),
             mac: MAC.parse().unwrap(),
@@ -38,6 +82,7 @@ fn forged_frames_dropped_real_traffic_flows_rules_change_live() {
                 SecurityRule::egress(Protocol::Icmp),
                 SecurityRule::ingress(Protocol::Icmp),
             ],
+            bridge: Some(IfName::new("hvps").unwrap()),
         };
         ps.apply(&spec).unwrap();
 
@@ -105,11 +150,13 @@ fn ports_named_alike_keep_their_own_filtering() {
             mac: mac.parse().unwrap(),
             ips: vec![ip.parse().unwrap()],
             rules: icmp.clone(),
+            bridge: Some(IfName::new("hvpa").unwrap()),
         };
         let (d, u) = (spec("hvp-1", mac_d, "10.71.0.10"), spec("hvp_1", mac_u, "10.71.0.11"));
         ps.apply(&d).unwrap();
         ps.apply(&u).unwrap();
-        assert_eq!(nft.tables().unwrap().len(), 2, "one table per port");
+        let per_port = if ps.mode() == ReplyMode::BrNetfilter { 2 } else { 1 };
+        assert_eq!(nft.tables().unwrap().len(), 2 * per_port, "tables of each port's own");
         assert!(under.ping("10.71.0.12", 2), "hvp_1's guest with its own address");
 
         // Remove hvp-1's port security: hvp_1's must stay.
@@ -123,5 +170,84 @@ fn ports_named_alike_keep_their_own_filtering() {
         assert!(under.ping("10.71.0.12", 2), "and passes the real one");
         ps.remove(&u.port).unwrap();
         assert!(nft.tables().unwrap().is_empty());
+    });
+}
+
+/// Two guests A and B and an outsider on one bridge. A may send anything and receive nothing
+/// new; B may send anything and receive ICMP from A only. Through br_netfilter: A reaches B and
+/// its replies come back; B cannot reach A (with mirrored rules A's allow-all egress would let
+/// it in, as the test shows); the outsider reaches neither; the host answers A but cannot
+/// start anything towards it; the outsider's UDP broadcast reaches B only once B allows it.
+/// Rule changes on the live ports take effect at once.
+#[test]
+fn security_groups_are_stateful_through_br_netfilter() {
+    need_root!();
+    hv_test_support::require!(Nft::locate().is_ok(), "nft binary (apt-get install nftables)");
+    let nft = Nft::locate().unwrap();
+    let (a, b, outsider) = (NetNs::new("hvt-sta"), NetNs::new("hvt-stb"), NetNs::new("hvt-sto"));
+    let host = NetNs::new("hvt-st");
+    host.run(|| {
+        hv_test_support::require!(brnf::available(), "br_netfilter (CONFIG_BRIDGE_NETFILTER)");
+        let mut nl = Netlink::new().unwrap();
+        nl.create_bridge("hvst").unwrap();
+        nl.set_up("hvst").unwrap();
+        nl.add_address("hvst", "10.72.0.1".parse().unwrap(), 24).unwrap();
+        let (mac_a, mac_b) = ("52:54:00:00:00:31", "52:54:00:00:00:32");
+        common::attach_guest(&mut nl, "hvst", "hvsa", &a, "10.72.0.10/24", None, Some(mac_a));
+        common::attach_guest(&mut nl, "hvst", "hvsb", &b, "10.72.0.11/24", None, Some(mac_b));
+        common::attach_guest(&mut nl, "hvst", "hvso", &outsider, "10.72.0.12/24", None, None);
+        let any_out = SecurityRule::egress(Protocol::Any);
+        let icmp_from_a =
+            SecurityRule::ingress(Protocol::Icmp).remote("10.72.0.10/32".parse().unwrap());
+        let spec = |port: &str, mac: &str, ip: &str, rules: Vec<SecurityRule>| PortSpec {
+            port: IfName::new(port).unwrap(),
+            mac: mac.parse().unwrap(),
+            ips: vec![ip.parse().unwrap()],
+            rules,
+            bridge: Some(IfName::new("hvst").unwrap()),
+        };
+        let sa = spec("hvsa", mac_a, "10.72.0.10", vec![any_out]);
+        let sb = spec("hvsb", mac_b, "10.72.0.11", vec![any_out, icmp_from_a]);
+
+        // Mirrored rules first, for contrast: A's egress-any mirror lets B in.
+        let mirrored = PortSecurity::with_mode(nft.clone(), ReplyMode::Mirrored);
+        mirrored.apply(&sa).unwrap();
+        mirrored.apply(&sb).unwrap();
+        assert!(b.ping("10.72.0.10", 2), "mirrored: B -> A passes A's mirrored egress-any");
+
+        let ps = PortSecurity::with_mode(nft.clone(), ReplyMode::BrNetfilter);
+        ps.apply(&sa).unwrap();
+        ps.apply(&sb).unwrap();
+        let sysctl = std::fs::read_to_string(brnf::SYSCTL).unwrap();
+        assert_eq!(sysctl.trim(), "1", "apply switched bridged IPv4 onto the IP hooks");
+        assert!(a.ping("10.72.0.11", 2), "A -> B, and B's replies reach A without a rule");
+        assert!(!b.ping("10.72.0.10", 1), "B -> A: A allows no ingress");
+        assert!(!outsider.ping("10.72.0.11", 1), "outsider -> B: only A may reach B");
+        assert!(!outsider.ping("10.72.0.10", 1), "outsider -> A");
+        assert!(outsider.ping("10.72.0.1", 2), "traffic of no port's is left alone");
+        assert!(a.ping("10.72.0.1", 2), "A -> host (input), the reply (output) comes back");
+        assert!(!host.ping("10.72.0.10", 1), "host -> A: no ingress");
+        let table = nft.list_table(hv_net::nft::Family::Inet, &brnf::table_name(&sb.port));
+        assert!(table.unwrap().contains("ct state established,related accept"));
+        // A broadcast carries no address of B's: B's ingress rules still decide.
+        assert!(!udp_broadcast_arrives(&outsider, &b), "B allows no UDP in");
+
+        // Live changes: B lets ICMP in from anywhere; A may no longer send.
+        let icmp_in = SecurityRule::ingress(Protocol::Icmp);
+        let udp_in = SecurityRule::ingress(Protocol::Udp).ports(BROADCAST_PORT, BROADCAST_PORT);
+        ps.update_rules(&sb.port, &[any_out, icmp_in, udp_in]).unwrap();
+        assert!(outsider.ping("10.72.0.11", 2), "outsider -> B, now allowed");
+        assert!(udp_broadcast_arrives(&outsider, &b), "and its UDP broadcast, now allowed");
+        assert!(a.ping("10.72.0.11", 2), "A -> B still");
+        ps.update_rules(&sa.port, &[]).unwrap();
+        assert!(!a.ping("10.72.0.11", 1), "A may not send any more");
+        assert!(!a.ping("10.72.0.1", 1), "not to the host either");
+        ps.update_rules(&sa.port, &[icmp_in]).unwrap();
+        assert!(b.ping("10.72.0.10", 2), "B -> A once A lets ICMP in; A's reply passes");
+
+        ps.remove(&sa.port).unwrap();
+        ps.remove(&sb.port).unwrap();
+        assert!(nft.tables().unwrap().is_empty(), "both tables of both ports are gone");
+        assert!(outsider.ping("10.72.0.10", 2), "port security removed: open again");
     });
 }

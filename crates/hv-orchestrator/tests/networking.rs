@@ -1,6 +1,7 @@
 //! Tenant networks for real, in a network namespace the test makes: bridges per network, DHCP
 //! from the subnet's pool with a reservation per port, port security with the default
-//! security group, and isolation between projects, with test guests pinging each other.
+//! security group (members reach each other, a non-member does not), and isolation between
+//! projects, with test guests pinging each other.
 
 mod common;
 
@@ -69,6 +70,24 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
         let line = ping_line(&cloud, &a, &c1.id);
         assert!(line.contains("net ping 10.0.0.10 ok"), "{line}");
 
+        // Same project and network, but not a member of the default group (a group whose
+        // only rule is egress to anywhere): the server's default group keeps it out, though
+        // its own replies would pass (the rules are stateful, not mirrored). Nor does the
+        // host, from the gateway address, get in.
+        let outsider = cloud.create_security_group(&a, "outsider", "").unwrap();
+        assert!(outsider.rules.iter().all(|r| r.direction == Direction::Egress), "{outsider:?}");
+        let mut np = NewPort::new(&net_a);
+        np.security_groups = Some(vec![outsider.id.clone()]);
+        let outsider_port = cloud.create_port(&a, &np).unwrap();
+        let c3 = cloud
+            .create_instance(&a, &NewInstance::new("c3", &ping_a, &f.id).port(&outsider_port.id))
+            .unwrap();
+        let line = ping_line(&cloud, &a, &c3.id);
+        let log = cloud.console_log(&a, &c3.id, None).unwrap();
+        assert!(log.contains("net lease 10.0.0."), "DHCP passes the outsider's port: {log}");
+        assert!(line.contains("lost"), "a non-member reaches the server: {line}");
+        assert!(!ns.ping("10.0.0.10", 1), "the host is no member either");
+
         // Another project's instance on its own network: not reached.
         let c2 = cloud
             .create_instance(&b, &NewInstance::new("c2", &ping_b, &f.id).network(&net_b))
@@ -80,10 +99,11 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
             cloud.create_instance(&b, &NewInstance::new("x", &ping_b, &f.id).network(&net_a)),
             Err(hv_orchestrator::Error::NotFound { .. })
         ));
-        for (ctx, id) in [(&a, &server.id), (&a, &c1.id), (&b, &c2.id)] {
+        for (ctx, id) in [(&a, &server.id), (&a, &c1.id), (&a, &c3.id), (&b, &c2.id)] {
             cloud.delete_instance(ctx, id).unwrap();
         }
         cloud.delete_port(&a, &server_port.id).unwrap();
+        cloud.delete_port(&a, &outsider_port.id).unwrap();
         cloud.delete_network(&a, &net_a).unwrap();
         cloud.delete_network(&b, &net_b).unwrap();
     });

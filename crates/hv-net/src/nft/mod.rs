@@ -4,7 +4,9 @@
 //! no name or address can change what a rule means.
 //!
 //! - [`network`]: the table a NAT or isolated network owns (masquerade, forwarding policy).
-//! - [`port`]: port security for a guest port on a bridge (anti-spoofing, security groups).
+//! - [`port`]: port security for a guest port on a bridge (anti-spoofing, security groups;
+//!   stateful through `br_netfilter` in an `inet` table of the port's own, [`port::brnf`],
+//!   where the bridge family cannot track connections).
 //!
 //! Every table hv makes has a [`TableName`] `hv_...` built injectively from the network or
 //! port name (distinct ports get distinct tables), and is replaced whole (add, delete, add
@@ -65,6 +67,15 @@ pub enum NftError {
     /// A table name hv would not make (see [`TableName`]).
     #[error("invalid nftables table name {0:?}: hv_ followed by at most 120 of a-z A-Z 0-9 _")]
     InvalidTable(String),
+    /// A kernel setting nftables rules depend on could not be read or written.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The setting's file under `/proc/sys`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// `nft -j` printed something that is not the JSON it documents.
     #[error("nft {what}: unreadable JSON output: {source}")]
     Json {

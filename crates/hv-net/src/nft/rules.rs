@@ -134,7 +134,7 @@ pub fn flush_chain(
 }
 
 /// `add table; delete table` (so a missing table is no error) into `batch`.
-fn clear_table(batch: &mut Batch<'static>, family: Family, name: &TableName) {
+pub(crate) fn clear_table(batch: &mut Batch<'static>, family: Family, name: &TableName) {
     batch.add(table(family, name));
     batch.delete(table(family, name));
 }
@@ -150,15 +150,21 @@ impl TableSpec {
     /// The batch that replaces the table with this one.
     pub fn replace(&self) -> Nftables<'static> {
         let mut batch = Batch::new();
-        clear_table(&mut batch, self.family, &self.name);
+        self.replace_into(&mut batch);
+        batch.to_nftables()
+    }
+
+    /// Appends the commands that replace the table with this one to `batch` (several tables
+    /// can so change in one transaction).
+    pub fn replace_into(&self, batch: &mut Batch<'static>) {
+        clear_table(batch, self.family, &self.name);
         batch.add(table(self.family, &self.name));
         for c in &self.chains {
             batch.add(NfListObject::Chain(chain(self.family, &self.name, c)));
         }
         for c in &self.chains {
-            add_rules(&mut batch, self.family, &self.name, c.name, &c.rules);
+            add_rules(batch, self.family, &self.name, c.name, &c.rules);
         }
-        batch.to_nftables()
     }
 }
 
@@ -219,6 +225,13 @@ pub fn l4proto(proto: &'static str) -> Statement<'static> {
     eq(Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::L4proto })), text(proto))
 }
 
+/// `meta pkttype { kinds }` (`unicast`, `broadcast`, `multicast`: what the frame was
+/// addressed to at layer 2).
+pub fn pkttype(kinds: &[&'static str]) -> Statement<'static> {
+    let left = Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Pkttype }));
+    eq(left, set(kinds.iter().map(|k| text(*k)).collect()))
+}
+
 /// `ether type <kind>` (`ip`, `arp`).
 pub fn ether_type(kind: &'static str) -> Statement<'static> {
     eq(payload("ether", "type"), text(kind))
@@ -260,13 +273,18 @@ pub fn masquerade() -> Statement<'static> {
     Statement::Masquerade(None)
 }
 
-/// `ct state { states } accept` as one rule.
-pub fn ct_established(states: &[&'static str]) -> Rule {
+/// `ct state { states }` (the connection is in one of `states`).
+pub fn ct_state(states: &[&'static str]) -> Statement<'static> {
     let ct = Expression::Named(NamedExpression::CT(CT {
         key: Cow::Borrowed("state"),
         family: None,
         dir: None,
     }));
     let right = Expression::List(states.iter().map(|s| text(*s)).collect());
-    vec![Statement::Match(Match { left: ct, right, op: Operator::IN }), accept()]
+    Statement::Match(Match { left: ct, right, op: Operator::IN })
+}
+
+/// `ct state { states } accept` as one rule.
+pub fn ct_established(states: &[&'static str]) -> Rule {
+    vec![ct_state(states), accept()]
 }

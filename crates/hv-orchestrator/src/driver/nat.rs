@@ -109,16 +109,27 @@ fn nat(addr: Ipv4Addr) -> Option<NAT<'static>> {
     })
 }
 
-/// The floating-IP table for `(floating, fixed)` pairs.
-pub(crate) fn fip_table(maps: &[(Ipv4Addr, Ipv4Addr)]) -> Result<TableSpec> {
+/// The floating-IP table for `(floating, fixed, subnet of fixed)` maps. SNAT leaves alone
+/// what goes to the fixed address's own subnet: with `br_netfilter` (which stateful security
+/// groups switch on) frames bridged between instances meet the IP postrouting hook too, and
+/// a peer on the network must see the instance's fixed address, not its floating one.
+pub(crate) fn fip_table(maps: &[(Ipv4Addr, Ipv4Addr, Ipv4Cidr)]) -> Result<TableSpec> {
     let name = TableName::new("hv_fip").map_err(net_err)?;
     let pre = maps
         .iter()
-        .map(|(f, x)| vec![r::eq(r::payload("ip", "daddr"), r::ip(*f)), Statement::DNAT(nat(*x))])
+        .map(|(f, x, _)| {
+            vec![r::eq(r::payload("ip", "daddr"), r::ip(*f)), Statement::DNAT(nat(*x))]
+        })
         .collect();
     let post = maps
         .iter()
-        .map(|(f, x)| vec![r::eq(r::payload("ip", "saddr"), r::ip(*x)), Statement::SNAT(nat(*f))])
+        .map(|(f, x, subnet)| {
+            vec![
+                r::eq(r::payload("ip", "saddr"), r::ip(*x)),
+                r::ne(r::payload("ip", "daddr"), r::prefix(*subnet)),
+                Statement::SNAT(nat(*f)),
+            ]
+        })
         .collect();
     Ok(TableSpec {
         family: Family::Ip,
@@ -166,4 +177,20 @@ pub(crate) fn set_bridge_hosts(bridge: &str, keep: Ipv4Addr, want: &[Ipv4Addr]) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floating_snat_spares_the_fixed_address_subnet() {
+        let fixed = "10.0.0.5".parse().unwrap();
+        let subnet = "10.0.0.0/24".parse().unwrap();
+        let t = fip_table(&[("203.0.113.7".parse().unwrap(), fixed, subnet)]).unwrap();
+        let json = serde_json::to_string(&t.replace()).unwrap();
+        let spared = r#"{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"10.0.0.0","len":24}},"op":"!="}}"#;
+        assert!(json.contains(spared), "{json}");
+        assert!(json.contains(r#""snat":{"addr":"203.0.113.7""#), "{json}");
+    }
 }

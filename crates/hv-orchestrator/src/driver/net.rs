@@ -2,9 +2,11 @@
 //! network (`isolated` mode: its own bridge `hv<name>`, the subnet's gateway address on it, an
 //! nftables table that drops forwarding to and from it, so tenant networks cannot reach each
 //! other), DHCP served from this process with a reservation per port (MAC -> fixed IP), and
-//! port security per instance NIC (hv-net's bridge-family table per TAP: anti-spoofing plus the
-//! port's security-group rules). A router interface turns the network's table into hv-net's
-//! NAT table (masquerade of the subnet), so its instances reach out.
+//! port security per instance NIC (hv-net's bridge-family table per TAP: anti-spoofing; the
+//! port's security-group rules there too, or, where the kernel cannot track connections in the
+//! bridge family, statefully in an `inet` table per TAP on the hooks br_netfilter passes bridged
+//! IPv4 through: see `hv_net::nft::port`). A router interface turns the network's table into
+//! hv-net's NAT table (masquerade of the subnet), so its instances reach out.
 //!
 //! All of it runs on the driver thread ([`super::Driver::run`]), in the namespace the cloud was
 //! opened in.
@@ -138,21 +140,24 @@ pub(crate) fn set_floating_addresses(
     super::nat::set_bridge_hosts(def.bridge.as_str(), gateway, floating)
 }
 
-/// Installs the floating-IP table for `maps` (floating, fixed).
-pub(crate) fn install_floating(maps: &[(Ipv4Addr, Ipv4Addr)]) -> Result<()> {
+/// Installs the floating-IP table for `maps` (floating, fixed, the fixed address's subnet).
+pub(crate) fn install_floating(maps: &[(Ipv4Addr, Ipv4Addr, Ipv4Cidr)]) -> Result<()> {
     super::nat::install(&super::nat::fip_table(maps)?)
 }
 
-/// Installs (or replaces) port security on `tap`.
+/// Installs (or replaces) port security on `tap`, a port of network `network`'s bridge.
 pub(crate) fn apply_port(
+    mgr: &NetworkManager,
+    network: &str,
     tap: &str,
     mac: MacAddr,
     ips: Vec<Ipv4Addr>,
     rules: Vec<SecurityRule>,
 ) -> Result<()> {
     let port = IfName::new(tap).map_err(net_err)?;
+    let bridge = Some(mgr.get(network).map_err(net_err)?.bridge);
     let ps = PortSecurity::new(Nft::locate().map_err(net_err)?);
-    ps.apply(&PortSpec { port, mac, ips, rules }).map_err(net_err)
+    ps.apply(&PortSpec { port, mac, ips, rules, bridge }).map_err(net_err)
 }
 
 /// Removes port security from `tap` (no error when there is none).

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use hv_net::network::NetworkManager;
+use hv_net::Ipv4Cidr;
 
 use super::{FloatingIp, Network, Port, PortStatus, Router, Subnet};
 use crate::driver::net::{apply_port, remove_port, HostNetwork};
@@ -111,13 +112,23 @@ impl Cloud {
         if !p.port_security_enabled {
             return driver.run(move |_| remove_port(&tap));
         }
+        // No network, no bridge to filter on: an error, never a port left open.
+        let (net, _) = load::<Network>(self.store(), &p.network_id)?.ok_or_else(|| {
+            crate::Error::Network(format!("port {}: network {} is gone", p.id, p.network_id))
+        })?;
         let rules = self.port_rules(p)?;
         let (mac, ips) = (p.mac(), p.ips());
-        driver.run(move |_| apply_port(&tap, mac, ips, rules))
+        let dir = driver.state_dir().to_path_buf();
+        driver.run(move |_| {
+            let mgr =
+                NetworkManager::open(&dir).map_err(|e| crate::Error::Network(e.to_string()))?;
+            apply_port(&mgr, &net.host_name, &tap, mac, ips, rules)
+        })
     }
 
     /// Re-applies port security to every bound port of a project (after a rule, group or
-    /// membership change: remote-group rules depend on other ports' addresses).
+    /// membership change: remote-group rules depend on other ports' addresses, so a port made
+    /// or removed changes what its groups' members let in).
     pub(crate) fn refresh_port_security(&self, project_id: &str) -> Result<()> {
         if self.driver().is_none() {
             return Ok(());
@@ -150,10 +161,14 @@ impl Cloud {
             let Some((s, _)) = load::<Subnet>(self.store(), sid)? else { continue };
             externals.push((n.id.clone(), n.host_name.clone(), s.gateway_ip));
         }
-        let all_maps: Vec<(Ipv4Addr, Ipv4Addr)> = fips
-            .iter()
-            .filter_map(|f| f.fixed_ip_address.map(|x| (f.floating_ip_address, x)))
-            .collect();
+        let mut all_maps: Vec<(Ipv4Addr, Ipv4Addr, Ipv4Cidr)> = vec![];
+        for f in &fips {
+            let (Some(fixed), Some(port)) = (f.fixed_ip_address, &f.port_id) else { continue };
+            let Some((p, _)) = load::<Port>(self.store(), port)? else { continue };
+            let Some(ip) = p.fixed_ips.iter().find(|i| i.ip_address == fixed) else { continue };
+            let Some((s, _)) = load::<Subnet>(self.store(), &ip.subnet_id)? else { continue };
+            all_maps.push((f.floating_ip_address, fixed, s.cidr()));
+        }
         let per_net: Vec<(String, Ipv4Addr, Vec<Ipv4Addr>)> = externals
             .into_iter()
             .map(|(id, name, gw)| {

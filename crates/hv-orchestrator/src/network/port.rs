@@ -273,6 +273,7 @@ impl Cloud {
                     if !net.external {
                         self.sync_host_network(&net.id)?;
                     }
+                    self.membership_changed(&port);
                     return Ok(port);
                 }
                 Err(StoreError::Exists { kind, .. }) if kind == Kind::Name.as_str() => {
@@ -391,7 +392,20 @@ impl Cloud {
         if !external {
             self.sync_host_network(&p.network_id)?;
         }
+        self.membership_changed(p);
         Ok(())
+    }
+
+    /// After port `p` was made or removed: its groups' members let in by remote-group rules
+    /// (the default group's ingress) gain or lose its addresses, so the project's bound ports
+    /// get their rules again. Best effort: the port's own change stands either way.
+    fn membership_changed(&self, p: &Port) {
+        if p.security_groups.is_empty() {
+            return;
+        }
+        if let Err(e) = self.refresh_port_security(&p.project_id) {
+            log::warn!("re-applying security groups after port {} changed: {e}", p.id);
+        }
     }
 }
 

@@ -1,8 +1,15 @@
 //! Security groups: Neutron's allow-lists per port. Each project has a `default` group (made on
 //! first use) whose rules allow ingress only from members of the group and all egress. A rule
-//! with a remote group expands to the addresses of that group's ports; every change is applied
-//! to the bound ports of the project at once (hv-net's `update`/`apply` replace a port's table
-//! atomically).
+//! with a remote group expands to the addresses of that group's ports; every change (a rule, a
+//! port's groups, a port made or removed in a group) is applied to the bound ports of the
+//! project at once (hv-net's `apply` replaces a port's tables atomically).
+//!
+//! The rules are stateful, as Neutron's: replies to allowed traffic pass by connection
+//! tracking, so the default group's allow-all egress lets no one in who is not a member.
+//! hv-net tracks connections in the bridge family where the kernel can, else through
+//! `br_netfilter` (it sets `net.bridge.bridge-nf-call-iptables=1` in the cloud's network
+//! namespace); only on a kernel with neither does it fall back to stateless rules mirrored for
+//! replies (`hv_net::nft::port::ReplyMode`), where an allow-all egress rule lets everything in.
 
 use std::net::Ipv4Addr;
 

@@ -7,22 +7,37 @@
 //!   address). A guest may not answer as a DHCP server (UDP source port 67). Any other
 //!   ethertype from the port (IPv6 included) is dropped.
 //! - **Security groups**: rules by direction, protocol, port range and remote CIDR, Neutron's
-//!   shape. What no rule allows is dropped, in both directions. Replies to allowed traffic
-//!   pass: statefully (`ct state established,related`) when the kernel tracks connections in
-//!   the bridge family, otherwise through mirrored rules (the reverse of each rule, matched on
-//!   source ports and ICMP reply types), like Neutron's stateless security groups.
+//!   shape. What no rule allows is dropped, in both directions. How replies to allowed traffic
+//!   pass is the [`ReplyMode`], the best the kernel offers:
+//!   1. [`ReplyMode::BridgeConntrack`]: the bridge table matches
+//!      `ct state established,related` (the kernel tracks connections in the bridge family,
+//!      `nf_conntrack_bridge`).
+//!   2. [`ReplyMode::BrNetfilter`]: the bridge table keeps anti-spoofing (and the ingress
+//!      rules for broadcast and multicast to the guest), and the security groups move to an
+//!      `inet` table of the port's own on the IP hooks that
+//!      `br_netfilter` passes bridged IPv4 through, where connections are tracked
+//!      ([`brnf`]; Neutron's iptables firewall driver works so). Applying a port in this mode
+//!      sets `net.bridge.bridge-nf-call-iptables=1` in the caller's network namespace.
+//!   3. [`ReplyMode::Mirrored`]: stateless; the reverse of each rule (matched on source ports
+//!      and ICMP reply types) lets replies through, like Neutron's stateless security groups,
+//!      so an allow-all egress rule also lets everything in.
 //!
 //! Rules on a running port are replaced with [`PortSecurity::update_rules`]: both security-group
 //! chains are flushed and refilled in one nft transaction, so no frame sees a half-set policy.
+//! [`PortSecurity::apply`] and [`PortSecurity::remove`] likewise change the port's tables (the
+//! bridge table and, in [`ReplyMode::BrNetfilter`], the `inet` one) in one transaction.
+
+pub mod brnf;
 
 use std::net::Ipv4Addr;
 
 use nftables::batch::Batch;
+use nftables::expr::Expression;
 use nftables::types::{NfChainType, NfHook};
 use serde::{Deserialize, Serialize};
 
-use super::rules::{self as r, ChainSpec, Rule, TableSpec, PRIO_BRIDGE_FILTER};
-use super::{Family, Nft, NftError, Result, TableName};
+use crate::nft::rules::{self as r, ChainSpec, Rule, TableSpec, PRIO_BRIDGE_FILTER};
+use crate::nft::{Family, Nft, NftError, Result, TableName};
 use crate::types::{Ipv4Cidr, MacAddr};
 use crate::IfName;
 
@@ -111,13 +126,50 @@ pub struct PortSpec {
     pub ips: Vec<Ipv4Addr>,
     /// Security-group rules.
     pub rules: Vec<SecurityRule>,
+    /// The bridge the port is on. [`ReplyMode::BrNetfilter`] needs it: on the IP hooks a
+    /// bridged packet's input and output interface is the bridge, not the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<IfName>,
+}
+
+/// How replies to allowed traffic get through a port's security groups, and so where the
+/// security-group decision is made. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplyMode {
+    /// Stateful, in the port's bridge table (`ct state` in the bridge family).
+    BridgeConntrack,
+    /// Stateful, in an `inet` table of the port's own on the hooks `br_netfilter` runs bridged
+    /// IPv4 through ([`brnf`]); the bridge table does anti-spoofing, and filters broadcast
+    /// and multicast to the guest by its ingress rules.
+    BrNetfilter,
+    /// Stateless, in the port's bridge table: each rule mirrored for replies.
+    Mirrored,
+}
+
+impl ReplyMode {
+    /// The best mode this kernel offers in the caller's network namespace: bridge conntrack,
+    /// else `br_netfilter` (its `bridge-nf-call-iptables` setting exists), else mirrored rules.
+    pub fn detect(nft: &Nft) -> ReplyMode {
+        if nft.bridge_conntrack() {
+            ReplyMode::BridgeConntrack
+        } else if brnf::available() {
+            ReplyMode::BrNetfilter
+        } else {
+            ReplyMode::Mirrored
+        }
+    }
+
+    /// True when replies are matched by connection tracking.
+    pub fn stateful(self) -> bool {
+        self != ReplyMode::Mirrored
+    }
 }
 
 /// Applies port security with nftables.
 #[derive(Debug, Clone)]
 pub struct PortSecurity {
     nft: Nft,
-    stateful: bool,
+    mode: ReplyMode,
 }
 
 /// The table a port owns: `hv_port_` + the port's name escaped injectively
@@ -126,12 +178,22 @@ pub fn table_name(port: &IfName) -> TableName {
     TableName::from_parts(&["port", &port.escaped()])
 }
 
+/// The set of a port's addresses, for matching; `{ 0.0.0.0 }` when it has none yet.
+fn ip_set(ips: &[Ipv4Addr]) -> Expression<'static> {
+    if ips.is_empty() {
+        r::set(vec![r::ip(Ipv4Addr::UNSPECIFIED)])
+    } else {
+        r::set(ips.iter().map(|i| r::ip(*i)).collect())
+    }
+}
+
 /// `rule`'s statements for the chain of its own direction (`forward`) or the mirrored reply
-/// rule for the opposite chain (`!forward`).
-fn render(rule: &SecurityRule, forward: bool) -> Rule {
+/// rule for the opposite chain (`!forward`); in a bridge table (`l2`) first matching IPv4
+/// frames.
+fn render(rule: &SecurityRule, forward: bool, l2: bool) -> Rule {
     // Ingress rules match the remote as source; egress as destination; mirrors swap both.
     let remote_is_src = (rule.direction == Direction::Ingress) == forward;
-    let mut s = vec![r::ether_type("ip")];
+    let mut s = if l2 { vec![r::ether_type("ip")] } else { vec![] };
     if let Some(remote) = rule.remote {
         let field = if remote_is_src { "saddr" } else { "daddr" };
         s.push(r::eq(r::payload("ip", field), r::prefix(remote)));
@@ -163,34 +225,61 @@ fn render(rule: &SecurityRule, forward: bool) -> Rule {
 }
 
 impl PortSecurity {
-    /// Port security through `nft`, stateful when the kernel has bridge conntrack.
+    /// Port security through `nft`, in the best [`ReplyMode`] the kernel offers
+    /// ([`ReplyMode::detect`]).
     pub fn new(nft: Nft) -> PortSecurity {
-        let stateful = nft.bridge_conntrack();
-        PortSecurity { nft, stateful }
+        let mode = ReplyMode::detect(&nft);
+        PortSecurity { nft, mode }
     }
 
-    /// Port security with the reply handling chosen by the caller.
+    /// Port security in the bridge table, stateful (bridge conntrack) or mirrored as the
+    /// caller chooses.
     pub fn with_stateful(nft: Nft, stateful: bool) -> PortSecurity {
-        PortSecurity { nft, stateful }
+        let mode = if stateful { ReplyMode::BridgeConntrack } else { ReplyMode::Mirrored };
+        PortSecurity { nft, mode }
+    }
+
+    /// Port security in the mode the caller chooses.
+    pub fn with_mode(nft: Nft, mode: ReplyMode) -> PortSecurity {
+        PortSecurity { nft, mode }
+    }
+
+    /// The mode in use.
+    pub fn mode(&self) -> ReplyMode {
+        self.mode
     }
 
     /// True when replies are matched by connection tracking rather than mirrored rules.
     pub fn stateful(&self) -> bool {
-        self.stateful
+        self.mode.stateful()
     }
 
     fn invalid(port: &IfName, reason: impl Into<String>) -> NftError {
         NftError::Invalid { port: port.to_string(), reason: reason.into() }
     }
 
+    /// The bridge table's chain `sg_egress` or `sg_ingress` (by `dir`). In
+    /// [`ReplyMode::BrNetfilter`] only `sg_ingress`, for broadcast and multicast to the guest
+    /// (no connection, no port address to find it by on the IP hooks): the ingress rules as
+    /// they are.
     fn sg_chain(&self, rules: &[SecurityRule], dir: Direction) -> Vec<Rule> {
+        if self.mode == ReplyMode::BrNetfilter {
+            let mut out: Vec<Rule> = rules
+                .iter()
+                .filter(|x| x.direction == dir)
+                .map(|x| render(x, true, true))
+                .collect();
+            out.push(vec![r::drop()]);
+            return out;
+        }
+        let stateful = self.mode.stateful();
         let mut out = Vec::new();
-        if self.stateful {
+        if stateful {
             out.push(r::ct_established(&["established", "related"]));
         }
-        out.extend(rules.iter().filter(|x| x.direction == dir).map(|x| render(x, true)));
-        if !self.stateful {
-            out.extend(rules.iter().filter(|x| x.direction != dir).map(|x| render(x, false)));
+        out.extend(rules.iter().filter(|x| x.direction == dir).map(|x| render(x, true, true)));
+        if !stateful {
+            out.extend(rules.iter().filter(|x| x.direction != dir).map(|x| render(x, false, true)));
         }
         out.push(vec![r::drop()]);
         out
@@ -203,7 +292,8 @@ impl PortSecurity {
         Ok(())
     }
 
-    /// The port's whole table for `spec`.
+    /// The port's whole bridge table for `spec` (in [`ReplyMode::BrNetfilter`] without the
+    /// unicast security-group decision: see [`PortSecurity::tables_for`]).
     pub fn rules_for(&self, spec: &PortSpec) -> Result<TableSpec> {
         Self::check(&spec.port, &spec.rules)?;
         if spec.mac.is_multicast() || spec.mac.is_zero() {
@@ -211,11 +301,11 @@ impl PortSecurity {
         }
         let mac = || r::text(spec.mac.to_string());
         // No address yet: only DHCP can pass.
-        let ips = if spec.ips.is_empty() {
-            r::set(vec![r::ip(Ipv4Addr::UNSPECIFIED)])
-        } else {
-            r::set(spec.ips.iter().map(|i| r::ip(*i)).collect())
-        };
+        let ips = ip_set(&spec.ips);
+        // Where the security groups are decided: here, or (but for broadcast and multicast to
+        // the guest) in the port's inet table.
+        let here = self.mode != ReplyMode::BrNetfilter;
+        let sg = |chain| if here { r::jump(chain) } else { r::accept() };
         let ip = |field| r::payload("ip", field);
         let udp = |field, port: u32| r::eq(r::payload("udp", field), r::num(port));
         let from_guest = vec![
@@ -238,63 +328,118 @@ impl PortSecurity {
             vec![r::ether_type("ip"), r::ne(ip("saddr"), ips), r::drop()],
             vec![r::ether_type("ip"), udp("sport", 68), udp("dport", 67), r::accept()],
             vec![r::ether_type("ip"), udp("sport", 67), r::drop()],
-            vec![r::ether_type("ip"), r::jump("sg_egress")],
+            vec![r::ether_type("ip"), sg("sg_egress")],
             vec![r::drop()],
         ];
-        let to_guest = vec![
+        let mut to_guest = vec![
             vec![r::ether_type("arp"), r::accept()],
             vec![r::ether_type("ip"), udp("sport", 67), udp("dport", 68), r::accept()],
-            vec![r::ether_type("ip"), r::jump("sg_ingress")],
-            vec![r::drop()],
         ];
+        if !here {
+            let to_many = r::pkttype(&["broadcast", "multicast"]);
+            to_guest.push(vec![r::ether_type("ip"), to_many, r::jump("sg_ingress")]);
+        }
+        to_guest.extend([vec![r::ether_type("ip"), sg("sg_ingress")], vec![r::drop()]]);
         let hook = |name, hook, rule| {
             ChainSpec::base(name, NfChainType::Filter, hook, PRIO_BRIDGE_FILTER, vec![rule])
         };
-        Ok(TableSpec {
-            family: Family::Bridge,
-            name: table_name(&spec.port),
-            chains: vec![
-                ChainSpec::regular("sg_egress", self.sg_chain(&spec.rules, Direction::Egress)),
-                ChainSpec::regular("sg_ingress", self.sg_chain(&spec.rules, Direction::Ingress)),
-                ChainSpec::regular("from_guest", from_guest),
-                ChainSpec::regular("to_guest", to_guest),
-                hook(
-                    "prerouting",
-                    NfHook::Prerouting,
-                    vec![r::iifname(&spec.port), r::jump("from_guest")],
-                ),
-                hook(
-                    "postrouting",
-                    NfHook::Postrouting,
-                    vec![r::oifname(&spec.port), r::jump("to_guest")],
-                ),
-            ],
-        })
+        let mut chains = vec![];
+        if here {
+            chains.push(ChainSpec::regular(
+                "sg_egress",
+                self.sg_chain(&spec.rules, Direction::Egress),
+            ));
+        }
+        chains
+            .push(ChainSpec::regular("sg_ingress", self.sg_chain(&spec.rules, Direction::Ingress)));
+        chains.extend([
+            ChainSpec::regular("from_guest", from_guest),
+            ChainSpec::regular("to_guest", to_guest),
+            hook(
+                "prerouting",
+                NfHook::Prerouting,
+                vec![r::iifname(&spec.port), r::jump("from_guest")],
+            ),
+            hook(
+                "postrouting",
+                NfHook::Postrouting,
+                vec![r::oifname(&spec.port), r::jump("to_guest")],
+            ),
+        ]);
+        Ok(TableSpec { family: Family::Bridge, name: table_name(&spec.port), chains })
     }
 
-    /// Installs (or replaces) the port's whole table.
+    /// Every table of the port for `spec`: the bridge table, and in
+    /// [`ReplyMode::BrNetfilter`] the `inet` table of its security groups ([`brnf::table`]).
+    pub fn tables_for(&self, spec: &PortSpec) -> Result<Vec<TableSpec>> {
+        let mut out = vec![self.rules_for(spec)?];
+        if self.mode == ReplyMode::BrNetfilter {
+            let bridge = spec.bridge.as_ref().ok_or_else(|| {
+                Self::invalid(
+                    &spec.port,
+                    "stateful security groups through br_netfilter need the port's bridge",
+                )
+            })?;
+            out.push(brnf::table(spec, bridge, &ip_set(&spec.ips)));
+        }
+        Ok(out)
+    }
+
+    /// Installs (or replaces) the port's tables, in one transaction. In
+    /// [`ReplyMode::BrNetfilter`] this first sets `net.bridge.bridge-nf-call-iptables=1` in
+    /// the caller's network namespace, so that bridged IPv4 meets the `inet` table's hooks; in
+    /// the other modes a port `inet` table left from that mode goes.
     pub fn apply(&self, spec: &PortSpec) -> Result<()> {
-        self.nft.replace_table(&self.rules_for(spec)?)
+        let tables = self.tables_for(spec)?;
+        if self.mode == ReplyMode::BrNetfilter {
+            brnf::enable()?;
+        }
+        let mut batch = Batch::new();
+        if self.mode != ReplyMode::BrNetfilter {
+            r::clear_table(&mut batch, Family::Inet, &brnf::table_name(&spec.port));
+        }
+        for t in &tables {
+            t.replace_into(&mut batch);
+        }
+        self.nft.apply(&format!("apply port security of {}", spec.port), &batch.to_nftables())
     }
 
-    /// Replaces the security-group rules of a port whose table is installed, atomically.
+    /// Replaces the security-group rules of a port whose tables are installed, atomically.
     pub fn update_rules(&self, port: &IfName, rules: &[SecurityRule]) -> Result<()> {
         Self::check(port, rules)?;
-        let table = table_name(port);
-        if !self.nft.has_table(Family::Bridge, &table)? {
+        let (family, table, chains) = match self.mode {
+            ReplyMode::BrNetfilter => (Family::Inet, brnf::table_name(port), brnf::SG_CHAINS),
+            _ => (Family::Bridge, table_name(port), ["sg_egress", "sg_ingress"]),
+        };
+        if !self.nft.has_table(family, &table)? {
             return Err(Self::invalid(port, "no port security installed on this port"));
         }
         let mut batch = Batch::new();
-        for (chain, dir) in [("sg_egress", Direction::Egress), ("sg_ingress", Direction::Ingress)] {
-            r::flush_chain(&mut batch, Family::Bridge, &table, chain);
-            r::add_rules(&mut batch, Family::Bridge, &table, chain, &self.sg_chain(rules, dir));
+        for (chain, dir) in chains.into_iter().zip([Direction::Egress, Direction::Ingress]) {
+            let body = match self.mode {
+                ReplyMode::BrNetfilter => brnf::sg_chain(rules, dir),
+                _ => self.sg_chain(rules, dir),
+            };
+            r::flush_chain(&mut batch, family, &table, chain);
+            r::add_rules(&mut batch, family, &table, chain, &body);
         }
-        self.nft.apply(&format!("update rules of {table}"), &batch.to_nftables())
+        if self.mode == ReplyMode::BrNetfilter {
+            // Broadcast and multicast to the guest, in the bridge table.
+            let bridge = table_name(port);
+            let body = self.sg_chain(rules, Direction::Ingress);
+            r::flush_chain(&mut batch, Family::Bridge, &bridge, "sg_ingress");
+            r::add_rules(&mut batch, Family::Bridge, &bridge, "sg_ingress", &body);
+        }
+        self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())
     }
 
-    /// Removes the port's table (no error when there is none).
+    /// Removes the port's tables, in whichever mode they were made (no error when there are
+    /// none).
     pub fn remove(&self, port: &IfName) -> Result<()> {
-        self.nft.delete_table(Family::Bridge, &table_name(port))
+        let mut batch = Batch::new();
+        r::clear_table(&mut batch, Family::Bridge, &table_name(port));
+        r::clear_table(&mut batch, Family::Inet, &brnf::table_name(port));
+        self.nft.apply(&format!("remove port security of {port}"), &batch.to_nftables())
     }
 }
 
@@ -308,6 +453,7 @@ mod tests {
             mac: "52:54:00:00:00:01".parse().unwrap(),
             ips: vec![Ipv4Addr::new(10, 0, 0, 2)],
             rules,
+            bridge: Some(IfName::new("hvbr0").unwrap()),
         }
     }
 
