@@ -192,6 +192,29 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
             "the new rule lets the host in:\n{}",
             rules()
         );
+        // A server created in that group (`--security-group`, which the client resolves to
+        // the group's id) has its port there from the start: the host gets in at once.
+        let vm3 = alice.json(&[
+            "server",
+            "create",
+            "--image",
+            "guest",
+            "--flavor",
+            "m1.nano",
+            "--network",
+            "net1",
+            "--security-group",
+            "locked",
+            "--wait",
+            "vm3",
+        ]);
+        assert_eq!(s(&vm3, "status"), "ACTIVE", "{vm3}");
+        let shown = alice.json(&["server", "show", "vm3"]);
+        assert_eq!(shown["security_groups"], serde_json::json!([{"name": "locked"}]), "{shown}");
+        let ip3 = address_on(&shown, "net1");
+        console_until(&alice, "vm3", "net serving");
+        assert!(ns.ping_within(&ip3, Duration::from_secs(10)), "vm3 is in locked:\n{}", rules());
+        alice.ok(&["server", "delete", "--wait", "vm3"]);
 
         // Suspend: the host saves the VM and stops it; Nova's SUSPENDED, power state Shutdown.
         alice.ok(&["server", "suspend", "vm1"]);
