@@ -45,7 +45,17 @@ pub struct ComputeConfig {
     /// The CPU allocation ratio the scheduler applies to this host (Nova's
     /// `cpu_allocation_ratio`); `None` keeps the one stored for the host, 16.0 for a new one.
     pub cpu_ratio: Option<f64>,
+    /// The physical volumes (block devices or files) of the volume pool, a logical pool as
+    /// Cinder's LVM driver uses a volume group. Empty (the default): one sparse file,
+    /// [`VOLUME_PV_FILE`] in the state directory, of `volume_pv_size` bytes, as devstack backs
+    /// `stack-volumes-lvmdriver-1` with a file. Only read when the pool is first made.
+    pub volume_pvs: Vec<PathBuf>,
+    /// Size in bytes of the sparse physical-volume file made when `volume_pvs` is empty.
+    pub volume_pv_size: u64,
 }
+
+/// The sparse file in the state directory that backs the volume pool by default.
+pub const VOLUME_PV_FILE: &str = "volumes.pv";
 
 impl ComputeConfig {
     /// This host with its CPUs and RAM as the kernel reports them, 1000 GiB of disk.
@@ -74,6 +84,8 @@ impl ComputeConfig {
             disk_gb: 1000,
             shutdown_timeout: Duration::from_secs(60),
             cpu_ratio: None,
+            volume_pvs: Vec::new(),
+            volume_pv_size: 64 << 30,
         }
     }
 }
@@ -148,8 +160,8 @@ impl Driver {
             net: net::NetState::default(),
             cfg,
         };
-        let dir = d.cfg.state_dir.clone();
-        d.run(move |_| disks::ensure_pools(&dir))?;
+        let cfg = d.cfg.clone();
+        d.run(move |_| disks::ensure_pools(&cfg))?;
         d.net = net::NetState::default();
         Ok(d)
     }
