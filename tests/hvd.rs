@@ -560,6 +560,14 @@ fn a_logical_volume_disk_runs_on_its_extents_and_is_not_freed_under_its_domain()
     // Other volumes are not held; growing is fine (the VMM's extents stay where they are).
     h.ok(&["vol-delete", "fill", "--pool", "vg"]);
     h.ok(&["vol-resize", "data", "--delta", "4M", "--pool", "vg"]);
+    // A saved domain holds it too (its snapshot reopens the same extents), and restores on it.
+    let saved = h.path().join("hold.save");
+    h.ok(&["save", "hold", saved.to_str().unwrap()]);
+    assert_eq!(h.state("hold"), "shut off (saved)");
+    let err = h.fails(&["vol-delete", "data", "--pool", "vg"]);
+    assert!(err.contains("in use by domain(s) hold"), "{err}");
+    h.ok(&["restore", saved.to_str().unwrap()]);
+    assert_eq!(h.state("hold"), "running (restored)");
     h.ok(&["destroy", "hold"]);
 
     // 256 sectors across the boundary between the two PVs.
