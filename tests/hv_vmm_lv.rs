@@ -2,13 +2,14 @@
 //! volume, there being no device-mapper to make `/dev/VG/LV`): the test guest writes across
 //! the boundary of a volume spanning two physical-volume files and its bytes land in exactly
 //! the extents the map names, nothing elsewhere; a read-only volume refuses the write; a
-//! snapshot restored in a new process reopens the volume through its extents.
+//! snapshot restored in a new process reopens the volume through its extents, and so does the
+//! destination of a migration.
 
 mod vmm_process;
 
 use std::path::Path;
 
-use vmm_process::{can_run_guests, dirty_config, put, vm_state, VmmProcess};
+use vmm_process::{can_run_guests, dirty_config, migrate, put, vm_state, VmmProcess};
 
 const MIB: u64 = 1 << 20;
 
@@ -105,7 +106,7 @@ fn an_extent_past_its_pv_or_a_missing_pv_fails_the_boot() {
 }
 
 #[test]
-fn a_snapshot_with_a_logical_volume_restores_in_a_new_process_through_its_extents() {
+fn a_logical_volume_is_reopened_by_its_extents_after_a_restore_and_a_migration() {
     if !can_run_guests() {
         return;
     }
@@ -134,11 +135,22 @@ fn a_snapshot_with_a_logical_volume_restores_in_a_new_process_through_its_extent
     let dst = VmmProcess::spawn(&["--restore", &restore], true);
     let c = dst.client();
     assert_eq!(vm_state(&c), "Paused");
-    let info = c.info().expect("info");
-    let disk = &info.config.disks.expect("disks")[0];
-    let shown = serde_json::to_value(disk.segments.as_ref().expect("segments")).expect("json");
-    assert_eq!(shown, segments);
+    let shown_segments = |c: &hv::vmm::client::Client| {
+        let info = c.info().expect("info");
+        let disk = &info.config.disks.expect("disks")[0];
+        serde_json::to_value(disk.segments.as_ref().expect("segments")).expect("json")
+    };
+    assert_eq!(shown_segments(&c), segments);
     dst.wait_for_log("a logical volume of 2 extent(s)");
     assert_eq!(put(&c, "vm.resume", None).status, 204);
     assert_eq!(vm_state(&c), "Running");
+
+    // Migrated on: the destination opens the same extents from the source's configuration.
+    let mut dst = dst;
+    let url = format!("unix:{}", dir.path().join("migrate.sock").display());
+    let moved = migrate(&mut dst, &url);
+    assert_eq!(shown_segments(&moved.client()), segments);
+    moved.wait_for_log("a logical volume of 2 extent(s)");
+    let round = vmm_process::wait_dirty_round(&src.serial, 0);
+    vmm_process::wait_dirty_round(&src.serial, round);
 }
