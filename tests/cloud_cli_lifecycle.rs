@@ -64,18 +64,20 @@ fn in_use(os: &Os, project: &str, resource: &str) -> Value {
         .unwrap_or_else(|| panic!("no {resource} in {q}"))
 }
 
-/// The bytes of volume `id` on the compute host of the server whose state is in `state`.
-fn volume_bytes(state: &Path, id: &str) -> std::fs::File {
-    std::fs::File::open(state.join("host").join("volumes").join(id))
-        .unwrap_or_else(|e| panic!("volume {id} on the host: {e}"))
+/// Volume `id` (a logical volume of the volume pool) on the compute host of the server whose
+/// state is in `state`, read through the pool.
+fn volume_bytes(state: &Path, id: &str) -> Box<dyn hv_storage::pool::VolumeIo> {
+    use hv_storage::pool::Pool;
+    let pools = hv_storage::pool::PoolManager::new(state.join("host")).expect("host pools");
+    let pool = pools.open(hv_orchestrator::driver::VOLUME_POOL).expect("the volume pool");
+    pool.open_volume(id, false).unwrap_or_else(|e| panic!("volume {id} on the host: {e}"))
 }
 
-/// Reads `len` bytes at 0 and the file's size.
-fn head_and_size(f: &std::fs::File, len: usize) -> (Vec<u8>, u64) {
-    use std::os::unix::fs::FileExt;
+/// Reads `len` bytes at 0 and the volume's size.
+fn head_and_size(v: &dyn hv_storage::pool::VolumeIo, len: usize) -> (Vec<u8>, u64) {
     let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, 0).unwrap();
-    (buf, f.metadata().unwrap().len())
+    v.read_at(&mut buf, 0).unwrap();
+    (buf, v.size())
 }
 
 #[test]
@@ -288,7 +290,8 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
             assert_eq!(v["bootable"], true, "{v}");
             let shown = alice.json(&["volume", "show", &format!("from-{fmt}")]);
             assert_eq!(shown["volume_image_metadata"]["image_id"], img["id"], "{shown}");
-            let (head, size) = head_and_size(&volume_bytes(&state, s(&v, "id")), pattern.len());
+            let (head, size) =
+                head_and_size(volume_bytes(&state, s(&v, "id")).as_ref(), pattern.len());
             assert_eq!(size, 1 << 30, "raw at the volume's size");
             assert!(head == pattern, "the {fmt} image's guest-visible bytes");
         }
@@ -329,7 +332,8 @@ fn openstack_client_server_lifecycle_networks_and_volumes() {
         let restored =
             alice.json(&["volume", "create", "--snapshot", "snap1", "--size", "1", "from-snap"]);
         assert_eq!(s(&restored, "status"), "available");
-        let (head, _) = head_and_size(&volume_bytes(&state, s(&restored, "id")), pattern.len());
+        let (head, _) =
+            head_and_size(volume_bytes(&state, s(&restored, "id")).as_ref(), pattern.len());
         assert!(head == pattern, "the snapshot's bytes");
         // A volume with snapshots cannot go; the other tenant sees none of it.
         let err = alice.fails(&["volume", "delete", "from-raw"]);

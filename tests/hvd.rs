@@ -512,3 +512,81 @@ fn a_qcow2_overlay_volume_boots_over_its_backing_volume_and_dumpxml_shows_the_ch
     let err = h.fails(&["start", "loose"]);
     assert!(err.contains("backing file") && err.contains("pool"), "{err}");
 }
+
+#[test]
+fn a_logical_volume_disk_runs_on_its_extents_and_is_not_freed_under_its_domain() {
+    require!(have_kvm(), "/dev/kvm is not usable");
+    let h = Host::new();
+    // Two sparse 64 MiB files as PVs (15 extents of 4 MiB each after the metadata area).
+    let pvs: Vec<PathBuf> = (0..2).map(|i| h.path().join(format!("pv{i}"))).collect();
+    for pv in &pvs {
+        std::fs::File::create(pv).unwrap().set_len(64 << 20).unwrap();
+    }
+    let (pv0, pv1) = (pvs[0].to_str().unwrap(), pvs[1].to_str().unwrap());
+    h.ok(&["pool-define-as", "vg", "logical", "--source-dev", pv0, "--source-dev", pv1]);
+    h.ok(&["pool-build", "vg"]);
+    h.ok(&["pool-start", "vg"]);
+    // `fill` takes 14 of one PV's 15 extents, so the 16 extents of `data` span both PVs.
+    h.ok(&["vol-create-as", "vg", "fill", "56M"]);
+    h.ok(&["vol-create-as", "vg", "data", "64M"]);
+    let disk = "<disk type='volume'><source pool='vg' volume='data'/><target dev='vda'/></disk>";
+
+    // A domain on it gets its extents (the VMM's command line names them).
+    let file = disk_domain(&h, "hold", "test=power-button", disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "hold"]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.vmm_pid("hold"))).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let (_, segs) = cmdline
+        .split_once("path=/dev/vg/data,image_type=raw,segments=")
+        .unwrap_or_else(|| panic!("{cmdline}"));
+    let segs: Vec<&str> = segs.split_whitespace().next().unwrap().split(';').collect();
+    assert_eq!(segs.len(), 2, "{cmdline}");
+    assert!(cmdline.contains(pv0) && cmdline.contains(pv1), "{cmdline}");
+    let first_len: u64 = segs[0].rsplit(':').next().unwrap().parse().unwrap();
+    // dumpxml shows the disk as defined: a volume of the pool.
+    let xml = h.ok(&["dumpxml", "hold"]);
+    assert!(xml.contains("type=\"volume\"") || xml.contains("type='volume'"), "{xml}");
+    assert!(xml.contains("pool=\"vg\"") || xml.contains("pool='vg'"), "{xml}");
+    // While it runs, the volume's extents are not freed or rewritten.
+    for args in [
+        &["vol-delete", "data", "--pool", "vg"][..],
+        &["vol-wipe", "data", "--pool", "vg"][..],
+        &["vol-resize", "data", "8M", "--shrink", "--pool", "vg"][..],
+    ] {
+        let err = h.fails(args);
+        assert!(err.contains("in use by domain(s) hold"), "{args:?}: {err}");
+    }
+    // Other volumes are not held; growing is fine (the VMM's extents stay where they are).
+    h.ok(&["vol-delete", "fill", "--pool", "vg"]);
+    h.ok(&["vol-resize", "data", "--delta", "4M", "--pool", "vg"]);
+    // A saved domain holds it too (its snapshot reopens the same extents), and restores on it.
+    let saved = h.path().join("hold.save");
+    h.ok(&["save", "hold", saved.to_str().unwrap()]);
+    assert_eq!(h.state("hold"), "shut off (saved)");
+    let err = h.fails(&["vol-delete", "data", "--pool", "vg"]);
+    assert!(err.contains("in use by domain(s) hold"), "{err}");
+    h.ok(&["restore", saved.to_str().unwrap()]);
+    assert_eq!(h.state("hold"), "running (restored)");
+    h.ok(&["destroy", "hold"]);
+
+    // 256 sectors across the boundary between the two PVs.
+    let sector = first_len / 512 - 128;
+    let cmd = format!("test=blk sector={sector} count=256 seed=3");
+    let file = disk_domain(&h, "lv", &cmd, disk);
+    h.ok(&["define", file.to_str().unwrap()]);
+    h.ok(&["start", "lv"]);
+    let serial = h.wait_serial("lv", "hvtest: done");
+    assert!(serial.contains("hvtest: blk capacity=139264"), "{serial}");
+    assert!(serial.contains("hvtest: blk verify ok"), "{serial}");
+    assert_eq!(h.wait_state("lv", "shut off"), "shut off (shutdown)");
+    // The guest's bytes are the volume's, read through the pool.
+    let down = h.path().join("down");
+    h.ok(&["vol-download", "data", down.to_str().unwrap(), "--pool", "vg"]);
+    let got = std::fs::read(&down).unwrap();
+    let at = sector as usize * 512;
+    let want = hv_test_support::blk_pattern(3, sector, 256);
+    assert!(got[at..at + want.len()] == want[..], "the volume lacks the guest's writes");
+    assert!(got[..at].iter().chain(&got[at + want.len()..]).all(|&b| b == 0), "other bytes");
+    h.ok(&["vol-delete", "data", "--pool", "vg"]);
+}

@@ -2,7 +2,8 @@
 //! devstack lays them out) over the hv control plane.
 //!
 //! `hv-cloud serve --state-dir DIR --listen HOST:PORT [--database URL] [--public-url URL]
-//! [--tls-cert F --tls-key F] [--control-plane-only | --vmm-binary F]`: this host serves as a
+//! [--tls-cert F --tls-key F] [--control-plane-only | --vmm-binary F] [--volume-pv PATH]...
+//! [--volume-pv-size-gb N]`: this host serves as a
 //! compute host (its servers are hv-vmm processes) unless `--control-plane-only`; the first start bootstraps the admin user with the password in
 //! `HV_ADMIN_PASSWORD`. SIGTERM stops it cleanly.
 
@@ -59,6 +60,19 @@ enum Command {
         /// `cpu_allocation_ratio`; default: the ratio stored for the host, 16.0 at first).
         #[arg(long, value_name = "RATIO", conflicts_with = "control_plane_only")]
         cpu_allocation_ratio: Option<f64>,
+        /// A physical volume (block device or file) of the volume pool, a logical pool
+        /// (repeatable; read only when the pool is first made). Default: a sparse file
+        /// `host/volumes.pv` in the state directory.
+        #[arg(long = "volume-pv", value_name = "PATH", conflicts_with = "control_plane_only")]
+        volume_pvs: Vec<PathBuf>,
+        /// The size of that sparse file, in GiB (default 64).
+        #[arg(
+            long,
+            value_name = "GIB",
+            conflicts_with = "control_plane_only",
+            value_parser = clap::value_parser!(u64).range(1..=1 << 20)
+        )]
+        volume_pv_size_gb: Option<u64>,
     },
 }
 
@@ -75,14 +89,18 @@ fn main() -> ExitCode {
         control_plane_only,
         vmm_binary,
         cpu_allocation_ratio,
+        volume_pvs,
+        volume_pv_size_gb,
     } = args.command;
     let vmm_binary = vmm_binary.or_else(|| std::env::var_os("HV_VMM_BINARY").map(PathBuf::from));
     let compute = (!control_plane_only).then(|| {
         let mut c = match vmm_binary {
-            Some(vmm_binary) => hv_cloud::ComputeOptions { vmm_binary, cpu_allocation_ratio: None },
+            Some(vmm_binary) => hv_cloud::ComputeOptions::new(vmm_binary),
             None => hv_cloud::ComputeOptions::beside_exe(),
         };
         c.cpu_allocation_ratio = cpu_allocation_ratio;
+        c.volume_pvs = volume_pvs;
+        c.volume_pv_size = volume_pv_size_gb.map(|g| g << 30);
         c
     });
     let opts = hv_cloud::Options {

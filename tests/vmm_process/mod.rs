@@ -228,3 +228,28 @@ impl VmmProcess {
         }
     }
 }
+
+/// Migrates the VM of `src` to a new process listening on `url`; checks the source process
+/// ends with 0 and the destination runs.
+pub fn migrate(src: &mut VmmProcess, url: &str) -> VmmProcess {
+    let dst = VmmProcess::spawn(&[], true);
+    let receive = {
+        let c = dst.client();
+        let body = serde_json::json!({"receiver_url": url}).to_string();
+        std::thread::spawn(move || put(&c, "vm.receive-migration", Some(&body)))
+    };
+    dst.wait_for_log("listening for a migration");
+    // The destination has no VM yet while it waits.
+    assert_eq!(get(&dst.client(), "vm.info").status, 404);
+    let c = src.client();
+    let body = serde_json::json!({"destination_url": url}).to_string();
+    let sent = put(&c, "vm.send-migration", Some(&body));
+    assert_eq!(sent.status, 204, "{}; log:\n{}", sent.body, src.log_text());
+    let received = receive.join().expect("receiver thread");
+    assert_eq!(received.status, 204, "{}; log:\n{}", received.body, dst.log_text());
+    let status = src.wait_exit();
+    assert_eq!(status.code(), Some(0), "source log:\n{}", src.log_text());
+    assert!(src.log_text().contains("migrated"), "{}", src.log_text());
+    assert_eq!(vm_state(&dst.client()), "Running");
+    dst
+}

@@ -170,16 +170,31 @@ pub struct ComputeOptions {
     /// The CPU allocation ratio (Nova's `cpu_allocation_ratio`); `None` keeps the stored one
     /// (16.0 at first).
     pub cpu_allocation_ratio: Option<f64>,
+    /// The volume pool's physical volumes (block devices or files; see
+    /// [`ComputeConfig::volume_pvs`]); empty: a sparse file in the host's state directory.
+    pub volume_pvs: Vec<PathBuf>,
+    /// The size of that sparse file in bytes (`None`: [`ComputeConfig`]'s default, 64 GiB).
+    pub volume_pv_size: Option<u64>,
 }
 
 impl ComputeOptions {
+    /// Servers run as `vmm_binary`; everything else as by default.
+    pub fn new(vmm_binary: PathBuf) -> ComputeOptions {
+        ComputeOptions {
+            vmm_binary,
+            cpu_allocation_ratio: None,
+            volume_pvs: Vec::new(),
+            volume_pv_size: None,
+        }
+    }
+
     /// The `hv-vmm` next to this executable.
     pub fn beside_exe() -> ComputeOptions {
         let vmm_binary = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(|d| d.join("hv-vmm")))
             .unwrap_or_else(|| PathBuf::from("hv-vmm"));
-        ComputeOptions { vmm_binary, cpu_allocation_ratio: None }
+        ComputeOptions::new(vmm_binary)
     }
 }
 
@@ -220,6 +235,10 @@ pub fn open(opts: &Options) -> Result<Arc<Cloud>, ServeError> {
     if let Some(c) = &opts.compute {
         let mut host = ComputeConfig::new(opts.state_dir.join("host"), &c.vmm_binary);
         host.cpu_ratio = c.cpu_allocation_ratio;
+        host.volume_pvs = c.volume_pvs.clone();
+        if let Some(size) = c.volume_pv_size {
+            host.volume_pv_size = size;
+        }
         config.compute = Some(host);
     }
     let cloud = Cloud::open(store, config)?;

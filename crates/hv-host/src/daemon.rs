@@ -214,7 +214,9 @@ impl From<&HostError> for ErrorKind {
     fn from(e: &HostError) -> ErrorKind {
         match e {
             HostError::NoDomain(_) | HostError::NoDisk { .. } => ErrorKind::NotFound,
-            HostError::State(_) | HostError::NotRunning(_) => ErrorKind::InvalidState,
+            HostError::State(_) | HostError::NotRunning(_) | HostError::VolumeBusy { .. } => {
+                ErrorKind::InvalidState
+            }
             HostError::ConsoleBusy(_) => ErrorKind::Conflict,
             HostError::Xml(_) | HostError::Unsupported(_) | HostError::Migration(_) => {
                 ErrorKind::InvalidArgument

@@ -66,6 +66,21 @@ pub enum HostError {
     /// A pool or volume operation failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A logical volume's extents would be freed or rewritten under domains that use it.
+    #[error(
+        "Requested operation is not valid: cannot {op} volume '{volume}' of pool '{pool}': \
+         in use by domain(s) {domains}"
+    )]
+    VolumeBusy {
+        /// The refused operation (`delete`, `wipe`, `shrink`).
+        op: &'static str,
+        /// The pool.
+        pool: String,
+        /// The volume.
+        volume: String,
+        /// The domains using it, comma-separated.
+        domains: String,
+    },
     /// A network operation failed.
     #[error("network: {0}")]
     Network(String),

@@ -23,9 +23,10 @@ use crate::error::{io_err, HostError, Result};
 use crate::persist;
 use crate::process::ProcessRecord;
 use crate::protocol::{DomInfo, DomainRow, IfRow};
-use crate::vmm::{self, ResolvedDisk, ResolvedNic, SerialSink, VmmApi, VmmPaths};
+use crate::vmm::{self, ResolvedNic, SerialSink, VmmApi, VmmPaths};
 
 mod console;
+mod disks;
 mod migrate;
 mod poll;
 mod save;
@@ -54,7 +55,8 @@ struct RunRecord {
     taps: Vec<String>,
 }
 
-struct Inner {
+/// The host's domain table, behind [`Host`]'s lock.
+pub(crate) struct Inner {
     store: DomainStore,
     runs: BTreeMap<DomainName, RunRecord>,
     /// VMM processes this host started itself (reaped here); adopted ones are not children.
@@ -259,42 +261,6 @@ impl Host {
         // The record exists (as shut off) so that the table's move to running persists it.
         self.transition(&mut inner, &def.name, DomainOp::Start, StateReason::Booted)?;
         Ok(def.name)
-    }
-
-    fn resolve_disks(&self, def: &DomainDef) -> Result<Vec<ResolvedDisk>> {
-        def.disks
-            .iter()
-            .map(|d| match &d.source {
-                DiskSource::File { path, format } => Ok(ResolvedDisk {
-                    path: path.clone(),
-                    format: *format,
-                    read_only: d.read_only,
-                    backing_files: crate::storage::backing_chain_allowed(
-                        &self.cfg.state_dir,
-                        path,
-                        *format,
-                    )?,
-                }),
-                DiskSource::Volume { pool, volume, format } => {
-                    let (path, recorded) =
-                        crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
-                    if let Some(f) = format {
-                        if *f != recorded {
-                            return Err(HostError::Unsupported(format!(
-                                "disk {}: the XML says {f} but pool {pool} records volume {volume} as {recorded}",
-                                d.target
-                            )));
-                        }
-                    }
-                    let backing_files = crate::storage::backing_chain_allowed(
-                        &self.cfg.state_dir,
-                        &path,
-                        recorded,
-                    )?;
-                    Ok(ResolvedDisk { path, format: recorded, read_only: d.read_only, backing_files })
-                }
-            })
-            .collect()
     }
 
     fn plug_nics(&self, def: &DomainDef, id: u32) -> Result<Vec<ResolvedNic>> {

@@ -21,8 +21,11 @@ const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// A disk as the VMM opens it: a host path and its format, both decided by the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedDisk {
-    /// The file or block device.
+    /// The file or block device; for a logical volume, only its name (`/dev/VG/LV`).
     pub path: PathBuf,
+    /// A logical volume's extents (hv-vmm's `segments`), which the VMM opens instead of
+    /// `path`; empty for a file.
+    pub segments: Vec<hv_storage::block::SegmentPath>,
     /// Its format.
     pub format: DiskFormat,
     /// Read-only for the guest.
@@ -131,6 +134,14 @@ pub fn command_line(
         }
         if d.backing_files {
             spec.push_str(",backing_files=on");
+        }
+        if !d.segments.is_empty() {
+            let extents: Vec<String> = d
+                .segments
+                .iter()
+                .map(|s| format!("{}:{}:{}", s.path.display(), s.file_offset, s.len))
+                .collect();
+            spec.push_str(&format!(",segments={}", extents.join(";")));
         }
         a.extend(["--disk".into(), spec]);
     }

@@ -1,7 +1,7 @@
-//! Block storage (Cinder's job): volumes and their snapshots in the compute host's volume pool
-//! (see [`crate::driver`]: a directory pool, since hv-storage's logical volumes have no host
-//! file for hv-vmm to open), created empty, from an image or from a snapshot; deleted,
-//! extended, snapshotted; attached to a shut-off instance (or at boot) and detached.
+//! Block storage (Cinder's job): volumes and their snapshots as logical volumes of the compute
+//! host's volume pool (a logical pool; see [`crate::driver`]), created empty, from an image or
+//! from a snapshot (copies); deleted, extended, snapshotted (a copy); attached to a shut-off
+//! instance (or at boot) as a `<disk type='volume'>` of that pool, and detached.
 //!
 //! States: `creating` -> `available` <-> `in-use`, `deleting`, `error` (with the reason in
 //! `fault`). An attached volume cannot be deleted; a volume with snapshots cannot either.
@@ -259,11 +259,27 @@ impl Cloud {
         Ok(self.load_volume(ctx, id)?.0)
     }
 
-    /// The host file holding a volume's bytes (in this host's volume pool).
+    /// The host file holding a volume's bytes, when the volume pool is a directory pool (a
+    /// state directory from before volumes were logical volumes); a logical volume has none
+    /// (there is no device-mapper to make `/dev/VG/LV`): use [`Cloud::open_volume`].
     pub fn volume_path(&self, ctx: &Context, id: &str) -> Result<std::path::PathBuf> {
         authorize(ctx, Action::VolumeGet)?;
         let (v, _) = self.load_volume(ctx, id)?;
-        Ok(self.volume_dir()?.join("volumes").join(&v.id))
+        let mgr = hv_storage::pool::PoolManager::new(&self.volume_dir()?)?;
+        Ok(mgr.open(VOLUME_POOL)?.volume_path(&v.id)?)
+    }
+
+    /// A volume's bytes, read-only, through the volume pool (for an operator's or a test's
+    /// look at what a guest wrote).
+    pub fn open_volume(
+        &self,
+        ctx: &Context,
+        id: &str,
+    ) -> Result<Box<dyn hv_storage::pool::VolumeIo>> {
+        authorize(ctx, Action::VolumeGet)?;
+        let (v, _) = self.load_volume(ctx, id)?;
+        let mgr = hv_storage::pool::PoolManager::new(&self.volume_dir()?)?;
+        Ok(mgr.open(VOLUME_POOL)?.open_volume(&v.id, false)?)
     }
 
     /// The caller's volumes.

@@ -1,21 +1,25 @@
-//! Block storage for real: a volume attached to a shut-off instance is the test guest's disk at
-//! its next boot, keeps what the guest wrote across stop/start, cannot be deleted while
-//! attached; snapshots and volumes from snapshots and images carry the bytes.
+//! Block storage for real: a volume (a logical volume of the host's volume pool, on a sparse
+//! file) attached to a shut-off instance is the test guest's disk at its next boot, keeps what
+//! the guest wrote across stop/start, cannot be deleted while attached; snapshots and volumes
+//! from snapshots and images carry the bytes.
 
 mod common;
-
-use std::io::Read;
 
 use common::*;
 use hv_orchestrator::compute::{InstanceAction, InstanceStatus, NewFlavor, NewInstance};
 use hv_orchestrator::volume::{NewVolume, VolumeStatus};
-use hv_orchestrator::{Error, Role};
+use hv_orchestrator::{Context, Error, Role};
 use hv_test_support::netns::NetNs;
 
-fn first_bytes(path: &std::path::Path, n: usize) -> Vec<u8> {
+/// The first `n` bytes of volume `id`, read through the volume pool.
+fn first_bytes(cloud: &hv_orchestrator::Cloud, t: &Context, id: &str, n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
-    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    cloud.open_volume(t, id).unwrap().read_at(&mut b, 0).unwrap();
     b
+}
+
+fn volume_size(cloud: &hv_orchestrator::Cloud, t: &Context, id: &str) -> u64 {
+    cloud.open_volume(t, id).unwrap().size()
 }
 
 both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
@@ -32,8 +36,10 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
             .create_volume(&t, &NewVolume { name: "data".into(), size_gb: 1, ..Default::default() })
             .unwrap();
         assert_eq!(vol.status, VolumeStatus::Available);
-        let file = state.path().join("volumes").join(&vol.id);
-        assert!(first_bytes(&file, 4096).iter().all(|b| *b == 0));
+        // A logical volume of the pool on the state directory's sparse PV file: no host file.
+        assert!(cloud.volume_path(&t, &vol.id).is_err());
+        assert!(state.path().join(hv_orchestrator::driver::VOLUME_PV_FILE).is_file());
+        assert!(first_bytes(&cloud, &t, &vol.id, 4096).iter().all(|b| *b == 0));
 
         // Attached at boot: the guest writes its pattern on it and powers off.
         let i = cloud
@@ -51,7 +57,7 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
         let log = cloud.console_log(&t, &i.id, None).unwrap();
         assert!(log.contains("hvtest: blk capacity=2097152"), "{log}");
         assert!(log.contains("hvtest: blk verify ok"), "{log}");
-        let written = first_bytes(&file, 4096);
+        let written = first_bytes(&cloud, &t, &vol.id, 4096);
         assert!(written.iter().any(|b| *b != 0), "the guest's pattern is on the volume");
 
         // Start again: same disk, same bytes (the guest verifies its pattern once more).
@@ -60,7 +66,7 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
             (cloud.get_instance(&t, &i.id).unwrap().status == InstanceStatus::Shutoff).then_some(())
         })
         .expect("second run ends");
-        assert_eq!(first_bytes(&file, 4096), written);
+        assert_eq!(first_bytes(&cloud, &t, &vol.id, 4096), written);
 
         // Snapshot needs it available: detach first (the instance is shut off).
         cloud.detach_volume(&t, &i.id, &vol.id).unwrap();
@@ -76,12 +82,11 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
                 },
             )
             .unwrap();
-        let copy_file = state.path().join("volumes").join(&copy.id);
-        assert_eq!(first_bytes(&copy_file, 4096), written);
-        assert_eq!(std::fs::metadata(&copy_file).unwrap().len(), 2 << 30);
+        assert_eq!(first_bytes(&cloud, &t, &copy.id, 4096), written);
+        assert_eq!(volume_size(&cloud, &t, &copy.id), 2 << 30);
         let grown = cloud.extend_volume(&t, &vol.id, 3).unwrap();
         assert_eq!(grown.size_gb, 3);
-        assert_eq!(std::fs::metadata(&file).unwrap().len(), 3 << 30);
+        assert_eq!(volume_size(&cloud, &t, &vol.id), 3 << 30);
         assert!(
             matches!(cloud.delete_volume(&t, &vol.id), Err(Error::Conflict { .. })),
             "it has a snapshot"
@@ -89,7 +94,7 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
         cloud.delete_snapshot(&t, &snap.id).unwrap();
         cloud.delete_volume(&t, &vol.id).unwrap();
         cloud.delete_volume(&t, &copy.id).unwrap();
-        assert!(!file.exists());
+        assert!(cloud.open_volume(&t, &vol.id).is_err());
         // A volume from an image holds the image's bytes.
         let from_img = cloud
             .create_volume(
@@ -103,8 +108,7 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
             )
             .unwrap();
         let guest = std::fs::read(hv_test_support::test_guest()).unwrap();
-        let f2 = state.path().join("volumes").join(&from_img.id);
-        assert_eq!(first_bytes(&f2, guest.len()), guest);
+        assert_eq!(first_bytes(&cloud, &t, &from_img.id, guest.len()), guest);
         assert!(from_img.bootable);
         // An image whose guest-visible size does not fit the volume is refused before
         // anything is claimed (a qcow2 of 2 GiB virtual size into 1 GiB).

@@ -10,7 +10,7 @@ use blk_common::*;
 use hv_storage::block::raw_uring::uring_available;
 use hv_storage::block::{
     open_disk, BlockBackend, BlockError, Confinement, DiskFormat, DiskOptions, Engine, GuestSlice,
-    ImageFormat, RawSyncDisk, Segment, SegmentDisk,
+    ImageFormat, RawSyncDisk, Segment, SegmentDisk, SegmentPath,
 };
 use hv_storage::format::{probe_path, FormatError};
 use vm_memory::bitmap::Bitmap;
@@ -291,6 +291,29 @@ fn segment_lists_are_validated() {
     let overflow = Segment { disk_offset: 0, len: 512, file: f.clone(), file_offset: u64::MAX };
     assert!(matches!(err(vec![overflow]), BlockError::InvalidSegments { index: 0, .. }));
     assert_eq!(SegmentDisk::new(vec![], true).unwrap().size(), 0);
+}
+
+#[test]
+fn segment_disks_open_by_path_with_every_extent_inside_its_pv() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = raw_file(dir.path(), "pv-a", 8192, 3);
+    let b = raw_file(dir.path(), "pv-b", 4096, 4);
+    let ext = |path: &std::path::Path, file_offset, len| SegmentPath {
+        path: path.to_path_buf(),
+        file_offset,
+        len,
+    };
+    let disk =
+        SegmentDisk::open(&[ext(&a, 4096, 4096), ext(&b, 0, 4096), ext(&a, 0, 512)], true).unwrap();
+    assert_eq!((disk.size(), disk.read_only()), (8704, true));
+    // An extent past its PV's end, an overflowing one, and a missing PV are refused.
+    let err = SegmentDisk::open(&[ext(&a, 0, 512), ext(&b, 2048, 4096)], false).unwrap_err();
+    assert!(matches!(err, BlockError::InvalidSegments { index: 1, .. }), "{err}");
+    let err = SegmentDisk::open(&[ext(&a, u64::MAX, 1)], false).unwrap_err();
+    assert!(matches!(err, BlockError::InvalidSegments { index: 0, .. }), "{err}");
+    let gone = dir.path().join("gone");
+    let err = SegmentDisk::open(&[ext(&gone, 0, 512)], false).unwrap_err();
+    assert!(matches!(&err, BlockError::Open { path, .. } if *path == gone), "{err}");
 }
 
 #[test]

@@ -8,7 +8,8 @@ use hv_core::seccomp::SeccompMode;
 
 use crate::api::RestoreConfig;
 use crate::config::{
-    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
+    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, DiskSegment, ImageType, MemoryConfig,
+    NetConfig,
 };
 
 /// A bad option string.
@@ -120,7 +121,12 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     })
 }
 
-/// `--disk path=P[,readonly=on][,direct=on][,image_type=raw|qcow2][,backing_files=on][,id=I][,serial=S][,num_queues=N]`.
+/// `--disk path=P[,readonly=on][,direct=on][,image_type=raw|qcow2][,backing_files=on][,id=I][,serial=S][,num_queues=N][,segments=PV:OFFSET:LENGTH;...]`.
+///
+/// `segments` is hv's extension for a logical volume ([`DiskConfig::segments`]): its extents
+/// in order, `;` between them, each a physical volume's path, a byte offset in it and a
+/// length (the last two split off at the path's last colons, so the path itself may hold
+/// colons but not `,` or `;`).
 pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
     let o = Options::parse(
         "disk",
@@ -135,8 +141,10 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
             "serial",
             "num_queues",
             "queue_size",
+            "segments",
         ],
     )?;
+    let segments = o.get("segments").map(|v| parse_segments(&o, v)).transpose()?;
     let image_type = match o.get("image_type") {
         None | Some("raw") => ImageType::Raw,
         Some("qcow2") => ImageType::Qcow2,
@@ -152,8 +160,26 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
         queue_size: o.num("queue_size")?,
         id: o.get("id").map(Into::into),
         serial: o.get("serial").map(Into::into),
+        segments,
         ..Default::default()
     })
+}
+
+/// `PV:OFFSET:LENGTH;...` of `--disk segments=`.
+fn parse_segments(o: &Options<'_>, v: &str) -> Result<Vec<DiskSegment>, OptionError> {
+    v.split(';')
+        .map(|part| {
+            let mut it = part.rsplitn(3, ':');
+            let (Some(len), Some(off), Some(path)) = (it.next(), it.next(), it.next()) else {
+                return Err(o.err(format!("segment {part:?} is not PV:OFFSET:LENGTH")));
+            };
+            let num = |n: &str| {
+                n.parse::<u64>()
+                    .map_err(|_| o.err(format!("segment {part:?}: {n:?} is not a byte count")))
+            };
+            Ok(DiskSegment { path: PathBuf::from(path), offset: num(off)?, length: num(len)? })
+        })
+        .collect()
 }
 
 /// `--net tap=T[,mac=M][,num_queues=N][,id=I]`.
@@ -256,6 +282,10 @@ mod tests {
         assert!(
             parse_disk("path=/a.qcow2,image_type=qcow2,backing_files=on").unwrap().backing_files
         );
+        let lv = parse_disk("path=/dev/vg/lv,segments=/pv:a:1048576:4096;/pv2:0:512").unwrap();
+        let segs = lv.segments.unwrap();
+        assert_eq!(segs[0], DiskSegment { path: "/pv:a".into(), offset: 1048576, length: 4096 });
+        assert_eq!(segs[1], DiskSegment { path: "/pv2".into(), offset: 0, length: 512 });
         let n = parse_net("tap=t0,mac=52:54:00:00:00:01").unwrap();
         assert_eq!(n.tap.as_deref(), Some("t0"));
         assert_eq!(parse_console("serial", "file=/x").unwrap().file, Some("/x".into()));
@@ -271,6 +301,9 @@ mod tests {
             (parse_disk, "path=/a,readonly=maybe"),
             (parse_disk, "path=/a,path=/b"),
             (parse_disk, "path=/a,bogus=1"),
+            (parse_disk, "path=/a,segments=/p:0"),
+            (parse_disk, "path=/a,segments=/p:x:1"),
+            (parse_disk, "path=/a,segments=/p:0:1;"),
         ] {
             assert!(f(bad).is_err(), "{bad}");
         }

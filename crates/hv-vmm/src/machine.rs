@@ -12,10 +12,13 @@ use hv_mem::{Backing, HugePageSize, MemoryConfig as RamConfig};
 use hv_net::tap::{Tap, TapError};
 use hv_net::virtio_net::{NetBackend, NetConfig as NicConfig, NetHandle, TapBackend, VirtioNet};
 use hv_net::MacAddr;
-use hv_storage::block::{open_disk, BlockError, Confinement, DiskFormat, DiskOptions};
+use hv_storage::block::{
+    open_disk, BlockBackend, BlockError, Confinement, DiskFormat, DiskOptions, SegmentDisk,
+    SegmentPath,
+};
 use hv_storage::virtio_blk::{BlockConfig, VirtioBlock};
 
-use crate::config::{ConsoleMode, ImageType, VmConfig};
+use crate::config::{ConsoleMode, DiskConfig, ImageType, VmConfig};
 
 /// Why a configured device could not be made (an HTTP 500 from `vm.boot`).
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +187,28 @@ fn backing_confinement(image: &Path) -> Result<Confinement, BlockError> {
         .map_err(|source| BlockError::Open { path: dir.to_path_buf(), source })
 }
 
+/// The format of a file disk: explicit, never probed.
+fn file_format(image_type: ImageType) -> DiskFormat {
+    match image_type {
+        ImageType::Qcow2 => DiskFormat::Qcow2,
+        _ => DiskFormat::Raw,
+    }
+}
+
+/// Opens a disk image file; a qcow2 opens a backing chain only with `backing_files`, and only
+/// files directly in its own directory.
+fn open_file_disk(d: &DiskConfig, path: &Path) -> Result<Box<dyn BlockBackend>, BlockError> {
+    let format = file_format(d.image_type);
+    let confinement = if d.backing_files && format == DiskFormat::Qcow2 {
+        backing_confinement(path)?
+    } else {
+        Confinement::none()
+    };
+    let opts =
+        DiskOptions { read_only: d.readonly, direct: d.direct, confinement, ..Default::default() };
+    open_disk(path, format, opts)
+}
+
 /// Adds the serial output and every virtio device of `config` to `b`, each with where its
 /// backend is (so a snapshot records how to reopen it).
 fn devices(
@@ -195,40 +220,35 @@ fn devices(
     let mut b = b.dirty_tracking(true).serial_output(serial_output(config, first_boot, console)?);
     for (index, d) in config.disks.iter().flatten().enumerate() {
         let path = d.path.clone().unwrap_or_default();
-        // Explicit format, never probed; a qcow2 opens a backing chain only with
-        // `backing_files`, and only files directly in its own directory.
-        let format = match d.image_type {
-            ImageType::Qcow2 => DiskFormat::Qcow2,
-            _ => DiskFormat::Raw,
+        let disk_err = |source| DeviceError::Disk { index, path: path.clone(), source };
+        let (backend, format) = match &d.segments {
+            // A logical volume: its extents, never `path`, which only names it.
+            Some(segments) => {
+                let extents: Vec<SegmentPath> = segments
+                    .iter()
+                    .map(|s| SegmentPath {
+                        path: s.path.clone(),
+                        file_offset: s.offset,
+                        len: s.length,
+                    })
+                    .collect();
+                let disk = SegmentDisk::open(&extents, d.readonly).map_err(disk_err)?;
+                (Box::new(disk) as Box<dyn BlockBackend>, DiskFormat::Raw)
+            }
+            None => (open_file_disk(d, &path).map_err(disk_err)?, file_format(d.image_type)),
         };
-        let confinement = if d.backing_files && format == DiskFormat::Qcow2 {
-            backing_confinement(&path).map_err(|source| DeviceError::Disk {
-                index,
-                path: path.clone(),
-                source,
-            })?
-        } else {
-            Confinement::none()
-        };
-        let opts = DiskOptions {
-            read_only: d.readonly,
-            direct: d.direct,
-            confinement,
-            ..Default::default()
-        };
-        let backend = open_disk(&path, format, opts).map_err(|source| DeviceError::Disk {
-            index,
-            path: path.clone(),
-            source,
-        })?;
         let serial =
             d.serial.clone().or_else(|| d.id.clone()).unwrap_or_else(|| format!("hv-disk{index}"));
         let blk =
             BlockConfig::default().with_serial(&serial).with_queues(d.num_queues.unwrap_or(1));
         log::info!(
-            "disk {index}: {} ({format:?}, {} bytes{})",
+            "disk {index}: {} ({format:?}, {} bytes{}{})",
             path.display(),
             backend.size(),
+            match &d.segments {
+                Some(s) => format!(", a logical volume of {} extent(s)", s.len()),
+                None => String::new(),
+            },
             if d.readonly { ", read-only" } else { "" }
         );
         let source = DeviceSource::Block { path: path.clone(), read_only: d.readonly };

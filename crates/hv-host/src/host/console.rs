@@ -57,9 +57,11 @@ impl Host {
                 let path = match &d.source {
                     DiskSource::File { path, .. } => Some(path.clone()),
                     DiskSource::Volume { pool, volume, .. } => {
-                        crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)
-                            .ok()
-                            .map(|(p, _)| p)
+                        match crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume) {
+                            Ok(crate::storage::VmVolume::File { path, .. }) => Some(path),
+                            // A logical volume is raw: no chain.
+                            _ => None,
+                        }
                     }
                 };
                 path.map(|p| crate::storage::backing_chain(&p)).unwrap_or_default()

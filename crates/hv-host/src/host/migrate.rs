@@ -119,9 +119,20 @@ impl Host {
             .resolve_disks(&def)?
             .into_iter()
             .zip(&def.disks)
-            .map(|(r, d)| {
-                let size = std::fs::metadata(&r.path).map_err(io_err("stat", &r.path))?.len();
-                Ok(SharedDisk { target: d.target.clone(), path: r.path, size })
+            .flat_map(|(r, d)| {
+                // A logical volume is on shared storage when its physical volumes are.
+                let files: Vec<PathBuf> = if r.segments.is_empty() {
+                    vec![r.path]
+                } else {
+                    let mut pvs: Vec<PathBuf> = r.segments.into_iter().map(|s| s.path).collect();
+                    pvs.sort();
+                    pvs.dedup();
+                    pvs
+                };
+                files.into_iter().map(move |path| {
+                    let size = std::fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+                    Ok(SharedDisk { target: d.target.clone(), path, size })
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let tcp = matches!(dest, Endpoint::Tcp(_));

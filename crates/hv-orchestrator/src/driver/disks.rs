@@ -1,12 +1,16 @@
-//! Disks on the compute host: two hv-storage directory pools in the host's state directory,
+//! Disks on the compute host: two hv-storage pools in the host's state directory,
 //! registered with its [`PoolManager`] so hv-host resolves `<disk type='volume'>` sources in
 //! them with the format the pool recorded (never a probe of guest-written bytes).
 //!
 //! - [`INSTANCE_POOL`]: instance root disks, one qcow2 overlay `<instance id>` each, and the
 //!   base copies of images they are overlays of, `base-<image id>`.
-//! - [`VOLUME_POOL`]: block-storage volumes and their snapshots. A directory pool stands in for
-//!   the logical pool the issue names: hv-storage's logical volumes have no host file, and
-//!   hv-vmm opens files (device-mapper is missing on these hosts, so no kernel LVM either).
+//! - [`VOLUME_POOL`]: block-storage volumes and their snapshots, as logical volumes of a
+//!   logical pool (a volume group, as Cinder's LVM driver keeps them) on the physical volumes
+//!   of [`ComputeConfig::volume_pvs`], by default one sparse file in the state directory
+//!   ([`super::VOLUME_PV_FILE`], like devstack's backing file). With no device-mapper there is
+//!   no `/dev/VG/LV`: hvd hands hv-vmm each volume's extent map and hv-vmm reads and writes
+//!   the physical volumes directly. A state directory whose volume pool was made as a directory
+//!   pool (before volumes were logical) keeps it.
 //!
 //! A root disk is a qcow2 overlay, as Nova's libvirt driver makes them: its backing file is
 //! the host's base copy of the image, volume `base-<image id>` of [`INSTANCE_POOL`] (the image's
@@ -25,9 +29,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hv_storage::pool::{
-    Pool, PoolDef, PoolError, PoolManager, PoolState, ResizeFlags, VolFormat, VolumeIo, VolumeSpec,
+    Pool, PoolDef, PoolError, PoolKind, PoolManager, PoolState, ResizeFlags, VolFormat, VolumeIo,
+    VolumeSpec,
 };
 
+use super::ComputeConfig;
 use crate::error::{Error, Result};
 
 /// The pool of instance root disks.
@@ -51,21 +57,58 @@ pub fn base_volume(image_id: &str) -> String {
 const CHUNK: usize = 1 << 20;
 
 /// Defines, builds and starts both pools if needed.
-pub(crate) fn ensure_pools(state_dir: &Path) -> Result<()> {
+pub(crate) fn ensure_pools(cfg: &ComputeConfig) -> Result<()> {
+    let state_dir = &cfg.state_dir;
     let mgr = PoolManager::new(state_dir)?;
-    for (name, dir) in [(INSTANCE_POOL, "instances"), (VOLUME_POOL, "volumes")] {
-        if mgr.get(name).is_err() {
-            mgr.define(PoolDef::dir(name, state_dir.join(dir)).build()?)?;
-        }
+    if mgr.get(INSTANCE_POOL).is_err() {
+        mgr.define(PoolDef::dir(INSTANCE_POOL, state_dir.join("instances")).build()?)?;
+    }
+    if mgr.get(VOLUME_POOL).is_err() {
+        mgr.define(volume_pool_def(cfg)?)?;
+    }
+    for name in [INSTANCE_POOL, VOLUME_POOL] {
         let mut p = mgr.open(name)?;
-        if p.state() == PoolState::Inactive {
-            if !state_dir.join(dir).is_dir() {
-                p.build(Default::default())?;
+        if p.state() != PoolState::Inactive {
+            continue;
+        }
+        match &p.def().kind {
+            PoolKind::Dir { target } => {
+                if !target.is_dir() {
+                    p.build(Default::default())?;
+                }
+                p.start()?;
             }
-            p.start()?;
+            // Unlabelled PVs (a crash between define and build) are built first; build refuses
+            // PVs holding anything, so only a fresh pool is made here.
+            PoolKind::Logical { .. } => {
+                if let Err(e) = p.start() {
+                    p.build(Default::default()).map_err(|_| e)?;
+                    p.start()?;
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The volume pool's definition: a logical pool on the configured PVs, or on a sparse file in
+/// the state directory (made here when missing).
+fn volume_pool_def(cfg: &ComputeConfig) -> Result<PoolDef> {
+    let pvs = if cfg.volume_pvs.is_empty() {
+        let pv = cfg.state_dir.join(super::VOLUME_PV_FILE);
+        if !pv.exists() {
+            fs::create_dir_all(&cfg.state_dir).map_err(io_err("create", &cfg.state_dir))?;
+            let tmp = cfg.state_dir.join(format!("{}.tmp", super::VOLUME_PV_FILE));
+            File::create(&tmp)
+                .and_then(|f| f.set_len(cfg.volume_pv_size).and_then(|()| f.sync_all()))
+                .map_err(io_err("make the volume PV file", &tmp))?;
+            fs::rename(&tmp, &pv).map_err(io_err("rename", &tmp))?;
+        }
+        vec![pv]
+    } else {
+        cfg.volume_pvs.clone()
+    };
+    Ok(PoolDef::logical(VOLUME_POOL, pvs).build()?)
 }
 
 /// Makes volume `name` in `pool`: `capacity` bytes, raw, filled with `src`'s bytes when given.
@@ -238,6 +281,12 @@ mod tests {
         b
     }
 
+    /// Makes both pools in `state`, the volume pool on a 256 MiB sparse file.
+    fn pools(state: &Path) {
+        let cfg = ComputeConfig { volume_pv_size: 256 * MIB, ..ComputeConfig::new(state, "/none") };
+        ensure_pools(&cfg).unwrap();
+    }
+
     fn info(state: &Path, name: &str) -> Option<hv_storage::pool::VolumeInfo> {
         PoolManager::new(state).unwrap().open(INSTANCE_POOL).unwrap().volume_info(name).ok()
     }
@@ -246,7 +295,7 @@ mod tests {
     fn overlays_share_one_base_that_goes_with_the_last_of_them() {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        ensure_pools(&state).unwrap();
+        pools(&state);
         let (img, bytes) = image(&state, 3);
         create_root_disk(&state, "img1", "vm1", 64 * MIB, img.as_ref()).unwrap();
         create_root_disk(&state, "img1", "vm2", MIB, img.as_ref()).unwrap();
@@ -274,12 +323,42 @@ mod tests {
     fn a_base_cut_short_by_a_crash_is_made_again() {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        ensure_pools(&state).unwrap();
+        pools(&state);
         let (img, bytes) = image(&state, 5);
         // A base volume without its marker: a copy that never finished (zeroes here).
         create_volume(&state, INSTANCE_POOL, "base-img2", 4 * MIB, None).unwrap();
         create_root_disk(&state, "img2", "vm", 8 * MIB, img.as_ref()).unwrap();
         assert!(marker(&state, "img2").is_file());
         assert!(read(&state, "vm", bytes.len()) == bytes, "the half-made base was used");
+    }
+
+    #[test]
+    fn volumes_are_logical_volumes_on_a_sparse_pv_file_and_an_old_dir_pool_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        pools(&state);
+        let pv = state.join(super::super::VOLUME_PV_FILE);
+        assert_eq!(fs::metadata(&pv).unwrap().len(), 256 * MIB);
+        create_volume(&state, VOLUME_POOL, "v", 8 * MIB, None).unwrap();
+        let p = PoolManager::new(&state).unwrap().open(VOLUME_POOL).unwrap();
+        let segs = p.as_logical().expect("a logical pool").lv_segments("v").unwrap();
+        assert!(segs.iter().all(|s| s.pv_path == pv), "{segs:?}");
+        drop(p);
+        // Opening again (a restarted compute service) keeps the pool and its volume.
+        pools(&state);
+        let p = PoolManager::new(&state).unwrap().open(VOLUME_POOL).unwrap();
+        assert_eq!(p.volume_info("v").unwrap().capacity, 8 * MIB);
+
+        // A state directory made when the volume pool was a directory pool keeps using it.
+        let old = tmp.path().join("old");
+        let mgr = PoolManager::new(&old).unwrap();
+        mgr.define(PoolDef::dir(VOLUME_POOL, old.join("volumes")).build().unwrap()).unwrap();
+        pools(&old);
+        let p = PoolManager::new(&old).unwrap().open(VOLUME_POOL).unwrap();
+        assert!(matches!(p.def().kind, PoolKind::Dir { .. }));
+        drop(p);
+        assert!(!old.join(super::super::VOLUME_PV_FILE).exists());
+        create_volume(&old, VOLUME_POOL, "v", MIB, None).unwrap();
+        assert!(old.join("volumes").join("v").is_file());
     }
 }

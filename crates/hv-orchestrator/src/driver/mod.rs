@@ -50,7 +50,17 @@ pub struct ComputeConfig {
     /// older than this, without asking each VMM itself). `None`: only when asked
     /// ([`Cloud::sync_instances`](crate::Cloud::sync_instances), a get). Default 2 s.
     pub poll_interval: Option<Duration>,
+    /// The physical volumes (block devices or files) of the volume pool, a logical pool as
+    /// Cinder's LVM driver uses a volume group. Empty (the default): one sparse file,
+    /// [`VOLUME_PV_FILE`] in the state directory, of `volume_pv_size` bytes, as devstack backs
+    /// `stack-volumes-lvmdriver-1` with a file. Only read when the pool is first made.
+    pub volume_pvs: Vec<PathBuf>,
+    /// Size in bytes of the sparse physical-volume file made when `volume_pvs` is empty.
+    pub volume_pv_size: u64,
 }
+
+/// The sparse file in the state directory that backs the volume pool by default.
+pub const VOLUME_PV_FILE: &str = "volumes.pv";
 
 impl ComputeConfig {
     /// This host with its CPUs and RAM as the kernel reports them, 1000 GiB of disk.
@@ -80,6 +90,8 @@ impl ComputeConfig {
             shutdown_timeout: Duration::from_secs(60),
             cpu_ratio: None,
             poll_interval: Some(Duration::from_secs(2)),
+            volume_pvs: Vec::new(),
+            volume_pv_size: 64 << 30,
         }
     }
 }
@@ -165,8 +177,8 @@ impl Driver {
             net: net::NetState::default(),
             cfg,
         };
-        let dir = d.cfg.state_dir.clone();
-        d.run(move |_| disks::ensure_pools(&dir))?;
+        let cfg = d.cfg.clone();
+        d.run(move |_| disks::ensure_pools(&cfg))?;
         d.net = net::NetState::default();
         Ok(d)
     }

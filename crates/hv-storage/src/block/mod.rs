@@ -41,7 +41,7 @@ pub use open::{open_disk, Confinement, DiskFormat};
 pub use qcow2::Qcow2Disk;
 pub use raw_sync::RawSyncDisk;
 pub use raw_uring::RawUringDisk;
-pub use segments::{Segment, SegmentDisk};
+pub use segments::{Segment, SegmentDisk, SegmentPath};
 
 /// A slice of hv guest memory as the block backends take it (the bitmap type of
 /// [`hv_mem::GuestMemory`], so writes into guest RAM are logged as dirty).

@@ -6,7 +6,9 @@
 //! between its physical volume and guest RAM.
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::raw_io::{discard_range, preadv_all, pwritev_all, unsupported, zero_range_fast};
@@ -23,6 +25,18 @@ pub struct Segment {
     pub file: Arc<File>,
     /// Where it starts in that physical volume, in bytes.
     pub file_offset: u64,
+}
+
+/// One extent of a logical volume named by its physical volume's path, for
+/// [`SegmentDisk::open`]: the extents follow each other from disk byte 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentPath {
+    /// The physical volume (a file or a block device).
+    pub path: PathBuf,
+    /// Where the extent starts in it, in bytes.
+    pub file_offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +94,42 @@ impl SegmentDisk {
             extents.push(Extent { seg, is_block_device });
         }
         Ok(Self { extents, size: expected, read_only })
+    }
+
+    /// Opens a volume from extents named by path, in order from disk byte 0: each distinct
+    /// physical volume is opened once (read-write unless `read_only`), and every extent must
+    /// lie inside its physical volume (a sparse file shorter than the map would read zeroes
+    /// where another volume's bytes may later be).
+    pub fn open(extents: &[SegmentPath], read_only: bool) -> Result<Self> {
+        let mut files: Vec<(&PathBuf, Arc<File>, u64)> = Vec::new();
+        let mut segments = Vec::with_capacity(extents.len());
+        let mut disk_offset = 0u64;
+        for (index, e) in extents.iter().enumerate() {
+            let (file, size) = match files.iter().find(|(p, _, _)| **p == e.path) {
+                Some((_, f, size)) => (Arc::clone(f), *size),
+                None => {
+                    let open_err = |source| BlockError::Open { path: e.path.clone(), source };
+                    let mut f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(!read_only)
+                        .open(&e.path)
+                        .map_err(open_err)?;
+                    // The end, for a block device as for a file.
+                    let size = f.seek(SeekFrom::End(0)).map_err(open_err)?;
+                    let f = Arc::new(f);
+                    files.push((&e.path, Arc::clone(&f), size));
+                    (f, size)
+                }
+            };
+            let invalid = |reason| BlockError::InvalidSegments { index, reason };
+            let end = e.file_offset.checked_add(e.len).ok_or(invalid("file range overflows"))?;
+            if end > size {
+                return Err(invalid("reaches past the end of its physical volume"));
+            }
+            segments.push(Segment { disk_offset, len: e.len, file, file_offset: e.file_offset });
+            disk_offset = disk_offset.checked_add(e.len).ok_or(invalid("volume size overflows"))?;
+        }
+        Self::new(segments, read_only)
     }
 
     /// The parts of `[offset, offset + len)`: (extent, offset in its file, offset into the

@@ -373,6 +373,29 @@ pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Cloud Hypervisor's field of this name: refused when it asks for something.
     pub lock_granularity: Option<Value>,
+    /// hv's extension for a logical volume (no device-mapper: there is no `/dev/VG/LV` to
+    /// open): the volume's extents, in order from disk byte 0, each a range of a physical
+    /// volume (a file or block device) given by absolute path. With it, `path` is the volume's
+    /// name as the host calls it (libvirt's `/dev/VG/LV` target path) and is shown in
+    /// `vm.info` and logs but never opened; the format is raw. At most
+    /// [`MAX_DISK_SEGMENTS`] extents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<DiskSegment>>,
+}
+
+/// The most extents a [`DiskConfig::segments`] list may have.
+pub const MAX_DISK_SEGMENTS: usize = 4096;
+
+/// One extent of a logical-volume disk ([`DiskConfig::segments`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSegment {
+    /// The physical volume: an absolute path to a file or block device.
+    pub path: PathBuf,
+    /// Where the extent starts in the physical volume, in bytes.
+    pub offset: u64,
+    /// Its length in bytes (not zero).
+    pub length: u64,
 }
 
 /// Cloud Hypervisor's default host address for a TAP it creates, which its own clients send.

@@ -162,6 +162,9 @@ impl DiskConfig {
         if self.num_queues == Some(0) {
             return Err(invalid(format!("{field}.num_queues"), "0 queues"));
         }
+        if let Some(segments) = &self.segments {
+            self.check_segments(field, segments)?;
+        }
         let u = self;
         for (name, v) in [
             ("iommu", &u.iommu),
@@ -173,6 +176,52 @@ impl DiskConfig {
             ("queue_affinity", &u.queue_affinity),
         ] {
             refuse_set(&format!("{field}.{name}"), v)?;
+        }
+        Ok(())
+    }
+}
+
+impl DiskConfig {
+    /// A logical volume's extents: a bounded, non-empty list of non-empty ranges of absolute
+    /// paths whose ends and total fit in 64 bits; a raw disk opened through its extents only.
+    fn check_segments(&self, field: &str, segments: &[DiskSegment]) -> Result<(), ConfigError> {
+        let f = format!("{field}.segments");
+        if segments.is_empty() || segments.len() > MAX_DISK_SEGMENTS {
+            return Err(invalid(
+                &f,
+                format!("{} extents, want 1 to {MAX_DISK_SEGMENTS}", segments.len()),
+            ));
+        }
+        if self.image_type != ImageType::Raw {
+            return Err(unsupported(
+                format!("{field}.image_type"),
+                format!("{:?} with segments (a logical volume is raw)", self.image_type),
+            ));
+        }
+        if self.backing_files {
+            return Err(invalid(format!("{field}.backing_files"), "set with segments"));
+        }
+        if self.direct {
+            return Err(unsupported(format!("{field}.direct"), "O_DIRECT with segments"));
+        }
+        let mut total = 0u64;
+        for (i, s) in segments.iter().enumerate() {
+            let sf = format!("{f}[{i}]");
+            if !s.path.is_absolute() {
+                return Err(invalid(
+                    format!("{sf}.path"),
+                    format!("{} is not absolute", s.path.display()),
+                ));
+            }
+            if s.length == 0 {
+                return Err(invalid(format!("{sf}.length"), "0 bytes"));
+            }
+            if s.offset.checked_add(s.length).is_none() {
+                return Err(invalid(&sf, "offset + length overflows"));
+            }
+            total = total
+                .checked_add(s.length)
+                .ok_or_else(|| invalid(&sf, "the volume's size overflows"))?;
         }
         Ok(())
     }
@@ -269,9 +318,44 @@ mod tests {
             r#"{"payload":{"kernel":"/k"},"platform":{"tdx":true}}"#,
             r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":1,"max_vcpus":1,"features":{"amx":true}}}"#,
             r#"{"payload":{"kernel":"/k","firmware":"/f"}}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","segments":[]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"segments":[{"path":"/p","offset":0,"length":1}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","segments":[{"path":"p","offset":0,"length":1}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","segments":[{"path":"/p","offset":0,"length":0}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","segments":[{"path":"/p","offset":18446744073709551615,"length":1}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","segments":[{"path":"/p","offset":0,"length":18446744073709551615},{"path":"/p","offset":0,"length":1}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","image_type":"Qcow2","segments":[{"path":"/p","offset":0,"length":1}]}]}"#,
+            r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/v","direct":true,"segments":[{"path":"/p","offset":0,"length":1}]}]}"#,
         ] {
             let c = parse(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn segments_are_checked_and_bounded() {
+        let seg = r#"{"path":"/pv","offset":4096,"length":1048576}"#;
+        let body = |segs: &str| {
+            format!(
+                r#"{{"payload":{{"kernel":"/k"}},"disks":[{{"path":"/dev/vg/lv","segments":[{segs}]}}]}}"#
+            )
+        };
+        let ok = parse(&body(&format!("{seg},{seg}"))).unwrap();
+        ok.validate().unwrap();
+        let segs = ok.disks.as_ref().unwrap()[0].segments.as_ref().unwrap();
+        assert_eq!((segs.len(), segs[1].offset, segs[1].length), (2, 4096, 1 << 20));
+        // vm.info shows them and they read back (snapshots and migrations carry the config).
+        let again: VmConfig = serde_json::from_value(serde_json::to_value(&ok).unwrap()).unwrap();
+        assert_eq!(again, ok);
+        let many = vec![seg; MAX_DISK_SEGMENTS + 1].join(",");
+        let err = parse(&body(&many)).unwrap().validate().unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { field, .. } if field == "disks[0].segments"));
+        let err = parse(&body(r#"{"path":"/p","offset":0,"length":0}"#)).unwrap().validate();
+        assert!(
+            matches!(&err, Err(ConfigError::Invalid { field, .. }) if field == "disks[0].segments[0].length"),
+            "{err:?}"
+        );
+        assert!(parse(&body(r#"{"path":"/p","offset":0,"length":1,"x":1}"#)).is_err());
+        assert!(parse(&body(r#"{"path":"/p","offset":-1,"length":1}"#)).is_err());
     }
 }

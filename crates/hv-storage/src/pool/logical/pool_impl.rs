@@ -287,34 +287,20 @@ impl Pool for LogicalPool {
         options: crate::block::DiskOptions,
     ) -> Result<Box<dyn crate::block::BlockBackend>> {
         // Logical volumes are raw extent maps: no header, nothing to probe, no backing file.
-        let segs = self.lv_segments(name)?;
-        let mut files: Vec<(PathBuf, std::sync::Arc<std::fs::File>)> = Vec::new();
-        let mut out = Vec::with_capacity(segs.len());
-        for s in segs {
-            let file = match files.iter().find(|(p, _)| *p == s.pv_path) {
-                Some((_, f)) => f.clone(),
-                None => {
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(!options.read_only)
-                        .open(&s.pv_path)
-                        .map_err(crate::pool::error::io_err("open", &s.pv_path))?;
-                    let f = std::sync::Arc::new(f);
-                    files.push((s.pv_path.clone(), f.clone()));
-                    f
-                }
-            };
-            out.push(crate::block::Segment {
-                disk_offset: s.lv_offset,
-                len: s.len,
-                file,
+        let extents: Vec<crate::block::SegmentPath> = self
+            .lv_segments(name)?
+            .into_iter()
+            .map(|s| crate::block::SegmentPath {
+                path: s.pv_path,
                 file_offset: s.pv_offset,
-            });
-        }
-        let disk = crate::block::SegmentDisk::new(out, options.read_only).map_err(|source| {
-            let (pool, volume) = (self.def.name.clone(), name.to_string());
-            PoolError::Open { pool, volume, source: Box::new(source) }
-        })?;
+                len: s.len,
+            })
+            .collect();
+        let disk =
+            crate::block::SegmentDisk::open(&extents, options.read_only).map_err(|source| {
+                let (pool, volume) = (self.def.name.clone(), name.to_string());
+                PoolError::Open { pool, volume, source: Box::new(source) }
+            })?;
         Ok(Box::new(disk))
     }
 

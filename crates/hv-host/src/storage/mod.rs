@@ -9,111 +9,18 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use hv_storage::block::DiskOptions;
-use hv_storage::format::Probed;
 use hv_storage::pool::{
     BuildFlags, Pool, PoolDef, PoolError, PoolKind, PoolManager, ResizeFlags, VolFormat,
     VolumeInfo, VolumeSpec,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::domain::DiskFormat;
 use crate::error::{HostError, Result};
 use crate::host::Host;
 
-/// The host file and recorded format of volume `volume` in pool `pool`, for a VMM to open.
-///
-/// The format is the pool's record, never a probe of the volume's bytes (which the guest
-/// controls). Volumes without a host file of their own (logical volumes) are refused here.
-pub fn volume_for_vm(state_dir: &Path, pool: &str, volume: &str) -> Result<(PathBuf, DiskFormat)> {
-    let mgr = PoolManager::new(state_dir)?;
-    let p = mgr.open(pool)?;
-    let info = p.volume_info(volume)?;
-    let format = match info.format {
-        VolFormat::Raw => DiskFormat::Raw,
-        VolFormat::Qcow2 => DiskFormat::Qcow2,
-        #[allow(unreachable_patterns)]
-        other => {
-            return Err(HostError::Unsupported(format!(
-                "volume {pool}/{volume} of format {}",
-                other.as_str()
-            )))
-        }
-    };
-    let path = info.path.ok_or_else(|| {
-        HostError::Unsupported(format!(
-            "volume {pool}/{volume} has no host file (a logical volume): hv-vmm opens files"
-        ))
-    })?;
-    Ok((path, format))
-}
+mod domain_disks;
 
-/// Whether the VMM may open the backing chain of disk `path` (hv-vmm's `backing_files=on`).
-///
-/// Only a qcow2 whose header names a backing file needs it, and it is given only when `path`
-/// is a volume of a directory pool this host manages and its whole chain opens under that
-/// pool's confinement (recorded volumes of the same pool, stated formats, bounded depth, no
-/// loops); hv-vmm then confines the chain to that directory again. A qcow2 with a backing
-/// file anywhere else is refused here, before any VMM starts.
-pub fn backing_chain_allowed(state_dir: &Path, path: &Path, format: DiskFormat) -> Result<bool> {
-    if format != DiskFormat::Qcow2 {
-        return Ok(false);
-    }
-    match hv_storage::format::probe_path(path) {
-        Ok(Probed::Qcow2(h)) if h.backing_file.is_some() => {}
-        // No backing file, or not a valid qcow2: the VMM opens it (or says why not) itself.
-        _ => return Ok(false),
-    }
-    let refused = |why: String| {
-        HostError::Unsupported(format!(
-            "disk {}: a qcow2 with a backing file starts only as a volume of a dir pool \
-             this host manages, its backing volumes in the same pool ({why})",
-            path.display()
-        ))
-    };
-    let real = path.canonicalize().map_err(|e| refused(format!("cannot resolve it: {e}")))?;
-    let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
-        return Err(refused("no file name".into()));
-    };
-    let mgr = PoolManager::new(state_dir)?;
-    for (def, _) in mgr.list()? {
-        let PoolKind::Dir { target } = &def.kind else { continue };
-        if target.canonicalize().ok().as_deref() != Some(dir) {
-            continue;
-        }
-        let pool = mgr.open(&def.name)?;
-        pool.open_disk(name, DiskOptions { read_only: true, ..Default::default() })?;
-        return Ok(true);
-    }
-    Err(refused(format!("{} is in no dir pool", dir.display())))
-}
-
-/// The backing chain below disk image `path`, top layer first, as its qcow2 headers name it
-/// (for `dumpxml`; a raw image, a file that cannot be read or a layer without a stated format
-/// ends it; at most [`hv_storage::block::open::MAX_CHAIN_DEPTH`] layers). Nothing is opened
-/// for a guest here: this only reads headers.
-pub fn backing_chain(path: &Path) -> Vec<crate::domain::BackingLayer> {
-    let mut chain = Vec::new();
-    let mut image = path.to_path_buf();
-    while chain.len() < hv_storage::block::open::MAX_CHAIN_DEPTH {
-        let Ok(Probed::Qcow2(h)) = hv_storage::format::probe_path(&image) else { break };
-        let Some(name) = h.backing_file else { break };
-        let joined = image.parent().unwrap_or(Path::new("/")).join(&name);
-        let next = joined.canonicalize().unwrap_or(joined);
-        let format = h.backing_format;
-        chain.push(crate::domain::BackingLayer {
-            path: next.clone(),
-            format: format.map(|f| f.as_str().to_string()),
-        });
-        if format != Some(hv_storage::format::ImageFormat::Qcow2)
-            || chain.iter().rev().skip(1).any(|l| l.path == next)
-        {
-            break;
-        }
-        image = next;
-    }
-    chain
-}
+pub use domain_disks::{backing_chain, backing_chain_allowed, volume_for_vm, VmVolume};
 
 /// `pool-define-as NAME TYPE ...`: a pool definition as virsh's arguments give it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,21 +335,51 @@ impl Host {
         self.with_pools(move |m| Ok(m.open(&pool)?.volume_path(&vol)?)).await
     }
 
-    /// `vol-delete`.
+    /// Runs `f` on the host's pools with the domain table locked (no domain starts
+    /// meanwhile); `f` is given who uses volume `vol` of `pool`, to refuse what would free or
+    /// rewrite a logical volume's extents under them.
+    async fn with_volume_users<T: Send + 'static>(
+        &self,
+        pool: &str,
+        vol: &str,
+        f: impl FnOnce(&PoolManager, VolumeUsers) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (_domains, users) = self.lock_volume_users(pool, vol).await;
+        let users = VolumeUsers { pool: pool.to_string(), volume: vol.to_string(), users };
+        self.with_pools(move |m| f(m, users)).await
+    }
+
+    /// `vol-delete`. A logical volume a domain uses is refused: its freed extents would be
+    /// handed to the next volume while the domain's VMM still writes them (LVM refuses to
+    /// remove an open volume for the same reason).
     pub async fn vol_delete(&self, pool: &str, vol: &str) -> Result<()> {
-        let (pool, vol) = (pool.to_string(), vol.to_string());
-        self.with_pools(move |m| Ok(m.open(&pool)?.delete_volume(&vol)?)).await
+        let (pool_s, vol_s) = (pool.to_string(), vol.to_string());
+        self.with_volume_users(pool, vol, move |m, users| {
+            let mut p = m.open(&pool_s)?;
+            users.refuse_lv(&p, "delete")?;
+            Ok(p.delete_volume(&vol_s)?)
+        })
+        .await
     }
 
-    /// `vol-wipe`: the volume reads as zeroes afterwards.
+    /// `vol-wipe`: the volume reads as zeroes afterwards. Refused for a logical volume a
+    /// domain uses.
     pub async fn vol_wipe(&self, pool: &str, vol: &str) -> Result<()> {
-        let (pool, vol) = (pool.to_string(), vol.to_string());
-        self.with_pools(move |m| Ok(m.open(&pool)?.wipe_volume(&vol)?)).await
+        let (pool_s, vol_s) = (pool.to_string(), vol.to_string());
+        self.with_volume_users(pool, vol, move |m, users| {
+            let mut p = m.open(&pool_s)?;
+            users.refuse_lv(&p, "wipe")?;
+            Ok(p.wipe_volume(&vol_s)?)
+        })
+        .await
     }
 
-    /// `vol-resize`; returns the new capacity.
+    /// `vol-resize`; returns the new capacity. Shrinking a logical volume a domain uses is
+    /// refused (its last extents would be freed under the VMM); growing it is not (the VMM's
+    /// extents stay where they are, and it sees the new ones when it next starts).
     pub async fn vol_resize(&self, r: VolResize) -> Result<u64> {
-        self.with_pools(move |m| {
+        let (pool, vol) = (r.pool.clone(), r.vol.clone());
+        self.with_volume_users(&pool, &vol, move |m, users| {
             let mut p = m.open(&r.pool)?;
             let current = p.volume_info(&r.vol)?.capacity;
             let capacity = match (r.delta, r.shrink) {
@@ -454,6 +391,9 @@ impl Host {
                 })?,
                 (false, _) => r.capacity,
             };
+            if capacity < current {
+                users.refuse_lv(&p, "shrink")?;
+            }
             p.resize_volume(&r.vol, capacity, ResizeFlags { allow_shrink: r.shrink })?;
             Ok(capacity)
         })
@@ -500,6 +440,28 @@ impl Host {
             Ok(n)
         })
         .await
+    }
+}
+
+/// The domains using one volume (see [`Host::lock_volume_users`]).
+struct VolumeUsers {
+    pool: String,
+    volume: String,
+    users: Vec<String>,
+}
+
+impl VolumeUsers {
+    /// Refuses `op` when `pool` is a logical pool and domains use the volume.
+    fn refuse_lv(&self, pool: &dyn Pool, op: &'static str) -> Result<()> {
+        if self.users.is_empty() || pool.as_logical().is_none() {
+            return Ok(());
+        }
+        Err(HostError::VolumeBusy {
+            op,
+            pool: self.pool.clone(),
+            volume: self.volume.clone(),
+            domains: self.users.join(", "),
+        })
     }
 }
 
