@@ -281,10 +281,10 @@ async fn create_snapshot(
 ) -> ApiResult<Response> {
     url_project(&who, &project)?;
     let b = read_json::<SnapshotReq>(S, body).await?.snapshot;
-    let _ = b.force;
+    let force = b.force.unwrap_or(false);
     let ctx = who.0;
     let name = b.name.unwrap_or_default();
-    let s = blocking(&api, S, move |c| c.create_snapshot(&ctx, &b.volume_id, &name)).await?;
+    let s = blocking(&api, S, move |c| c.create_snapshot(&ctx, &b.volume_id, &name, force)).await?;
     Ok(json_at(StatusCode::ACCEPTED, json!({"snapshot": snapshot_json(&s)})))
 }
 

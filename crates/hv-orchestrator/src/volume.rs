@@ -38,6 +38,19 @@ pub enum VolumeStatus {
     Error,
 }
 
+impl VolumeStatus {
+    /// Cinder's word for it (`in-use`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeStatus::Creating => "creating",
+            VolumeStatus::Available => "available",
+            VolumeStatus::InUse => "in-use",
+            VolumeStatus::Deleting => "deleting",
+            VolumeStatus::Error => "error",
+        }
+    }
+}
+
 /// A volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
@@ -370,23 +383,64 @@ impl Cloud {
         Ok(grown)
     }
 
-    /// Snapshots an available volume (a copy in the pool; it counts against `gigabytes`).
+    /// Snapshots a volume (a copy in the pool; it counts against `gigabytes`), as Cinder at
+    /// API 3.0: an `available` volume, or with `force` an `in-use` one too. A volume in use
+    /// by a running instance is copied with the instance paused, so the copy is one point in
+    /// time (what the guest had written then, as if the power had failed: crash-consistent,
+    /// as Cinder's LVM snapshot of an attached volume); the instance runs on after.
     pub fn create_snapshot(
         &self,
         ctx: &Context,
         volume_id: &str,
         name: &str,
+        force: bool,
     ) -> Result<VolumeSnapshot> {
         authorize(ctx, Action::SnapshotCreate)?;
         check_name("snapshot name", name)?;
         let (v, _) = self.load_volume(ctx, volume_id)?;
-        if v.status != VolumeStatus::Available {
-            return Err(Error::Conflict {
-                kind: "volume",
-                id: volume_id.into(),
-                reason: "only an available volume can be snapshotted here".into(),
+        let allowed =
+            v.status == VolumeStatus::Available || (force && v.status == VolumeStatus::InUse);
+        if !allowed {
+            // Cinder's InvalidVolume (400), in its words.
+            return Err(Error::Invalid {
+                field: "volume_id",
+                reason: format!(
+                    "Volume {} status must be available, but current status is: {}{}",
+                    v.id,
+                    v.status.as_str(),
+                    if v.status == VolumeStatus::InUse {
+                        " (pass force to snapshot it)"
+                    } else {
+                        ""
+                    }
+                ),
             });
         }
+        // The running instances it is attached to, paused for the copy.
+        let mut paused = vec![];
+        if let Some(driver) = self.driver() {
+            for a in &v.attachments {
+                let Some((inst, _)) = load::<Instance>(self.store(), &a.server_id)? else {
+                    continue;
+                };
+                if inst.status == InstanceStatus::Active {
+                    let name = inst.domain.clone();
+                    driver.call(move |h| async move { h.suspend(&name).await })?;
+                    paused.push(inst.domain);
+                }
+            }
+        }
+        let made = self.snapshot_volume(ctx, &v, name);
+        if let Some(driver) = self.driver() {
+            for name in paused {
+                driver.call(move |h| async move { h.resume(&name).await })?;
+            }
+        }
+        made
+    }
+
+    /// Copies volume `v` into a new snapshot and records it.
+    fn snapshot_volume(&self, ctx: &Context, v: &Volume, name: &str) -> Result<VolumeSnapshot> {
         let s = VolumeSnapshot {
             id: uuid(),
             name: name.into(),

@@ -58,7 +58,7 @@ fn make(
     let v = cloud
         .create_volume(ctx, &NewVolume { name: "v".into(), size_gb: 1, ..Default::default() })
         .unwrap();
-    let snap = cloud.create_snapshot(ctx, &v.id, "snap").unwrap();
+    let snap = cloud.create_snapshot(ctx, &v.id, "snap", false).unwrap();
     let i = cloud.create_instance(ctx, &NewInstance::new("i", image, flavor)).unwrap();
     Made {
         instance: i.id,
@@ -105,7 +105,7 @@ fn foreign(cloud: &Cloud, other: &Context, m: &Made) {
     assert!(nf(cloud.get_volume(other, &m.volume)));
     assert!(nf(cloud.extend_volume(other, &m.volume, 2)));
     assert!(nf(cloud.delete_volume(other, &m.volume)));
-    assert!(nf(cloud.create_snapshot(other, &m.volume, "x")));
+    assert!(nf(cloud.create_snapshot(other, &m.volume, "x", false)));
     assert!(nf(cloud.get_snapshot(other, &m.snapshot)));
     assert!(nf(cloud.delete_snapshot(other, &m.snapshot)));
     assert!(nf(cloud.create_volume(

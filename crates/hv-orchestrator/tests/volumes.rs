@@ -68,9 +68,27 @@ both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
         .expect("second run ends");
         assert_eq!(first_bytes(&cloud, &t, &vol.id, 4096), written);
 
-        // Snapshot needs it available: detach first (the instance is shut off).
+        // An attached volume is snapshotted only when forced (Cinder's 400 otherwise).
+        let e = cloud.create_snapshot(&t, &vol.id, "s0", false).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { .. })
+                && e.to_string().contains("must be available, but current status is: in-use"),
+            "{e}"
+        );
+        let forced = cloud.create_snapshot(&t, &vol.id, "s0", true).unwrap();
+        let from_forced = NewVolume {
+            name: "forced".into(),
+            size_gb: 2,
+            snapshot_id: Some(forced.id.clone()),
+            image_id: None,
+        };
+        let from_forced = cloud.create_volume(&t, &from_forced).unwrap();
+        assert_eq!(first_bytes(&cloud, &t, &from_forced.id, 4096), written);
+        cloud.delete_volume(&t, &from_forced.id).unwrap();
+        cloud.delete_snapshot(&t, &forced.id).unwrap();
+        // Detached (the instance is shut off), it is available.
         cloud.detach_volume(&t, &i.id, &vol.id).unwrap();
-        let snap = cloud.create_snapshot(&t, &vol.id, "s1").unwrap();
+        let snap = cloud.create_snapshot(&t, &vol.id, "s1", false).unwrap();
         let copy = cloud
             .create_volume(
                 &t,
