@@ -160,6 +160,16 @@ pub(crate) fn apply_port(
     ps.apply(&PortSpec { port, mac, ips, rules, bridge }).map_err(net_err)
 }
 
+/// Replaces the security-group rules of many ports with installed port security, in one nft
+/// transaction (all or none).
+pub(crate) fn update_ports(updates: Vec<(String, Vec<SecurityRule>)>) -> Result<()> {
+    let ports = updates
+        .into_iter()
+        .map(|(tap, rules)| Ok((IfName::new(&tap).map_err(net_err)?, rules)))
+        .collect::<Result<Vec<_>>>()?;
+    PortSecurity::new(Nft::locate().map_err(net_err)?).update_rules_many(&ports).map_err(net_err)
+}
+
 /// Removes port security from `tap` (no error when there is none).
 pub(crate) fn remove_port(tap: &str) -> Result<()> {
     let port = IfName::new(tap).map_err(net_err)?;

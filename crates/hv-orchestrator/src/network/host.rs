@@ -1,13 +1,14 @@
 //! The host side of networks: what the store says, made real by the driver (hv-net). Without
 //! a compute driver (a control plane only) these are no-ops.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use hv_net::network::NetworkManager;
 use hv_net::Ipv4Cidr;
 
 use super::{FloatingIp, Network, Port, PortStatus, Router, Subnet};
-use crate::driver::net::{apply_port, remove_port, HostNetwork};
+use crate::driver::net::{apply_port, remove_port, update_ports, HostNetwork};
 use crate::error::Result;
 use crate::records::{list, load, to_record};
 use crate::store::Op;
@@ -130,12 +131,27 @@ impl Cloud {
     /// membership change: remote-group rules depend on other ports' addresses, so a port made
     /// or removed changes what its groups' members let in).
     pub(crate) fn refresh_port_security(&self, project_id: &str) -> Result<()> {
-        if self.driver().is_none() {
+        let Some(driver) = self.driver() else { return Ok(()) };
+        // The project's ports and groups read once; every bound port's chains refilled in one
+        // nft transaction (a new member of the default group changes every member's rules, so
+        // per-port work here would make n servers cost n^2).
+        let ports = list::<Port>(self.store(), Some(project_id), None)?;
+        let mut groups = HashMap::new();
+        let mut updates = vec![];
+        for (p, _) in &ports {
+            let Some(tap) = &p.binding_tap else { continue };
+            if !p.port_security_enabled {
+                continue;
+            }
+            updates.push((tap.clone(), self.port_rules_among(p, &ports, &mut groups)?));
+        }
+        if driver.run(move |_| update_ports(updates)).is_ok() {
             return Ok(());
         }
-        for (p, _) in list::<Port>(self.store(), Some(project_id), None)? {
+        // A port without its tables (or any other failure of the batch): each port whole.
+        for (p, _) in &ports {
             if p.binding_tap.is_some() {
-                self.apply_port_security(&p)?;
+                self.apply_port_security(p)?;
             }
         }
         Ok(())

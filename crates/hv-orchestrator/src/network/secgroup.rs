@@ -11,6 +11,7 @@
 //! namespace); only on a kernel with neither does it fall back to stateless rules mirrored for
 //! replies (`hv_net::nft::port::ReplyMode`), where an allow-all egress rule lets everything in.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use hv_net::nft::port::{Direction as NftDirection, Protocol as NftProtocol, SecurityRule};
@@ -421,9 +422,24 @@ impl Cloud {
     /// addresses.
     pub(crate) fn port_rules(&self, port: &Port) -> Result<Vec<SecurityRule>> {
         let all_ports = list::<Port>(self.store(), Some(&port.project_id), None)?;
+        self.port_rules_among(port, &all_ports, &mut HashMap::new())
+    }
+
+    /// [`port_rules`](Self::port_rules) with the project's ports and the groups already read
+    /// (`groups` fills as it goes): a refresh of every port reads each once.
+    pub(crate) fn port_rules_among(
+        &self,
+        port: &Port,
+        all_ports: &[(Port, i64)],
+        groups: &mut HashMap<String, Option<SecurityGroup>>,
+    ) -> Result<Vec<SecurityRule>> {
         let mut out = vec![];
         for gid in &port.security_groups {
-            let Some((g, _)) = load::<SecurityGroup>(self.store(), gid)? else { continue };
+            if !groups.contains_key(gid) {
+                let g = load::<SecurityGroup>(self.store(), gid)?.map(|(g, _)| g);
+                groups.insert(gid.clone(), g);
+            }
+            let Some(Some(g)) = groups.get(gid) else { continue };
             for r in &g.rules {
                 let base = SecurityRule {
                     direction: match r.direction {

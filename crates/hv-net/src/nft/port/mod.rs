@@ -159,6 +159,13 @@ impl ReplyMode {
         }
     }
 
+    /// [`detect`](Self::detect), probed once per process: what the kernel offers does not
+    /// change while it runs, and the probe costs two `nft` runs.
+    pub fn detected(nft: &Nft) -> ReplyMode {
+        static MODE: std::sync::OnceLock<ReplyMode> = std::sync::OnceLock::new();
+        *MODE.get_or_init(|| ReplyMode::detect(nft))
+    }
+
     /// True when replies are matched by connection tracking.
     pub fn stateful(self) -> bool {
         self != ReplyMode::Mirrored
@@ -228,7 +235,7 @@ impl PortSecurity {
     /// Port security through `nft`, in the best [`ReplyMode`] the kernel offers
     /// ([`ReplyMode::detect`]).
     pub fn new(nft: Nft) -> PortSecurity {
-        let mode = ReplyMode::detect(&nft);
+        let mode = ReplyMode::detected(&nft);
         PortSecurity { nft, mode }
     }
 
@@ -407,30 +414,54 @@ impl PortSecurity {
     /// Replaces the security-group rules of a port whose tables are installed, atomically.
     pub fn update_rules(&self, port: &IfName, rules: &[SecurityRule]) -> Result<()> {
         Self::check(port, rules)?;
-        let (family, table, chains) = match self.mode {
-            ReplyMode::BrNetfilter => (Family::Inet, brnf::table_name(port), brnf::SG_CHAINS),
-            _ => (Family::Bridge, table_name(port), ["sg_egress", "sg_ingress"]),
+        let (family, table) = match self.mode {
+            ReplyMode::BrNetfilter => (Family::Inet, brnf::table_name(port)),
+            _ => (Family::Bridge, table_name(port)),
         };
         if !self.nft.has_table(family, &table)? {
             return Err(Self::invalid(port, "no port security installed on this port"));
         }
         let mut batch = Batch::new();
+        self.push_rule_update(&mut batch, port, rules);
+        self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())
+    }
+
+    /// [`update_rules`](Self::update_rules) for many installed ports in one nft transaction,
+    /// all or none (what a change of a remote group's members needs: one `nft` run, not one
+    /// per port). A port without its tables fails the whole update.
+    pub fn update_rules_many(&self, ports: &[(IfName, Vec<SecurityRule>)]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (port, rules) in ports {
+            Self::check(port, rules)?;
+            self.push_rule_update(&mut batch, port, rules);
+        }
+        self.nft.apply(&format!("update rules of {} ports", ports.len()), &batch.to_nftables())
+    }
+
+    /// Adds to `batch` the flush and refill of `port`'s security-group chains.
+    fn push_rule_update(&self, batch: &mut Batch<'static>, port: &IfName, rules: &[SecurityRule]) {
+        let (family, table, chains) = match self.mode {
+            ReplyMode::BrNetfilter => (Family::Inet, brnf::table_name(port), brnf::SG_CHAINS),
+            _ => (Family::Bridge, table_name(port), ["sg_egress", "sg_ingress"]),
+        };
         for (chain, dir) in chains.into_iter().zip([Direction::Egress, Direction::Ingress]) {
             let body = match self.mode {
                 ReplyMode::BrNetfilter => brnf::sg_chain(rules, dir),
                 _ => self.sg_chain(rules, dir),
             };
-            r::flush_chain(&mut batch, family, &table, chain);
-            r::add_rules(&mut batch, family, &table, chain, &body);
+            r::flush_chain(batch, family, &table, chain);
+            r::add_rules(batch, family, &table, chain, &body);
         }
         if self.mode == ReplyMode::BrNetfilter {
             // Broadcast and multicast to the guest, in the bridge table.
             let bridge = table_name(port);
             let body = self.sg_chain(rules, Direction::Ingress);
-            r::flush_chain(&mut batch, Family::Bridge, &bridge, "sg_ingress");
-            r::add_rules(&mut batch, Family::Bridge, &bridge, "sg_ingress", &body);
+            r::flush_chain(batch, Family::Bridge, &bridge, "sg_ingress");
+            r::add_rules(batch, Family::Bridge, &bridge, "sg_ingress", &body);
         }
-        self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())
     }
 
     /// Removes the port's tables, in whichever mode they were made (no error when there are
