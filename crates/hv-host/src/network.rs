@@ -18,9 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hv_net::dhcp::DhcpHandle;
 use hv_net::network::{NetworkDef, NetworkManager, NetworkMode, NetworkState};
-use hv_net::nft::port::brnf::table_name as sg_table;
-use hv_net::nft::port::{table_name as port_table, PortSecurity, PortSpec, Protocol, SecurityRule};
-use hv_net::nft::{Family, Nft};
+use hv_net::nft::port::{PortSecurity, PortSpec, Protocol, SecurityRule};
+use hv_net::nft::Nft;
 use hv_net::tap::Tap;
 use hv_net::{IfName, MacAddr};
 use serde::{Deserialize, Serialize};
@@ -74,12 +73,11 @@ pub fn unplug(tap: &str) {
             log::debug!("removing TAP {tap}: {e}");
         }
     }
+    // One nft transaction that removes the port's tables whether or not they exist (asking
+    // first would list every table of the host, which takes seconds with thousands of rules).
     if let (Ok(port), Ok(nft)) = (IfName::new(tap), Nft::locate()) {
-        let tables = [(Family::Bridge, port_table(&port)), (Family::Inet, sg_table(&port))];
-        if tables.iter().any(|(f, t)| nft.has_table(*f, t).unwrap_or(false)) {
-            if let Err(e) = PortSecurity::new(nft).remove(&port) {
-                log::warn!("removing port security of {tap}: {e}");
-            }
+        if let Err(e) = PortSecurity::new(nft).remove(&port) {
+            log::warn!("removing port security of {tap}: {e}");
         }
     }
 }

@@ -207,7 +207,11 @@ fn security_groups_are_stateful_through_br_netfilter() {
             bridge: Some(IfName::new("hvst").unwrap()),
         };
         let sa = spec("hvsa", mac_a, "10.72.0.10", vec![any_out]);
-        let sb = spec("hvsb", mac_b, "10.72.0.11", vec![any_out, icmp_from_a]);
+        // Two members of a remote group, as the orchestrator expands one: a single rule with a
+        // set of both addresses (the second, .99, is nobody here); the outsider stays out.
+        let icmp_from_99 =
+            SecurityRule::ingress(Protocol::Icmp).remote("10.72.0.99/32".parse().unwrap());
+        let sb = spec("hvsb", mac_b, "10.72.0.11", vec![any_out, icmp_from_a, icmp_from_99]);
 
         // Mirrored rules first, for contrast: A's egress-any mirror lets B in.
         let mirrored = PortSecurity::with_mode(nft.clone(), ReplyMode::Mirrored);

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use nftables::expr::Expression;
 use nftables::types::{NfChainType, NfHook};
 
-use super::{render, Direction, PortSpec, SecurityRule};
+use super::{render_dir, Direction, PortSpec, SecurityRule};
 use crate::nft::rules::{self as r, ChainSpec, Rule, TableSpec, PRIO_FILTER};
 use crate::nft::{Family, NftError, Result, TableName};
 use crate::IfName;
@@ -74,7 +74,7 @@ pub(super) fn sg_chain(rules: &[SecurityRule], dir: Direction) -> Vec<Rule> {
         Direction::Ingress => vec![udp("sport", 67), udp("dport", 68), r::accept()],
     };
     let mut out = vec![vec![r::ct_state(&["invalid"]), r::drop()], dhcp];
-    out.extend(rules.iter().filter(|x| x.direction == dir).map(|x| render(x, true, false)));
+    out.extend(render_dir(rules, dir, true, false));
     out.push(vec![r::drop()]);
     out
 }

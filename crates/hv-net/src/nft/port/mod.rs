@@ -194,16 +194,43 @@ fn ip_set(ips: &[Ipv4Addr]) -> Expression<'static> {
     }
 }
 
-/// `rule`'s statements for the chain of its own direction (`forward`) or the mirrored reply
-/// rule for the opposite chain (`!forward`); in a bridge table (`l2`) first matching IPv4
-/// frames.
-fn render(rule: &SecurityRule, forward: bool, l2: bool) -> Rule {
+/// The rules of `dir` among `rules`, each rendered by [`render_to`], except that rules alike
+/// but for their single-address remote (the members of a remote group, one rule each) become
+/// one rule matching the set of those addresses: a group of n members costs each port one
+/// rule, not n, so n ports cost O(n) rules rather than O(n^2).
+fn render_dir(rules: &[SecurityRule], dir: Direction, forward: bool, l2: bool) -> Vec<Rule> {
+    let mut merged: Vec<(SecurityRule, Vec<Ipv4Cidr>)> = vec![];
+    for rule in rules.iter().filter(|x| x.direction == dir) {
+        match rule.remote {
+            Some(host) if host.prefix == 32 => {
+                let key = SecurityRule { remote: None, ..*rule };
+                match merged.iter_mut().find(|(k, v)| *k == key && !v.is_empty()) {
+                    Some((_, hosts)) if !hosts.contains(&host) => hosts.push(host),
+                    Some(_) => {}
+                    None => merged.push((key, vec![host])),
+                }
+            }
+            _ => merged.push((*rule, rule.remote.into_iter().collect())),
+        }
+    }
+    merged.iter().map(|(rule, remotes)| render_to(rule, remotes, forward, l2)).collect()
+}
+
+/// `rule`'s statements, its remote given as `remotes` (none: any; one prefix; or a set of
+/// them), for the chain of its own direction (`forward`) or the mirrored reply rule for the
+/// opposite chain (`!forward`); in a bridge table (`l2`) first matching IPv4 frames.
+fn render_to(rule: &SecurityRule, remotes: &[Ipv4Cidr], forward: bool, l2: bool) -> Rule {
     // Ingress rules match the remote as source; egress as destination; mirrors swap both.
     let remote_is_src = (rule.direction == Direction::Ingress) == forward;
     let mut s = if l2 { vec![r::ether_type("ip")] } else { vec![] };
-    if let Some(remote) = rule.remote {
-        let field = if remote_is_src { "saddr" } else { "daddr" };
-        s.push(r::eq(r::payload("ip", field), r::prefix(remote)));
+    let field = if remote_is_src { "saddr" } else { "daddr" };
+    match remotes {
+        [] => {}
+        [one] => s.push(r::eq(r::payload("ip", field), r::prefix(*one))),
+        many => s.push(r::eq(
+            r::payload("ip", field),
+            r::set(many.iter().map(|c| r::prefix(*c)).collect()),
+        )),
     }
     let port_key = if forward { "dport" } else { "sport" };
     let ports = |proto| match rule.ports {
@@ -271,11 +298,7 @@ impl PortSecurity {
     /// they are.
     fn sg_chain(&self, rules: &[SecurityRule], dir: Direction) -> Vec<Rule> {
         if self.mode == ReplyMode::BrNetfilter {
-            let mut out: Vec<Rule> = rules
-                .iter()
-                .filter(|x| x.direction == dir)
-                .map(|x| render(x, true, true))
-                .collect();
+            let mut out = render_dir(rules, dir, true, true);
             out.push(vec![r::drop()]);
             return out;
         }
@@ -284,9 +307,13 @@ impl PortSecurity {
         if stateful {
             out.push(r::ct_established(&["established", "related"]));
         }
-        out.extend(rules.iter().filter(|x| x.direction == dir).map(|x| render(x, true, true)));
+        out.extend(render_dir(rules, dir, true, true));
         if !stateful {
-            out.extend(rules.iter().filter(|x| x.direction != dir).map(|x| render(x, false, true)));
+            let other = match dir {
+                Direction::Ingress => Direction::Egress,
+                Direction::Egress => Direction::Ingress,
+            };
+            out.extend(render_dir(rules, other, false, true));
         }
         out.push(vec![r::drop()]);
         out
@@ -512,6 +539,27 @@ mod tests {
             r#"{"payload":{"protocol":"arp","field":"saddr ip"}},"right":{"set":["10.0.0.2"]}"#
         ));
         assert_eq!(ps.rules_for(&spec(vec![])).unwrap().name.as_str(), "hv_port_hvtap0");
+    }
+
+    #[test]
+    fn a_remote_group_s_members_are_one_rule_with_a_set() {
+        let ps = PortSecurity::with_stateful(Nft::at("/nonexistent"), true);
+        let from =
+            |c: &str| SecurityRule::ingress(Protocol::Tcp).ports(22, 22).remote(c.parse().unwrap());
+        let rules = vec![
+            from("10.0.0.3/32"),
+            from("10.0.0.4/32"),
+            from("10.0.0.3/32"),
+            from("10.9.0.0/16"),
+            SecurityRule::ingress(Protocol::Udp).remote("10.0.0.5/32".parse().unwrap()),
+        ];
+        let chain = ps.sg_chain(&rules, Direction::Ingress);
+        // ct, the members' set, the /16 on its own, the UDP rule, the final drop.
+        assert_eq!(chain.len(), 5, "{chain:?}");
+        let body = json(&ps.rules_for(&spec(rules)).unwrap());
+        let set = r#""right":{"set":[{"prefix":{"addr":"10.0.0.3","len":32}},{"prefix":{"addr":"10.0.0.4","len":32}}]}"#;
+        assert!(body.contains(set), "{body}");
+        assert!(body.contains(r#"{"prefix":{"addr":"10.9.0.0","len":16}}"#), "{body}");
     }
 
     #[test]
