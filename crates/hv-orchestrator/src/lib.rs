@@ -108,6 +108,10 @@ pub struct Config {
     /// This process's host as a compute host (`None`: a control plane only; instances then
     /// end in ERROR with "no valid host", and block storage is unsupported).
     pub compute: Option<ComputeConfig>,
+    /// How long a verified password is remembered in memory so the same login skips argon2
+    /// ([`identity::password::VerifiedPasswords`]; Apache's `mod_authn_socache` default,
+    /// 300 s). Zero: every login hashes.
+    pub password_cache_ttl: std::time::Duration,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
             default_limits: Limits::default(),
             weigher: Weigher::Spread,
             compute: None,
+            password_cache_ttl: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -132,6 +137,7 @@ pub struct Cloud {
     hosts: HostView,
     driver: Option<Driver>,
     local_host: Option<String>,
+    passwords: identity::password::VerifiedPasswords,
 }
 
 impl Cloud {
@@ -150,7 +156,9 @@ impl Cloud {
             None => (None, None),
         };
         let hosts = HostView::load(store.as_ref())?;
-        let cloud = Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host };
+        let passwords = identity::password::VerifiedPasswords::new(config.password_cache_ttl);
+        let cloud =
+            Cloud { store, config, images: Mutex::new(pool), hosts, driver, local_host, passwords };
         if cloud.driver.is_some() {
             // After a restart: bring every network back (DHCP runs in this process), and
             // the floating IPs' NAT.

@@ -2,8 +2,13 @@
 //! recommendation: 19 MiB, 2 passes, 1 lane), stored as a PHC string so the parameters
 //! travel with the hash. Never weaker: [`hash`] always uses the defaults.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::ids::random_bytes;
@@ -43,6 +48,70 @@ pub fn decoy() -> &'static str {
     DECOY.get_or_init(|| hash("decoy password").unwrap_or_default())
 }
 
+/// Passwords verified lately, as Apache's `mod_authn_socache` keeps credentials to spare its
+/// backend: the `openstack` client logs in with the password on every run, so one user's
+/// scripts ask for the same argon2 work again and again. An entry is a keyed SHA-256 of the
+/// stored hash (salt and parameters included) and the password, under a random key made per
+/// process and never stored; it proves only that this very password matched this very hash
+/// within the TTL. A changed password changes the stored hash, so no old entry matches; a
+/// wrong password never matches an entry and pays the full argon2 verification. Memory only,
+/// bounded ([`CACHE_ENTRIES`]). Left out of it: the database (a stolen database still
+/// costs argon2 per guess); what it gives up is that someone who can read this process's
+/// memory could test guesses for the cached users at SHA-256 speed (such a reader could also
+/// read the passwords of requests as they arrive).
+#[derive(Debug)]
+pub struct VerifiedPasswords {
+    key: [u8; 32],
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+/// The most entries kept (expired ones go first when it is full, else everything).
+pub const CACHE_ENTRIES: usize = 10_000;
+
+impl VerifiedPasswords {
+    /// A cache whose entries last `ttl` (zero: nothing is kept, every login hashes).
+    pub fn new(ttl: Duration) -> VerifiedPasswords {
+        VerifiedPasswords { key: random_bytes::<32>(), ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn entry(&self, password: &str, phc: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update((phc.len() as u64).to_le_bytes());
+        h.update(phc.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// [`verify`], skipping argon2 when this password matched this hash within the TTL.
+    pub fn verify(&self, password: &str, phc: &str) -> bool {
+        if self.ttl.is_zero() {
+            return verify(password, phc);
+        }
+        let e = self.entry(password, phc);
+        let now = Instant::now();
+        {
+            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if entries.get(&e).is_some_and(|until| *until > now) {
+                return true;
+            }
+        }
+        if !verify(password, phc) {
+            return false;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CACHE_ENTRIES {
+            entries.retain(|_, until| *until > now);
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(e, now + self.ttl);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +125,33 @@ mod tests {
         assert!(!verify("s3cret", "not a hash"));
         assert_ne!(h, hash("s3cret").unwrap(), "salts differ");
         assert!(hash("").is_err());
+    }
+
+    #[test]
+    fn the_cache_remembers_only_a_match_of_this_password_with_this_hash() {
+        let cache = VerifiedPasswords::new(Duration::from_secs(60));
+        let h = hash("s3cret").unwrap();
+        assert!(!cache.verify("wrong", &h));
+        assert!(cache.verify("s3cret", &h));
+        // Now from the cache: fast, and still only for the right password.
+        let t = Instant::now();
+        assert!(cache.verify("s3cret", &h));
+        assert!(t.elapsed() < Duration::from_millis(5), "{:?}", t.elapsed());
+        assert!(!cache.verify("s3cret ", &h));
+        assert!(!cache.verify("wrong", &h));
+        // A new hash (the password changed, even to the same word: a new salt) is verified
+        // afresh; the old password no longer matches a changed one.
+        let h2 = hash("other").unwrap();
+        assert!(!cache.verify("s3cret", &h2));
+        assert!(cache.verify("other", &h2));
+        // Expired entries do not count; a zero TTL keeps nothing.
+        let brief = VerifiedPasswords::new(Duration::from_millis(1));
+        assert!(brief.verify("s3cret", &h));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!brief.verify("wrong", &h));
+        assert!(brief.verify("s3cret", &h));
+        let none = VerifiedPasswords::new(Duration::ZERO);
+        assert!(none.verify("s3cret", &h) && !none.verify("x", &h));
+        assert!(none.entries.lock().unwrap().is_empty());
     }
 }

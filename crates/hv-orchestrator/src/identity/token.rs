@@ -123,9 +123,21 @@ impl Cloud {
         let refused =
             || Error::Unauthorized("the request you have made requires authentication".into());
         let user = self.find_user(&auth.user)?;
-        let hash = user.as_ref().map(|u| u.password_hash.as_str()).unwrap_or(password::decoy());
-        let password_ok = password::verify(&auth.password, hash);
-        let Some(user) = user.filter(|u| password_ok && u.enabled) else {
+        // Only an enabled user's right password may be remembered: an unknown or disabled user
+        // always costs the full hash, so timing tells neither apart from a wrong password.
+        let password_ok = match &user {
+            Some(u) if u.enabled => self.passwords.verify(&auth.password, &u.password_hash),
+            Some(u) => {
+                // The work, not the outcome: a disabled user is refused either way.
+                let _ = password::verify(&auth.password, &u.password_hash);
+                false
+            }
+            None => {
+                let _ = password::verify(&auth.password, password::decoy());
+                false
+            }
+        };
+        let Some(user) = user.filter(|_| password_ok) else {
             return Err(refused());
         };
         let project =
