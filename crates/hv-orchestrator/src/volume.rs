@@ -416,27 +416,38 @@ impl Cloud {
                 ),
             });
         }
-        // The running instances it is attached to, paused for the copy.
+        let Some(driver) = self.driver() else { return self.snapshot_volume(ctx, &v, name) };
+        // The running instances it is attached to, paused for the copy; every one paused is
+        // resumed, whatever failed on the way.
         let mut paused = vec![];
-        if let Some(driver) = self.driver() {
-            for a in &v.attachments {
-                let Some((inst, _)) = load::<Instance>(self.store(), &a.server_id)? else {
-                    continue;
-                };
-                if inst.status == InstanceStatus::Active {
-                    let name = inst.domain.clone();
-                    driver.call(move |h| async move { h.suspend(&name).await })?;
-                    paused.push(inst.domain);
+        let mut made = Ok(());
+        for a in &v.attachments {
+            let inst = match load::<Instance>(self.store(), &a.server_id) {
+                Ok(Some((inst, _))) => inst,
+                Ok(None) => continue,
+                Err(e) => {
+                    made = Err(e);
+                    break;
                 }
+            };
+            if inst.status == InstanceStatus::Active {
+                let domain = inst.domain.clone();
+                if let Err(e) = driver.call(move |h| async move { h.suspend(&domain).await }) {
+                    made = Err(e);
+                    break;
+                }
+                paused.push(inst.domain);
             }
         }
-        let made = self.snapshot_volume(ctx, &v, name);
-        if let Some(driver) = self.driver() {
-            for name in paused {
-                driver.call(move |h| async move { h.resume(&name).await })?;
+        let made = made.and_then(|()| self.snapshot_volume(ctx, &v, name));
+        let mut resumed = Ok(());
+        for domain in paused {
+            if let Err(e) = driver.call(move |h| async move { h.resume(&domain).await }) {
+                resumed = resumed.and(Err(e));
             }
         }
-        made
+        let s = made?;
+        resumed.map(|()| s)
     }
 
     /// Copies volume `v` into a new snapshot and records it.

@@ -13,17 +13,9 @@ impl Host {
         def.disks
             .iter()
             .map(|d| match &d.source {
-                DiskSource::File { path, format } => Ok(ResolvedDisk {
-                    path: path.clone(),
-                    segments: Vec::new(),
-                    format: *format,
-                    read_only: d.read_only,
-                    backing_files: crate::storage::backing_chain_allowed(
-                        &self.cfg.state_dir,
-                        path,
-                        *format,
-                    )?,
-                }),
+                DiskSource::File { path, format } => {
+                    self.file_disk(path.clone(), *format, d.read_only)
+                }
                 DiskSource::Volume { pool, volume, format } => {
                     let vol = crate::storage::volume_for_vm(&self.cfg.state_dir, pool, volume)?;
                     let recorded = match &vol {
@@ -39,17 +31,9 @@ impl Host {
                         }
                     }
                     let disk = match vol {
-                        VmVolume::File { path, format } => ResolvedDisk {
-                            backing_files: crate::storage::backing_chain_allowed(
-                                &self.cfg.state_dir,
-                                &path,
-                                format,
-                            )?,
-                            path,
-                            segments: Vec::new(),
-                            format,
-                            read_only: d.read_only,
-                        },
+                        VmVolume::File { path, format } => {
+                            self.file_disk(path, format, d.read_only)?
+                        }
                         VmVolume::Logical { name, extents } => {
                             // The VMM's option string separates extents with `;` and options
                             // with `,`: a PV path holding either cannot be passed.
@@ -75,6 +59,18 @@ impl Host {
                 }
             })
             .collect()
+    }
+
+    /// A disk the VMM opens as a file, with whether its qcow2 backing chain may open.
+    fn file_disk(
+        &self,
+        path: std::path::PathBuf,
+        format: DiskFormat,
+        read_only: bool,
+    ) -> Result<ResolvedDisk> {
+        let backing_files =
+            crate::storage::backing_chain_allowed(&self.cfg.state_dir, &path, format)?;
+        Ok(ResolvedDisk { path, segments: Vec::new(), format, read_only, backing_files })
     }
 
     /// Locks the domain table and names the domains using volume `volume` of `pool`: those

@@ -87,9 +87,8 @@ impl GroupCommit {
             }
             q.committing = false;
             self.done.notify_all();
-            drop(q);
-            drop(lead);
-            q = self.lock();
+            // `lead` goes at the end of this round, with the queue still locked: its drop
+            // locks nothing unless a panic is unwinding through the commit.
         }
     }
 }
