@@ -36,8 +36,10 @@ fn wait_console(cloud: &Cloud, ctx: &Context, id: &str, what: &str) -> R<String>
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         let log = cloud.console_log(ctx, id, None)?;
-        if let Some(l) = log.lines().find(|l| l.contains(what)) {
-            return Ok(l.to_string());
+        // Only whole lines: the console may be read half-way through one.
+        let mut whole = log.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n'));
+        if let Some(l) = whole.find(|l| l.contains(what)) {
+            return Ok(l.trim_end().to_string());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

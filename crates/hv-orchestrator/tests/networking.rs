@@ -21,11 +21,15 @@ fn network(cloud: &Cloud, ctx: &Context, name: &str, cidr: &str) -> String {
     n.id
 }
 
-/// The guest's `net ping` line, once it printed one.
+/// The guest's `net ping` line, once it printed all of it (the console may be read while the
+/// guest is half-way through a line).
 fn ping_line(cloud: &Cloud, ctx: &Context, id: &str) -> String {
     wait_for(90, || {
         let log = cloud.console_log(ctx, id, None).unwrap();
-        log.lines().find(|l| l.contains("hvtest: net ping ")).map(str::to_string)
+        log.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+            .find(|l| l.contains("hvtest: net ping "))
+            .map(|l| l.trim_end().to_string())
     })
     .unwrap_or_else(|| panic!("no ping result: {}", cloud.console_log(ctx, id, None).unwrap()))
 }
