@@ -80,13 +80,14 @@ fn port_tables_create_update_delete() {
             let text = nft.list_table(family, &table).unwrap();
             assert!(text.contains("tcp dport 22 accept"), "{text}");
             let udp = [SecurityRule::ingress(Protocol::Udp).ports(53, 53)];
-            ps.update_rules(&spec.port, &udp).unwrap();
+            ps.update_rules(&PortSpec { rules: udp.to_vec(), ..spec.clone() }).unwrap();
             let text = nft.list_table(family, &table).unwrap();
             assert!(
                 text.contains("udp dport 53 accept") && !text.contains("tcp dport 22"),
                 "{text}"
             );
-            assert!(ps.update_rules(&ifname("hvnone"), &[]).is_err(), "no table for that port");
+            let none = PortSpec { port: ifname("hvnone"), rules: vec![], ..spec.clone() };
+            assert!(ps.update_rules(&none).is_err(), "no table for that port");
         }
         // Back in the bridge-table mode, the port's inet table is gone.
         let ps = PortSecurity::with_mode(nft.clone(), ReplyMode::Mirrored);

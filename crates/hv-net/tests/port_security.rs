@@ -46,6 +46,11 @@ fn udp_broadcast_arrives(from: &NetNs, to: &NetNs) -> bool {
     })
 }
 
+/// `spec` with `rules` instead of its own.
+fn with(spec: &PortSpec, rules: &[SecurityRule]) -> PortSpec {
+    PortSpec { rules: rules.to_vec(), ..spec.clone() }
+}
+
 #[test]
 fn forged_frames_dropped_real_traffic_flows_rules_change_live_mirrored() {
     forged_frames_dropped_real_traffic_flows_rules_change_live(ReplyMode::Mirrored);
@@ -108,12 +113,13 @@ fn forged_frames_dropped_real_traffic_flows_rules_change_live(mode: ReplyMode) {
         assert!(guest.ping("10.70.0.11", 2), "own MAC again: flows");
 
         // Security groups change on the running port: no ICMP egress -> ping fails.
-        ps.update_rules(&spec.port, &[SecurityRule::egress(Protocol::Tcp).ports(22, 22)]).unwrap();
+        ps.update_rules(&with(&spec, &[SecurityRule::egress(Protocol::Tcp).ports(22, 22)]))
+            .unwrap();
         assert!(!guest.ping("10.70.0.11", 1), "ICMP egress no longer allowed");
         // Allow ICMP egress only towards the neighbour's /32.
         let only_neighbour =
             SecurityRule::egress(Protocol::Icmp).remote("10.70.0.11/32".parse().unwrap());
-        ps.update_rules(&spec.port, &[only_neighbour]).unwrap();
+        ps.update_rules(&with(&spec, &[only_neighbour])).unwrap();
         assert!(guest.ping("10.70.0.11", 2), "ICMP to the allowed remote passes");
         assert!(!guest.ping("10.70.0.1", 1), "ICMP to another remote does not");
         // Ingress: the neighbour's ping to the guest is dropped without an ingress rule.
@@ -239,19 +245,100 @@ fn security_groups_are_stateful_through_br_netfilter() {
         // Live changes: B lets ICMP in from anywhere; A may no longer send.
         let icmp_in = SecurityRule::ingress(Protocol::Icmp);
         let udp_in = SecurityRule::ingress(Protocol::Udp).ports(BROADCAST_PORT, BROADCAST_PORT);
-        ps.update_rules(&sb.port, &[any_out, icmp_in, udp_in]).unwrap();
+        ps.update_rules(&with(&sb, &[any_out, icmp_in, udp_in])).unwrap();
         assert!(outsider.ping("10.72.0.11", 2), "outsider -> B, now allowed");
         assert!(udp_broadcast_arrives(&outsider, &b), "and its UDP broadcast, now allowed");
         assert!(a.ping("10.72.0.11", 2), "A -> B still");
-        ps.update_rules(&sa.port, &[]).unwrap();
+        ps.update_rules(&with(&sa, &[])).unwrap();
         assert!(!a.ping("10.72.0.11", 1), "A may not send any more");
         assert!(!a.ping("10.72.0.1", 1), "not to the host either");
-        ps.update_rules(&sa.port, &[icmp_in]).unwrap();
+        ps.update_rules(&with(&sa, &[icmp_in])).unwrap();
         assert!(b.ping("10.72.0.10", 2), "B -> A once A lets ICMP in; A's reply passes");
 
         ps.remove(&sa.port).unwrap();
         ps.remove(&sb.port).unwrap();
         assert!(nft.tables().unwrap().is_empty(), "both tables of both ports are gone");
         assert!(outsider.ping("10.72.0.10", 2), "port security removed: open again");
+    });
+}
+
+#[test]
+fn a_removed_rule_cuts_the_connection_it_let_in() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    need_root!();
+    hv_test_support::require!(Nft::locate().is_ok(), "nft binary (apt-get install nftables)");
+    let nft = Nft::locate().unwrap();
+    let guest = NetNs::new("hvt-ctg");
+    let neighbour = NetNs::new("hvt-ctn");
+    let host = NetNs::new("hvt-ct");
+    host.run(|| {
+        hv_test_support::require!(brnf::available(), "br_netfilter (CONFIG_BRIDGE_NETFILTER)");
+        let mut nl = Netlink::new().unwrap();
+        nl.create_bridge("hvct").unwrap();
+        nl.set_up("hvct").unwrap();
+        common::attach_guest(&mut nl, "hvct", "hvc0", &guest, "10.74.0.10/24", None, Some(MAC));
+        common::attach_guest(&mut nl, "hvct", "hvc1", &neighbour, "10.74.0.11/24", None, None);
+        let ps = PortSecurity::with_mode(nft.clone(), ReplyMode::BrNetfilter);
+        let any_out = SecurityRule::egress(Protocol::Any);
+        let spec = PortSpec {
+            port: IfName::new("hvc0").unwrap(),
+            mac: MAC.parse().unwrap(),
+            ips: vec!["10.74.0.10".parse().unwrap()],
+            rules: vec![any_out, SecurityRule::ingress(Protocol::Icmp)],
+            bridge: Some(IfName::new("hvct").unwrap()),
+        };
+        ps.apply(&spec).unwrap();
+
+        // One long ping from the neighbour: one ICMP id, so one tracked connection, each echo
+        // request after the first passing as `established`.
+        let mut ping = Command::new("ip")
+            .args(["netns", "exec", neighbour.name(), "ping", "-n", "-i", "0.2", "-c", "50"])
+            .args(["-W", "1", "10.74.0.10"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (seq_tx, seqs) = std::sync::mpsc::channel();
+        let out = BufReader::new(ping.stdout.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let seq = line.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq="));
+                if let Some(n) = seq.and_then(|n| n.parse::<u32>().ok()) {
+                    let _ = seq_tx.send(n);
+                }
+            }
+        });
+        let first: Vec<u32> = seqs.iter().take(3).collect();
+        assert_eq!(first.len(), 3, "the neighbour's pings are answered while ICMP may come in");
+        let mut ct = hv_net::netlink::Conntrack::new().unwrap();
+        let ours = |c: &hv_net::netlink::Connection| {
+            c.protocol == 1
+                && c.orig.src.to_string() == "10.74.0.11"
+                && c.responder() == spec.ips[0]
+        };
+        assert!(ct.list().unwrap().iter().any(ours), "the ping is one tracked connection");
+
+        // The rule goes: the connection it let in goes with it, though its packets would
+        // otherwise match `ct state established` for as long as they keep coming.
+        ps.update_rules(&with(&spec, &[any_out])).unwrap();
+        let cut = Instant::now();
+        let last_before = first.last().copied().unwrap();
+        let mut late = vec![];
+        while let Ok(n) = seqs.recv_timeout(Duration::from_secs(12)) {
+            // Replies already on their way when the rule went may still arrive.
+            if cut.elapsed() > Duration::from_secs(1) {
+                late.push(n);
+            }
+        }
+        let _ = ping.wait();
+        reader.join().unwrap();
+        assert!(late.is_empty(), "echoes after seq {last_before} still answered: {late:?}");
+        assert!(!ct.list().unwrap().iter().any(ours), "no tracked connection is left");
+        assert!(!neighbour.ping("10.74.0.10", 1), "a new ping is refused too");
+        assert!(guest.ping("10.74.0.11", 1), "the guest's own egress is untouched");
+        ps.remove(&spec.port).unwrap();
     });
 }

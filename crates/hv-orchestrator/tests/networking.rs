@@ -113,6 +113,80 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
     });
 });
 
+/// Two projects on the same subnet, their servers and clients on the same addresses: every
+/// ping is answered in its own network, and the two networks' connections, with the same
+/// addresses, are tracked apart, each in its network's conntrack zone (one table here is
+/// enough: this is about the host, not the store).
+#[test]
+fn overlapping_subnets_are_tracked_in_zones_of_their_own() {
+    hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
+    let ns = NetNs::new("orch-zone");
+    let state = tempfile::tempdir().unwrap();
+    let db = Db::sqlite();
+    ns.run(|| {
+        let cloud = db.compute_cloud(state.path());
+        let admin = admin(&cloud);
+        let f = cloud.create_flavor(&admin, &NewFlavor::new("tiny", 1, 64, 0)).unwrap();
+        let mut runs = vec![];
+        for project in ["pa", "pb"] {
+            let t = tenant(&cloud, &admin, project, Role::Member);
+            let net = network(&cloud, &t, project, "10.0.0.0/24");
+            let port = |ip: &str| {
+                let mut np = NewPort::new(&net);
+                np.fixed_ips =
+                    vec![FixedIpRequest { subnet_id: None, ip_address: Some(ip.parse().unwrap()) }];
+                cloud.create_port(&t, &np).unwrap().id
+            };
+            let (server_port, client_port) = (port("10.0.0.10"), port("10.0.0.20"));
+            let serve = guest_image(&cloud, &t, "serve", "test=net ip=dhcp serve=0");
+            let ping = guest_image(&cloud, &t, "ping", "test=net ip=dhcp ping=10.0.0.10 count=3");
+            let server = cloud
+                .create_instance(&t, &NewInstance::new("s", &serve, &f.id).port(&server_port))
+                .unwrap();
+            wait_for(90, || {
+                cloud
+                    .console_log(&t, &server.id, None)
+                    .unwrap()
+                    .contains("net serving")
+                    .then_some(())
+            })
+            .unwrap_or_else(|| panic!("{}", cloud.console_log(&t, &server.id, None).unwrap()));
+            let client = cloud
+                .create_instance(&t, &NewInstance::new("c", &ping, &f.id).port(&client_port))
+                .unwrap();
+            runs.push((t, server.id, client.id));
+        }
+        for (t, _, client) in &runs {
+            let line = ping_line(&cloud, t, client);
+            assert!(line.contains("net ping 10.0.0.10 ok"), "{line}");
+        }
+        // Each network's ping is a connection 10.0.0.20 -> 10.0.0.10 of its own, in its zone.
+        let pings: Vec<_> = hv_net::netlink::Conntrack::new()
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|c| {
+                c.protocol == 1
+                    && c.orig.src.to_string() == "10.0.0.20"
+                    && c.orig.dst.to_string() == "10.0.0.10"
+            })
+            .collect();
+        let mut zones: Vec<u16> = pings.iter().map(|c| c.zone).collect();
+        zones.sort();
+        zones.dedup();
+        assert!(
+            zones.len() == 2 && !zones.contains(&0),
+            "one zone per network: {pings:?}\n{}",
+            ns.exec_ok(&["nft", "list", "ruleset"])
+        );
+        for (t, server, client) in &runs {
+            cloud.delete_instance(t, server).unwrap();
+            cloud.delete_instance(t, client).unwrap();
+        }
+    });
+}
+
 both!(routers_nat_out_and_floating_ips_reach_in, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-fip");

@@ -9,17 +9,20 @@
 //! [`Netlink`] on a thread that joined a namespace to work inside that namespace.
 
 mod addr;
+pub mod conntrack;
 mod link;
 
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 pub use addr::{Address, Route};
+pub use conntrack::{Connection, Conntrack};
 pub use link::{Link, VxlanConfig};
 
 /// Errors from netlink requests; each names the object it was about.
@@ -90,47 +93,69 @@ pub fn check_ifname(name: &str) -> Result<crate::IfName> {
 /// nl.delete_link("hvdemo")?;
 /// # Ok::<(), hv_net::netlink::NetlinkError>(())
 /// ```
+#[derive(Debug)]
 pub struct Netlink {
-    socket: Socket,
-    seq: u32,
-}
-
-impl std::fmt::Debug for Netlink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Netlink").field("seq", &self.seq).finish()
-    }
+    chan: Channel,
 }
 
 /// What the kernel answered to one request: the messages, or its errno.
-type Reply = std::result::Result<Vec<RouteNetlinkMessage>, io::Error>;
+type Answer<T> = std::result::Result<Vec<T>, io::Error>;
+
+/// What the kernel answered to one rtnetlink request.
+type Reply = Answer<RouteNetlinkMessage>;
 
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket in the calling thread's network namespace.
     pub fn new() -> Result<Netlink> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
-        Ok(Netlink { socket, seq: 0 })
+        Ok(Netlink { chan: Channel::open(NETLINK_ROUTE)? })
     }
 
     /// Sends one request with `NLM_F_ACK` and the extra `flags`; returns the kernel's errno as
     /// the inner error.
     fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Reply> {
-        self.exchange(msg, NLM_F_REQUEST | NLM_F_ACK | flags, false)
+        self.chan.exchange(msg, NLM_F_REQUEST | NLM_F_ACK | flags, false)
     }
 
     /// Sends a dump request and collects every message of the answer.
     fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Reply> {
-        self.exchange(msg, NLM_F_REQUEST | NLM_F_DUMP, true)
+        self.chan.exchange(msg, NLM_F_REQUEST | NLM_F_DUMP, true)
+    }
+}
+
+/// One netlink socket of some protocol, in the network namespace of the thread that opened
+/// it, and the sequence numbers of its requests.
+struct Channel {
+    socket: Socket,
+    seq: u32,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("seq", &self.seq).finish()
+    }
+}
+
+impl Channel {
+    /// Opens and connects a socket of netlink `protocol`.
+    fn open(protocol: isize) -> Result<Channel> {
+        let mut socket = Socket::new(protocol).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
+        Ok(Channel { socket, seq: 0 })
     }
 
-    fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16, dump: bool) -> Result<Reply> {
+    /// Sends `msg` with `flags` and reads the answer: until the ACK (or the end of a `dump`),
+    /// or the kernel's errno as the inner error.
+    fn exchange<T>(&mut self, msg: T, flags: u16, dump: bool) -> Result<Answer<T>>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         packet.finalize();
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf);
@@ -141,9 +166,8 @@ impl Netlink {
             let (data, _) = self.socket.recv_from_full().map_err(NetlinkError::Socket)?;
             let mut offset = 0;
             while offset < data.len() {
-                let reply: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&data[offset..])
-                        .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let reply: NetlinkMessage<T> = NetlinkMessage::deserialize(&data[offset..])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
                 let len = reply.header.length as usize;
                 if reply.header.sequence_number == seq {
                     match reply.payload {

@@ -22,7 +22,7 @@ pub(crate) fn set_forwarding(on: bool) -> io::Result<()> {
 
 /// A stable locally administered MAC for a network's bridge, so the bridge's address does not
 /// change as ports come and go (a Linux bridge otherwise takes its lowest port's MAC).
-fn bridge_mac(name: &str) -> [u8; 6] {
+pub(crate) fn bridge_mac(name: &str) -> [u8; 6] {
     // FNV-1a: small, stable across releases (unlike std's hasher).
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {

@@ -40,6 +40,13 @@ use serde::{Deserialize, Serialize};
 pub use def::{DhcpHost, DhcpRange, NetworkBuilder, NetworkDef, NetworkMode};
 pub use manager::{NetworkInfo, NetworkManager};
 
+/// The MAC address a started network `name`'s bridge has, always: frames to it are for the
+/// host (its gateway address, or to be routed), any other unicast frame on the bridge is
+/// bridged between its ports.
+pub fn bridge_mac(name: &str) -> crate::MacAddr {
+    crate::MacAddr(host::bridge_mac(name))
+}
+
 use crate::types::Ipv4Cidr;
 
 /// Where a network is in its life.

@@ -76,6 +76,9 @@ pub enum NftError {
         #[source]
         source: io::Error,
     },
+    /// The connection table could not be read or changed (ctnetlink).
+    #[error("connection tracking: {0}")]
+    Conntrack(#[source] crate::netlink::NetlinkError),
     /// `nft -j` printed something that is not the JSON it documents.
     #[error("nft {what}: unreadable JSON output: {source}")]
     Json {

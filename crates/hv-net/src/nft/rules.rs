@@ -10,7 +10,7 @@ use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::expr::{Range, SetItem, CT};
 use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Rule as NfRule, Table};
-use nftables::stmt::{JumpTarget, Match, Operator, Statement};
+use nftables::stmt::{JumpTarget, Mangle, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 
 use super::{Family, TableName};
@@ -26,6 +26,8 @@ pub const PRIO_FILTER: i32 = 0;
 pub const PRIO_BRIDGE_FILTER: i32 = -200;
 /// Priority of the `srcnat` hook slot.
 pub const PRIO_SRCNAT: i32 = 100;
+/// `raw` priority of the IP families: before connection tracking (-200) looks a packet up.
+pub const PRIO_RAW: i32 = -300;
 
 /// Where a base chain hooks in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +232,19 @@ pub fn l4proto(proto: &'static str) -> Statement<'static> {
 pub fn pkttype(kinds: &[&'static str]) -> Statement<'static> {
     let left = Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Pkttype }));
     eq(left, set(kinds.iter().map(|k| text(*k)).collect()))
+}
+
+/// `ct zone set <zone>`: the packet's connection is looked up (and made) in conntrack zone
+/// `zone`, apart from every other zone's. Only before connection tracking ([`PRIO_RAW`]).
+pub fn ct_zone_set(zone: u16) -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key: Expression::Named(NamedExpression::CT(CT {
+            key: Cow::Borrowed("zone"),
+            family: None,
+            dir: None,
+        })),
+        value: num(zone.into()),
+    })
 }
 
 /// `ether type <kind>` (`ip`, `arp`).

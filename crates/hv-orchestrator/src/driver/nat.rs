@@ -12,6 +12,15 @@
 //! Tables of different networks each drop what leaves or enters their bridge, so one
 //! project's network never reaches another's (a drop in any table is final).
 //!
+//! Each tenant network's bridged traffic is tracked in a conntrack zone of its own (chain
+//! `zone`, at raw priority, before conntrack: [`zone_of`]), as Neutron gives each network's
+//! ports theirs: projects may use the same subnet, and without zones a connection of one
+//! network would match a packet of another with the same addresses and ports as
+//! `established`, past the receiver's security groups. Only frames bridged between the
+//! network's ports get the zone: what is addressed to the bridge's own MAC (the gateway, so
+//! what is routed: a router's NAT, a floating IP) stays in zone 0 both ways, where the
+//! other direction of those connections is seen.
+//!
 //! An external network's table lets everything through its bridge (it is the outside).
 //! Floating IPs are one `ip hv_fip` table: DNAT of the floating address to the fixed one in
 //! prerouting, SNAT of the fixed address to the floating one in postrouting (ahead of the
@@ -20,7 +29,9 @@
 
 use std::net::Ipv4Addr;
 
-use hv_net::nft::rules::{self as r, ChainSpec, Rule, TableSpec, PRIO_FILTER, PRIO_SRCNAT};
+use hv_net::nft::rules::{
+    self as r, ChainSpec, Rule, TableSpec, PRIO_FILTER, PRIO_RAW, PRIO_SRCNAT,
+};
 use hv_net::nft::{Family, Nft, TableName};
 use hv_net::{IfName, Ipv4Cidr};
 use nftables::expr::Expression;
@@ -33,19 +44,41 @@ fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Network(e.to_string())
 }
 
-/// The policy table of a tenant network.
+/// The conntrack zone of the network whose bridge has interface index `ifindex`: the index
+/// itself, unique among the namespace's links, folded into 1..=65535 when it is larger (two
+/// networks then may share a zone, as all did without zones).
+pub(crate) fn zone_of(ifindex: u32) -> u16 {
+    u16::try_from(ifindex).ok().filter(|z| *z != 0).unwrap_or((ifindex % 65535 + 1) as u16)
+}
+
+/// The policy table of a tenant network whose bridged traffic is tracked in `zone`.
 pub(crate) fn network_table(
     network: &str,
     bridge: &IfName,
     subnet: Ipv4Cidr,
     nat: bool,
     inbound: &[Ipv4Addr],
+    zone: u16,
 ) -> Result<TableSpec> {
     let name = hv_net::nft::network::table_name(network).map_err(net_err)?;
     let saddr = || r::payload("ip", "saddr");
     let daddr = || r::payload("ip", "daddr");
     let mut forward: Vec<Rule> = vec![vec![r::iifname(bridge), r::oifname(bridge), r::accept()]];
-    let mut chains = vec![];
+    // Under br_netfilter a bridged frame's packet type reads `host` on the IP hooks, so the
+    // host's own traffic is told apart by the bridge's MAC (which hv-net pins).
+    let to_host = r::text(hv_net::network::bridge_mac(network).to_string());
+    let bridged = vec![
+        r::iifname(bridge),
+        r::ne(r::payload("ether", "daddr"), to_host),
+        r::ct_zone_set(zone),
+    ];
+    let mut chains = vec![ChainSpec::base(
+        "zone",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        PRIO_RAW,
+        vec![bridged],
+    )];
     if nat {
         forward.push(vec![r::iifname(bridge), r::eq(saddr(), r::prefix(subnet)), r::accept()]);
         let mut reply = vec![r::oifname(bridge), r::eq(daddr(), r::prefix(subnet))];
@@ -182,6 +215,22 @@ pub(crate) fn set_bridge_hosts(bridge: &str, keep: Ipv4Addr, want: &[Ipv4Addr]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridged_traffic_gets_the_network_s_zone() {
+        let br = IfName::new("hvn1").unwrap();
+        let subnet = "10.0.0.0/24".parse().unwrap();
+        let t = network_table("n1", &br, subnet, false, &[], 7).unwrap();
+        let json = serde_json::to_string(&t.replace()).unwrap();
+        for needle in [
+            r#""hook":"prerouting","prio":-300"#,
+            r#"{"match":{"left":{"payload":{"protocol":"ether","field":"daddr"}},"right":"52:54:00:"#,
+            r#"{"mangle":{"key":{"ct":{"key":"zone"}},"value":7}}"#,
+        ] {
+            assert!(json.contains(needle), "{needle} in {json}");
+        }
+        assert_eq!((zone_of(5), zone_of(65535), zone_of(0), zone_of(65536)), (5, 65535, 1, 2));
+    }
 
     #[test]
     fn floating_snat_spares_the_fixed_address_subnet() {

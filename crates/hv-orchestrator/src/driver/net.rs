@@ -116,7 +116,12 @@ fn set_policy(n: &HostNetwork, bridge: &IfName) -> Result<()> {
     let spec = if n.external {
         super::nat::external_table(&n.name, bridge)?
     } else {
-        super::nat::network_table(&n.name, bridge, n.gateway.network(), n.nat, &n.inbound)?
+        let link = hv_net::netlink::Netlink::new()
+            .and_then(|mut nl| nl.link(bridge.as_str()))
+            .map_err(net_err)?
+            .ok_or_else(|| Error::Network(format!("bridge {bridge} is gone")))?;
+        let zone = super::nat::zone_of(link.index);
+        super::nat::network_table(&n.name, bridge, n.gateway.network(), n.nat, &n.inbound, zone)?
     };
     if n.nat || n.external {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n").map_err(|source| Error::Io {
@@ -160,14 +165,21 @@ pub(crate) fn apply_port(
     ps.apply(&PortSpec { port, mac, ips, rules, bridge }).map_err(net_err)
 }
 
+/// One bound port's security groups as the host applies them: its TAP, MAC, addresses and
+/// rules.
+pub(crate) type PortUpdate = (String, MacAddr, Vec<Ipv4Addr>, Vec<SecurityRule>);
+
 /// Replaces the security-group rules of many ports with installed port security, in one nft
-/// transaction (all or none).
-pub(crate) fn update_ports(updates: Vec<(String, Vec<SecurityRule>)>) -> Result<()> {
-    let ports = updates
+/// transaction (all or none), and cuts the connections the new rules no longer admit.
+pub(crate) fn update_ports(updates: Vec<PortUpdate>) -> Result<()> {
+    let specs = updates
         .into_iter()
-        .map(|(tap, rules)| Ok((IfName::new(&tap).map_err(net_err)?, rules)))
+        .map(|(tap, mac, ips, rules)| {
+            let port = IfName::new(&tap).map_err(net_err)?;
+            Ok(PortSpec { port, mac, ips, rules, bridge: None })
+        })
         .collect::<Result<Vec<_>>>()?;
-    PortSecurity::new(Nft::locate().map_err(net_err)?).update_rules_many(&ports).map_err(net_err)
+    PortSecurity::new(Nft::locate().map_err(net_err)?).update_rules_many(&specs).map_err(net_err)
 }
 
 /// Removes port security from `tap` (no error when there is none).

@@ -143,7 +143,8 @@ impl Cloud {
             if !p.port_security_enabled {
                 continue;
             }
-            updates.push((tap.clone(), self.port_rules_among(p, &ports, &mut groups)?));
+            let rules = self.port_rules_among(p, &ports, &mut groups)?;
+            updates.push((tap.clone(), p.mac(), p.ips(), rules));
         }
         if driver.run(move |_| update_ports(updates)).is_ok() {
             return Ok(());

@@ -23,11 +23,14 @@
 //!      so an allow-all egress rule also lets everything in.
 //!
 //! Rules on a running port are replaced with [`PortSecurity::update_rules`]: both security-group
-//! chains are flushed and refilled in one nft transaction, so no frame sees a half-set policy.
+//! chains are flushed and refilled in one nft transaction, so no frame sees a half-set policy;
+//! then, in the stateful modes, the tracked connections the new rules would not admit are
+//! deleted ([`conns`]), so a removed rule cuts what it let in.
 //! [`PortSecurity::apply`] and [`PortSecurity::remove`] likewise change the port's tables (the
 //! bridge table and, in [`ReplyMode::BrNetfilter`], the `inet` one) in one transaction.
 
 pub mod brnf;
+pub mod conns;
 
 use std::net::Ipv4Addr;
 
@@ -435,12 +438,17 @@ impl PortSecurity {
         for t in &tables {
             t.replace_into(&mut batch);
         }
-        self.nft.apply(&format!("apply port security of {}", spec.port), &batch.to_nftables())
+        self.nft.apply(&format!("apply port security of {}", spec.port), &batch.to_nftables())?;
+        self.forget_unadmitted(&[spec])
     }
 
-    /// Replaces the security-group rules of a port whose tables are installed, atomically.
-    pub fn update_rules(&self, port: &IfName, rules: &[SecurityRule]) -> Result<()> {
-        Self::check(port, rules)?;
+    /// Replaces the security-group rules of a port whose tables are installed with
+    /// `spec.rules`, atomically, then forgets the connections they no longer admit
+    /// ([`forget_unadmitted`](Self::forget_unadmitted)). Only the spec's port, addresses and
+    /// rules are used.
+    pub fn update_rules(&self, spec: &PortSpec) -> Result<()> {
+        let port = &spec.port;
+        Self::check(port, &spec.rules)?;
         let (family, table) = match self.mode {
             ReplyMode::BrNetfilter => (Family::Inet, brnf::table_name(port)),
             _ => (Family::Bridge, table_name(port)),
@@ -449,23 +457,58 @@ impl PortSecurity {
             return Err(Self::invalid(port, "no port security installed on this port"));
         }
         let mut batch = Batch::new();
-        self.push_rule_update(&mut batch, port, rules);
-        self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())
+        self.push_rule_update(&mut batch, port, &spec.rules);
+        self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())?;
+        self.forget_unadmitted(&[spec])
     }
 
     /// [`update_rules`](Self::update_rules) for many installed ports in one nft transaction,
     /// all or none (what a change of a remote group's members needs: one `nft` run, not one
-    /// per port). A port without its tables fails the whole update.
-    pub fn update_rules_many(&self, ports: &[(IfName, Vec<SecurityRule>)]) -> Result<()> {
-        if ports.is_empty() {
+    /// per port), and one pass over the connection table. A port without its tables fails the
+    /// whole update.
+    pub fn update_rules_many(&self, specs: &[PortSpec]) -> Result<()> {
+        if specs.is_empty() {
             return Ok(());
         }
         let mut batch = Batch::new();
-        for (port, rules) in ports {
-            Self::check(port, rules)?;
-            self.push_rule_update(&mut batch, port, rules);
+        for spec in specs {
+            Self::check(&spec.port, &spec.rules)?;
+            self.push_rule_update(&mut batch, &spec.port, &spec.rules);
         }
-        self.nft.apply(&format!("update rules of {} ports", ports.len()), &batch.to_nftables())
+        self.nft.apply(&format!("update rules of {} ports", specs.len()), &batch.to_nftables())?;
+        self.forget_unadmitted(&specs.iter().collect::<Vec<_>>())
+    }
+
+    /// Deletes the tracked connections from or to the ports of `specs` that their rules would
+    /// not let start now ([`conns`]): a removed rule cuts what it let in, as in Neutron.
+    /// Nothing to do with mirrored rules (no connections). A kernel without ctnetlink
+    /// (`nf_conntrack_netlink`) is logged and skipped: the rules still hold for new
+    /// connections.
+    pub fn forget_unadmitted(&self, specs: &[&PortSpec]) -> Result<()> {
+        use crate::netlink::{Conntrack, NetlinkError};
+        if !self.mode.stateful() {
+            return Ok(());
+        }
+        let result = (|| {
+            let mut ct = Conntrack::new()?;
+            let all = ct.list()?;
+            for c in conns::unadmitted(specs, &all) {
+                ct.delete(c)?;
+            }
+            Ok::<_, NetlinkError>(())
+        })();
+        match result {
+            Err(NetlinkError::Request { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EPROTONOSUPPORT)
+                ) =>
+            {
+                log::warn!("no ctnetlink in this kernel: connections of changed ports go on");
+                Ok(())
+            }
+            other => other.map_err(NftError::Conntrack),
+        }
     }
 
     /// Adds to `batch` the flush and refill of `port`'s security-group chains.
