@@ -55,7 +55,10 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
         let server_port = cloud.create_port(&a, &np).unwrap();
         let serve = guest_image(&cloud, &a, "serve", "test=net ip=dhcp serve=0");
         let ping_a = guest_image(&cloud, &a, "ping", "test=net ip=dhcp ping=10.0.0.10 count=3");
-        let ping_b = guest_image(&cloud, &b, "ping", "test=net ip=dhcp ping=10.0.0.10 count=3");
+        // Where no answer may come, each echo waits 3 s rather than 10.
+        let refused = "test=net ip=dhcp ping=10.0.0.10 count=3 wait=3";
+        let ping_a_refused = guest_image(&cloud, &a, "ping-refused", refused);
+        let ping_b = guest_image(&cloud, &b, "ping", refused);
         let server = cloud
             .create_instance(&a, &NewInstance::new("server", &serve, &f.id).port(&server_port.id))
             .unwrap();
@@ -84,7 +87,10 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
         np.security_groups = Some(vec![outsider.id.clone()]);
         let outsider_port = cloud.create_port(&a, &np).unwrap();
         let c3 = cloud
-            .create_instance(&a, &NewInstance::new("c3", &ping_a, &f.id).port(&outsider_port.id))
+            .create_instance(
+                &a,
+                &NewInstance::new("c3", &ping_a_refused, &f.id).port(&outsider_port.id),
+            )
             .unwrap();
         let line = ping_line(&cloud, &a, &c3.id);
         let log = cloud.console_log(&a, &c3.id, None).unwrap();
