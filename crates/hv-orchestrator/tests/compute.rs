@@ -23,7 +23,7 @@ fn status(
 both!(instance_lifecycle_survives_a_restart, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-life");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -86,7 +86,7 @@ both!(instance_lifecycle_survives_a_restart, |db| {
 both!(a_vm_that_ends_on_its_own_is_marked, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-end");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -139,7 +139,7 @@ fn dirty_round_after(
 both!(suspend_saves_the_vm_and_resume_runs_it_on, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-susp");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);

@@ -13,6 +13,7 @@ use hv_orchestrator::network::{
 };
 use hv_orchestrator::{Cloud, Context, Role};
 use hv_test_support::netns::NetNs;
+use std::time::{Duration, Instant};
 
 /// A network with one subnet `cidr` in the caller's project; returns the network id.
 fn network(cloud: &Cloud, ctx: &Context, name: &str, cidr: &str) -> String {
@@ -37,7 +38,7 @@ fn ping_line(cloud: &Cloud, ctx: &Context, id: &str) -> String {
 both!(instances_reach_their_network_and_not_anothers, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-net");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -127,7 +128,7 @@ both!(instances_reach_their_network_and_not_anothers, |db| {
 fn overlapping_subnets_are_tracked_in_zones_of_their_own() {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-zone");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     let db = Db::sqlite();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
@@ -197,7 +198,7 @@ both!(routers_nat_out_and_floating_ips_reach_in, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-fip");
     let outside = NetNs::new("orch-out");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -256,7 +257,16 @@ both!(routers_nat_out_and_floating_ips_reach_in, |db| {
         rule.remote_ip_prefix = Some("0.0.0.0/0".into());
         let r = cloud.add_security_group_rule(&a, &rule).unwrap();
         assert!(outside.ping(&addr, 3), "the floating IP reaches the instance");
+        // A ping running when the rule goes (one connection, through the floating IP's DNAT)
+        // is cut too, not only new ones.
+        let session = outside.ping_session(&addr);
+        assert!(session.wait_for_replies(2, Duration::from_secs(10)), "the session is answered");
         cloud.delete_security_group_rule(&a, &r.id).unwrap();
+        let settled = Instant::now() + Duration::from_millis(500);
+        std::thread::sleep(Duration::from_secs(3));
+        let late = session.replies_after(settled);
+        assert!(late.is_empty(), "the running ping still answered after the rule went: {late:?}");
+        drop(session);
         assert!(!outside.ping(&addr, 2), "the rule's removal takes effect at once");
         cloud.associate_floating_ip(&a, &fip.id, None).unwrap();
         cloud.delete_floating_ip(&a, &fip.id).unwrap();

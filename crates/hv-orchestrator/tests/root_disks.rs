@@ -74,7 +74,7 @@ both!(instances_of_one_image_share_one_base_under_small_overlays, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     hv_test_support::require!(have_qemu_img(), "qemu-img is not installed");
     let ns = NetNs::new("orch-root");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -145,7 +145,7 @@ both!(instances_of_one_image_share_one_base_under_small_overlays, |db| {
 both!(an_instance_on_an_overlay_suspends_and_resumes, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-rootsus");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);

@@ -132,7 +132,7 @@ fn foreign(cloud: &Cloud, other: &Context, m: &Made) {
 both!(every_new_resource_is_invisible_to_other_projects, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-iso");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);
@@ -214,7 +214,7 @@ both!(instance_and_volume_quotas_hold_under_races, |db| {
 });
 
 both!(volume_quotas_hold_under_races, |db| {
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     let mut cfg = hv_orchestrator::Config::new(db.dir().join("images"));
     let mut c = hv_orchestrator::ComputeConfig::new(state.path(), "/nonexistent/hv-vmm");
     c.host_name = "quota-host".into();

@@ -25,7 +25,7 @@ fn volume_size(cloud: &hv_orchestrator::Cloud, t: &Context, id: &str) -> u64 {
 both!(a_volume_keeps_guest_data_across_stop_and_start, |db| {
     hv_test_support::require!(can_run_vms(), "KVM, root, ip and nft are needed");
     let ns = NetNs::new("orch-vol");
-    let state = tempfile::tempdir().unwrap();
+    let state = hv_test_support::state_dir::StateDir::new();
     ns.run(|| {
         let cloud = db.compute_cloud(state.path());
         let admin = admin(&cloud);

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 pub mod netns;
 pub mod postgres;
+pub mod state_dir;
 pub mod virtq;
 
 mod guest;

@@ -131,6 +131,73 @@ impl NetNs {
     }
 }
 
+/// A `ping` running in a namespace, sending an echo every 200 ms with one ICMP id (so one
+/// tracked connection), its answers collected as they come: for checking that a connection
+/// stops being answered when a rule goes ([`NetNs::ping_session`]). The `ping` is killed
+/// when this is dropped.
+pub struct PingSession {
+    child: std::process::Child,
+    replies: std::sync::Arc<std::sync::Mutex<Vec<(u32, std::time::Instant)>>>,
+}
+
+impl PingSession {
+    /// True once `n` echoes have been answered, waiting up to `deadline`.
+    pub fn wait_for_replies(&self, n: usize, deadline: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + deadline;
+        while std::time::Instant::now() < end {
+            if self.replies().len() >= n {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The sequence numbers of the echoes answered so far, each with when its answer came.
+    pub fn replies(&self) -> Vec<(u32, std::time::Instant)> {
+        self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The sequence numbers of the echoes answered after `t`.
+    pub fn replies_after(&self, t: std::time::Instant) -> Vec<u32> {
+        self.replies().into_iter().filter(|(_, at)| *at > t).map(|(seq, _)| seq).collect()
+    }
+}
+
+impl Drop for PingSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NetNs {
+    /// Starts pinging `addr` from the namespace until the session is dropped (at most 10
+    /// minutes): see [`PingSession`].
+    pub fn ping_session(&self, addr: &str) -> PingSession {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ping", "-n", "-i", "0.2", "-w", "600", addr])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run ping in the namespace");
+        let out = BufReader::new(child.stdout.take().expect("ping's stdout"));
+        let replies = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let seen = replies.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let seq = line.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq="));
+                if let Some(n) = seq.and_then(|n| n.parse::<u32>().ok()) {
+                    let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    seen.push((n, std::time::Instant::now()));
+                }
+            }
+        });
+        PingSession { child, replies }
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();

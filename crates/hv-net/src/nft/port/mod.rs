@@ -497,18 +497,17 @@ impl PortSecurity {
             }
             Ok::<_, NetlinkError>(())
         })();
-        match result {
-            Err(NetlinkError::Request { source, .. })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::EPROTONOSUPPORT)
-                ) =>
-            {
-                log::warn!("no ctnetlink in this kernel: connections of changed ports go on");
-                Ok(())
+        let errno = match &result {
+            Err(NetlinkError::Request { source, .. } | NetlinkError::Socket(source)) => {
+                source.raw_os_error()
             }
-            other => other.map_err(NftError::Conntrack),
+            _ => None,
+        };
+        if matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EPROTONOSUPPORT)) {
+            log::warn!("no ctnetlink in this kernel: connections of changed ports go on");
+            return Ok(());
         }
+        result.map_err(NftError::Conntrack)
     }
 
     /// Adds to `batch` the flush and refill of `port`'s security-group chains.
