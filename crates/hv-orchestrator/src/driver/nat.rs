@@ -13,7 +13,7 @@
 //! project's network never reaches another's (a drop in any table is final).
 //!
 //! Each tenant network's bridged traffic is tracked in a conntrack zone of its own (chain
-//! `zone`, at raw priority, before conntrack: [`zone_of`]), as Neutron gives each network's
+//! `zone`, at raw priority, before conntrack: [`hv_net::nft::port::conns::bridge_zone`]), as Neutron gives each network's
 //! ports theirs: projects may use the same subnet, and without zones a connection of one
 //! network would match a packet of another with the same addresses and ports as
 //! `established`, past the receiver's security groups. Only frames bridged between the
@@ -42,13 +42,6 @@ use crate::error::{Error, Result};
 
 fn net_err(e: impl std::fmt::Display) -> Error {
     Error::Network(e.to_string())
-}
-
-/// The conntrack zone of the network whose bridge has interface index `ifindex`: the index
-/// itself, unique among the namespace's links, folded into 1..=65535 when it is larger (two
-/// networks then may share a zone, as all did without zones).
-pub(crate) fn zone_of(ifindex: u32) -> u16 {
-    u16::try_from(ifindex).ok().filter(|z| *z != 0).unwrap_or((ifindex % 65535 + 1) as u16)
 }
 
 /// The policy table of a tenant network whose bridged traffic is tracked in `zone`.
@@ -229,7 +222,6 @@ mod tests {
         ] {
             assert!(json.contains(needle), "{needle} in {json}");
         }
-        assert_eq!((zone_of(5), zone_of(65535), zone_of(0), zone_of(65536)), (5, 65535, 1, 2));
     }
 
     #[test]

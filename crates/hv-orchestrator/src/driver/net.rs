@@ -120,7 +120,7 @@ fn set_policy(n: &HostNetwork, bridge: &IfName) -> Result<()> {
             .and_then(|mut nl| nl.link(bridge.as_str()))
             .map_err(net_err)?
             .ok_or_else(|| Error::Network(format!("bridge {bridge} is gone")))?;
-        let zone = super::nat::zone_of(link.index);
+        let zone = hv_net::nft::port::conns::bridge_zone(link.index);
         super::nat::network_table(&n.name, bridge, n.gateway.network(), n.nat, &n.inbound, zone)?
     };
     if n.nat || n.external {
@@ -165,18 +165,20 @@ pub(crate) fn apply_port(
     ps.apply(&PortSpec { port, mac, ips, rules, bridge }).map_err(net_err)
 }
 
-/// One bound port's security groups as the host applies them: its TAP, MAC, addresses and
-/// rules.
-pub(crate) type PortUpdate = (String, MacAddr, Vec<Ipv4Addr>, Vec<SecurityRule>);
+/// One bound port's security groups as the host applies them: its TAP, its network's host
+/// name, MAC, addresses and rules.
+pub(crate) type PortUpdate = (String, String, MacAddr, Vec<Ipv4Addr>, Vec<SecurityRule>);
 
 /// Replaces the security-group rules of many ports with installed port security, in one nft
-/// transaction (all or none), and cuts the connections the new rules no longer admit.
-pub(crate) fn update_ports(updates: Vec<PortUpdate>) -> Result<()> {
+/// transaction (all or none), and cuts the connections the new rules no longer admit (each
+/// port's in its network's zone).
+pub(crate) fn update_ports(mgr: &NetworkManager, updates: Vec<PortUpdate>) -> Result<()> {
     let specs = updates
         .into_iter()
-        .map(|(tap, mac, ips, rules)| {
+        .map(|(tap, network, mac, ips, rules)| {
             let port = IfName::new(&tap).map_err(net_err)?;
-            Ok(PortSpec { port, mac, ips, rules, bridge: None })
+            let bridge = mgr.get(&network).ok().map(|def| def.bridge);
+            Ok(PortSpec { port, mac, ips, rules, bridge })
         })
         .collect::<Result<Vec<_>>>()?;
     PortSecurity::new(Nft::locate().map_err(net_err)?).update_rules_many(&specs).map_err(net_err)

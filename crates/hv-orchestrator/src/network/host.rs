@@ -137,6 +137,7 @@ impl Cloud {
         // per-port work here would make n servers cost n^2).
         let ports = list::<Port>(self.store(), Some(project_id), None)?;
         let mut groups = HashMap::new();
+        let mut networks: HashMap<String, String> = HashMap::new();
         let mut updates = vec![];
         for (p, _) in &ports {
             let Some(tap) = &p.binding_tap else { continue };
@@ -144,9 +145,24 @@ impl Cloud {
                 continue;
             }
             let rules = self.port_rules_among(p, &ports, &mut groups)?;
-            updates.push((tap.clone(), p.mac(), p.ips(), rules));
+            if !networks.contains_key(&p.network_id) {
+                // A network gone meanwhile: no bridge to find its zone by (every zone then).
+                let net = load::<Network>(self.store(), &p.network_id)?;
+                networks.insert(
+                    p.network_id.clone(),
+                    net.map(|(n, _)| n.host_name).unwrap_or_default(),
+                );
+            }
+            let network = networks[&p.network_id].clone();
+            updates.push((tap.clone(), network, p.mac(), p.ips(), rules));
         }
-        if driver.run(move |_| update_ports(updates)).is_ok() {
+        let dir = driver.state_dir().to_path_buf();
+        let updated = driver.run(move |_| {
+            let mgr =
+                NetworkManager::open(&dir).map_err(|e| crate::Error::Network(e.to_string()))?;
+            update_ports(&mgr, updates)
+        });
+        if updated.is_ok() {
             return Ok(());
         }
         // A port without its tables (or any other failure of the batch): each port whole.

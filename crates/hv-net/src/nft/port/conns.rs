@@ -7,6 +7,11 @@
 //! to one of the port's addresses is judged again as if it were starting now, by the port's
 //! rules of that direction, and deleted from the table when they would refuse it. Its next
 //! packet is then a new connection, judged by the rules like any other.
+//!
+//! Where a network's bridged traffic is tracked in a conntrack zone of its own
+//! ([`bridge_zone`], as hv-orchestrator's tenant networks are), only connections in that zone
+//! or the default one (what the host routes or sends) are a port's: another network may use
+//! the same addresses.
 
 use std::net::Ipv4Addr;
 
@@ -68,10 +73,26 @@ pub fn admitted(spec: &PortSpec, c: &Connection) -> Option<bool> {
     Some(egress && ingress)
 }
 
-/// The connections among `conns` that pass through a port of `specs` whose rules would not
-/// let them start now.
-pub fn unadmitted<'a>(specs: &[&PortSpec], conns: &'a [Connection]) -> Vec<&'a Connection> {
-    conns.iter().filter(|c| specs.iter().any(|s| admitted(s, c) == Some(false))).collect()
+/// The conntrack zone hv gives the bridged traffic of the bridge with interface index
+/// `ifindex`: the index itself, unique among the namespace's links, folded into 1..=65535
+/// when it is larger (two bridges may then share a zone, as all did without zones).
+pub fn bridge_zone(ifindex: u32) -> u16 {
+    u16::try_from(ifindex).ok().filter(|z| *z != 0).unwrap_or((ifindex % 65535 + 1) as u16)
+}
+
+/// The connections among `conns` that pass through a port of `ports` whose rules would not
+/// let them start now. With a zone (the port's network's), only connections in that zone or
+/// zone 0 are the port's.
+pub fn unadmitted<'a>(
+    ports: &[(&PortSpec, Option<u16>)],
+    conns: &'a [Connection],
+) -> Vec<&'a Connection> {
+    let theirs =
+        |c: &Connection, zone: Option<u16>| zone.is_none_or(|z| c.zone == 0 || c.zone == z);
+    conns
+        .iter()
+        .filter(|c| ports.iter().any(|(s, z)| theirs(c, *z) && admitted(s, c) == Some(false)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,9 +139,17 @@ mod tests {
         assert_eq!(admitted(&s, &out_web), Some(true));
         assert_eq!(admitted(&s, &out_elsewhere), Some(false));
         assert_eq!(admitted(&s, &others), None);
-        let all = [to_ssh, to_web, out_web, out_elsewhere, others];
-        let gone = unadmitted(&[&s], &all);
-        assert_eq!(gone, vec![&all[1], &all[3]]);
+        let mut elsewhere = to_web.clone();
+        elsewhere.zone = 9;
+        let all = [to_ssh, to_web, out_web, out_elsewhere, others, elsewhere];
+        let gone = unadmitted(&[(&s, None)], &all);
+        assert_eq!(gone, vec![&all[1], &all[3], &all[5]], "without a zone: every zone");
+        let gone = unadmitted(&[(&s, Some(4))], &all);
+        assert_eq!(gone, vec![&all[1], &all[3]], "zone 4's port: not zone 9's connection");
+        assert_eq!(
+            (bridge_zone(5), bridge_zone(65535), bridge_zone(0), bridge_zone(65536)),
+            (5, 65535, 1, 2)
+        );
     }
 
     #[test]

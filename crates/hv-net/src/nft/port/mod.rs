@@ -480,7 +480,8 @@ impl PortSecurity {
     }
 
     /// Deletes the tracked connections from or to the ports of `specs` that their rules would
-    /// not let start now ([`conns`]): a removed rule cuts what it let in, as in Neutron.
+    /// not let start now ([`conns`]): a removed rule cuts what it let in, as in Neutron. A
+    /// spec's `bridge` limits its connections to its network's zone and zone 0.
     /// Nothing to do with mirrored rules (no connections). A kernel without ctnetlink
     /// (`nf_conntrack_netlink`) is logged and skipped: the rules still hold for new
     /// connections.
@@ -490,9 +491,19 @@ impl PortSecurity {
             return Ok(());
         }
         let result = (|| {
+            // Each port's network zone, from its bridge (none known: every zone).
+            let mut nl = crate::netlink::Netlink::new()?;
+            let mut ports = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let link = match &spec.bridge {
+                    Some(bridge) => nl.link(bridge.as_str())?,
+                    None => None,
+                };
+                ports.push((*spec, link.map(|l| conns::bridge_zone(l.index))));
+            }
             let mut ct = Conntrack::new()?;
             let all = ct.list()?;
-            for c in conns::unadmitted(specs, &all) {
+            for c in conns::unadmitted(&ports, &all) {
                 ct.delete(c)?;
             }
             Ok::<_, NetlinkError>(())
