@@ -15,7 +15,6 @@
 //! would stop at /init here. On a hardware-KVM host the same calls boot Linux images.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +62,8 @@ struct Summary {
     ping: String,
     volume: String,
     floating: String,
+    /// Whether the story held: the ping answered, the data kept, the floating IP reached.
+    held: bool,
 }
 
 fn tenant_story(
@@ -103,15 +104,16 @@ fn tenant_story(
     while cloud.get_instance(ctx, &c.id)?.status == InstanceStatus::Active {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let path = cloud.volume_path(ctx, &vol.id)?;
+    // The volume is a logical volume (extents of the volume group's PVs, no file of its own):
+    // read it through the volume pool.
     let mut first = vec![0u8; 4096];
-    std::fs::File::open(&path)?.read_exact(&mut first)?;
+    cloud.open_volume(ctx, &vol.id)?.read_at(&mut first, 0)?;
     cloud.instance_action(ctx, &c.id, InstanceAction::Start)?;
     while cloud.get_instance(ctx, &c.id)?.status == InstanceStatus::Active {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut again = vec![0u8; 4096];
-    std::fs::File::open(&path)?.read_exact(&mut again)?;
+    cloud.open_volume(ctx, &vol.id)?.read_at(&mut again, 0)?;
     let kept = first == again && first.iter().any(|b| *b != 0);
 
     // A floating IP for the server, and a rule that lets ICMP in from anywhere.
@@ -134,7 +136,9 @@ fn tenant_story(
             (i.name, i.status.as_str().to_string(), ips.join(","))
         })
         .collect();
+    let held = ping_line.contains(" ok ") && kept && reached;
     Ok(Summary {
+        held,
         project: ctx.project_name().into(),
         instances,
         ping: ping_line.trim_start_matches("hvtest: ").into(),
@@ -200,6 +204,7 @@ fn main() -> R<()> {
         }
         Ok(out)
     })?;
+    let held = summaries.iter().all(|s| s.held);
     for s in summaries {
         println!("project {}", s.project);
         for (name, status, ips) in &s.instances {
@@ -210,5 +215,8 @@ fn main() -> R<()> {
         println!("  floating IP {}", s.floating);
     }
     println!("(instances run hv's test guest: on this PVM host Linux guests stop at /init)");
+    if !held {
+        return Err("the story did not hold (see above)".into());
+    }
     Ok(())
 }
