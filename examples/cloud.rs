@@ -183,26 +183,31 @@ fn main() -> R<()> {
         outside.exec_ok(&["ip", "addr", "add", "203.0.113.100/24", "dev", "vout"]);
         outside.exec_ok(&["ip", "link", "set", "vout", "up"]);
 
-        let mut out = vec![];
-        for (n, name) in [(1u8, "alpha"), (2u8, "beta")] {
-            let p = cloud.create_project(&admin, name, "")?;
-            let u = cloud.create_user(
-                &admin,
-                &NewUser {
-                    name: format!("{name}-user"),
-                    password: "pw".into(),
-                    default_project_id: Some(p.id.clone()),
-                },
-            )?;
-            cloud.grant_role(&admin, &p.id, &u.id, Role::Member)?;
-            let t = cloud.authenticate(&PasswordAuth::by_name(&u.name, "pw", name))?;
-            let ctx = cloud.validate(&t.secret)?;
-            out.push(tenant_story(&cloud, &ctx, &flavor.id, &ext.id, &outside, n)?);
-        }
+        let stories = (|| -> R<Vec<Summary>> {
+            let mut out = vec![];
+            for (n, name) in [(1u8, "alpha"), (2u8, "beta")] {
+                let p = cloud.create_project(&admin, name, "")?;
+                let u = cloud.create_user(
+                    &admin,
+                    &NewUser {
+                        name: format!("{name}-user"),
+                        password: "pw".into(),
+                        default_project_id: Some(p.id.clone()),
+                    },
+                )?;
+                cloud.grant_role(&admin, &p.id, &u.id, Role::Member)?;
+                let t = cloud.authenticate(&PasswordAuth::by_name(&u.name, "pw", name))?;
+                let ctx = cloud.validate(&t.secret)?;
+                out.push(tenant_story(&cloud, &ctx, &flavor.id, &ext.id, &outside, n)?);
+            }
+            Ok(out)
+        })();
+        // Whether the stories ran to the end or not, no guest outlives the example (VMMs
+        // outlive their manager by design).
         for i in cloud.list_instances(&admin)? {
             cloud.delete_instance(&admin, &i.id)?;
         }
-        Ok(out)
+        stories
     })?;
     let held = summaries.iter().all(|s| s.held);
     for s in summaries {
