@@ -313,6 +313,8 @@ fn a_removed_rule_cuts_the_connection_it_let_in() {
         std::thread::sleep(Duration::from_secs(3));
         let late = ping.replies_after(settled);
         assert!(late.is_empty(), "echoes still answered after the rule went: {late:?}");
+        let now = with(&spec, &[any_out]);
+        assert_eq!(ps.forget_unadmitted(&[&now]).unwrap(), 0, "nothing is left to forget");
         drop(ping);
         assert!(!ct.list().unwrap().iter().any(ours), "no tracked connection is left");
         assert!(!neighbour.ping("10.74.0.10", 1), "a new ping is refused too");

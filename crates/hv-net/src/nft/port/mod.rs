@@ -425,7 +425,10 @@ impl PortSecurity {
     /// Installs (or replaces) the port's tables, in one transaction. In
     /// [`ReplyMode::BrNetfilter`] this first sets `net.bridge.bridge-nf-call-iptables=1` in
     /// the caller's network namespace, so that bridged IPv4 meets the `inet` table's hooks; in
-    /// the other modes a port `inet` table left from that mode goes.
+    /// the other modes a port `inet` table left from that mode goes. Then the connections the
+    /// rules do not admit are forgotten ([`forget_unadmitted`](Self::forget_unadmitted)): a
+    /// re-applied port may have lost rules, and a new one may have an address whose last
+    /// owner's connections are still tracked.
     pub fn apply(&self, spec: &PortSpec) -> Result<()> {
         let tables = self.tables_for(spec)?;
         if self.mode == ReplyMode::BrNetfilter {
@@ -439,13 +442,14 @@ impl PortSecurity {
             t.replace_into(&mut batch);
         }
         self.nft.apply(&format!("apply port security of {}", spec.port), &batch.to_nftables())?;
-        self.forget_unadmitted(&[spec])
+        self.forget_after_change(&[spec]);
+        Ok(())
     }
 
     /// Replaces the security-group rules of a port whose tables are installed with
     /// `spec.rules`, atomically, then forgets the connections they no longer admit
-    /// ([`forget_unadmitted`](Self::forget_unadmitted)). Only the spec's port, addresses and
-    /// rules are used.
+    /// ([`forget_unadmitted`](Self::forget_unadmitted), its failure logged). Only the spec's
+    /// port, addresses, rules and bridge are used.
     pub fn update_rules(&self, spec: &PortSpec) -> Result<()> {
         let port = &spec.port;
         Self::check(port, &spec.rules)?;
@@ -459,7 +463,8 @@ impl PortSecurity {
         let mut batch = Batch::new();
         self.push_rule_update(&mut batch, port, &spec.rules);
         self.nft.apply(&format!("update rules of {family} {table}"), &batch.to_nftables())?;
-        self.forget_unadmitted(&[spec])
+        self.forget_after_change(&[spec]);
+        Ok(())
     }
 
     /// [`update_rules`](Self::update_rules) for many installed ports in one nft transaction,
@@ -476,21 +481,25 @@ impl PortSecurity {
             self.push_rule_update(&mut batch, &spec.port, &spec.rules);
         }
         self.nft.apply(&format!("update rules of {} ports", specs.len()), &batch.to_nftables())?;
-        self.forget_unadmitted(&specs.iter().collect::<Vec<_>>())
+        self.forget_after_change(&specs.iter().collect::<Vec<_>>());
+        Ok(())
     }
 
     /// Deletes the tracked connections from or to the ports of `specs` that their rules would
     /// not let start now ([`conns`]): a removed rule cuts what it let in, as in Neutron. A
-    /// spec's `bridge` limits its connections to its network's zone and zone 0.
-    /// Nothing to do with mirrored rules (no connections). A kernel without ctnetlink
-    /// (`nf_conntrack_netlink`) is logged and skipped: the rules still hold for new
-    /// connections.
-    pub fn forget_unadmitted(&self, specs: &[&PortSpec]) -> Result<()> {
+    /// spec's `bridge` limits its connections to its network's zone and zone 0. Returns how
+    /// many were deleted; nothing to do with mirrored rules (no connections).
+    ///
+    /// [`apply`](Self::apply) and the rule updates call this after the new rules are in and
+    /// only log its failure, as Neutron does: the rules already hold for every new
+    /// connection, and a connection table this code cannot read (a kernel without
+    /// `nf_conntrack_netlink`, an entry it cannot parse) must not fail the rules themselves.
+    pub fn forget_unadmitted(&self, specs: &[&PortSpec]) -> Result<usize> {
         use crate::netlink::{Conntrack, NetlinkError};
         if !self.mode.stateful() {
-            return Ok(());
+            return Ok(0);
         }
-        let result = (|| {
+        let forget = || {
             // Each port's network zone, from its bridge (none known: every zone).
             let mut nl = crate::netlink::Netlink::new()?;
             let mut ports = Vec::with_capacity(specs.len());
@@ -503,22 +512,21 @@ impl PortSecurity {
             }
             let mut ct = Conntrack::new()?;
             let all = ct.list()?;
+            let mut deleted = 0;
             for c in conns::unadmitted(&ports, &all) {
-                ct.delete(c)?;
+                deleted += usize::from(ct.delete(c)?);
             }
-            Ok::<_, NetlinkError>(())
-        })();
-        let errno = match &result {
-            Err(NetlinkError::Request { source, .. } | NetlinkError::Socket(source)) => {
-                source.raw_os_error()
-            }
-            _ => None,
+            Ok::<_, NetlinkError>(deleted)
         };
-        if matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EPROTONOSUPPORT)) {
-            log::warn!("no ctnetlink in this kernel: connections of changed ports go on");
-            return Ok(());
+        forget().map_err(NftError::Conntrack)
+    }
+
+    /// [`forget_unadmitted`](Self::forget_unadmitted) after a change of rules, its failure
+    /// logged.
+    fn forget_after_change(&self, specs: &[&PortSpec]) {
+        if let Err(e) = self.forget_unadmitted(specs) {
+            log::warn!("rules changed, but their established connections go on: {e}");
         }
-        result.map_err(NftError::Conntrack)
     }
 
     /// Adds to `batch` the flush and refill of `port`'s security-group chains.
