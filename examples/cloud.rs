@@ -36,8 +36,7 @@ fn wait_console(cloud: &Cloud, ctx: &Context, id: &str, what: &str) -> R<String>
     while Instant::now() < deadline {
         let log = cloud.console_log(ctx, id, None)?;
         // Only whole lines: the console may be read half-way through one.
-        let mut whole = log.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n'));
-        if let Some(l) = whole.find(|l| l.contains(what)) {
+        if let Some(l) = hv_test_support::whole_lines(&log).lines().find(|l| l.contains(what)) {
             return Ok(l.trim_end().to_string());
         }
         std::thread::sleep(Duration::from_millis(100));

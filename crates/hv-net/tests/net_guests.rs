@@ -92,8 +92,7 @@ impl Guest {
         let deadline = Instant::now() + LINE_TIMEOUT;
         loop {
             let text = self.console.text();
-            // Whole lines only: the last one may still be arriving.
-            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let complete = hv_test_support::whole_lines(&text);
             if let Some(l) = hvtest_lines(complete).into_iter().find(|l| l.starts_with(prefix)) {
                 return l.to_string();
             }

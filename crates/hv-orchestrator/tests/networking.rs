@@ -27,10 +27,8 @@ fn network(cloud: &Cloud, ctx: &Context, name: &str, cidr: &str) -> String {
 fn ping_line(cloud: &Cloud, ctx: &Context, id: &str) -> String {
     wait_for(90, || {
         let log = cloud.console_log(ctx, id, None).unwrap();
-        log.split_inclusive('\n')
-            .filter_map(|l| l.strip_suffix('\n'))
-            .find(|l| l.contains("hvtest: net ping "))
-            .map(|l| l.trim_end().to_string())
+        let whole = hv_test_support::whole_lines(&log);
+        whole.lines().find(|l| l.contains("hvtest: net ping ")).map(|l| l.trim_end().to_string())
     })
     .unwrap_or_else(|| panic!("no ping result: {}", cloud.console_log(ctx, id, None).unwrap()))
 }

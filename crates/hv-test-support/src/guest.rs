@@ -92,6 +92,12 @@ fn build_test_guest() -> PathBuf {
     elf
 }
 
+/// The whole lines of a serial transcript read while the guest may still be writing: the text
+/// up to and including its last newline (the last line may still be arriving).
+pub fn whole_lines(serial: &str) -> &str {
+    &serial[..serial.rfind('\n').map_or(0, |i| i + 1)]
+}
+
 /// The test guest's lines in a serial transcript, without the `hvtest: ` prefix (other output,
 /// such as a VMM's or firmware's, is skipped; `\r` is ignored).
 pub fn hvtest_lines(serial: &str) -> Vec<&str> {
@@ -142,6 +148,13 @@ pub fn blk_pattern(seed: u64, sector: u64, count: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_still_arriving_is_left_out() {
+        assert_eq!(whole_lines("hvtest: net lease\nhvtest: net ping 10.0."), "hvtest: net lease\n");
+        assert_eq!(whole_lines("a\r\nb\n"), "a\r\nb\n");
+        assert_eq!(whole_lines("half"), "");
+    }
 
     #[test]
     fn dirty_transcripts_are_checked() {

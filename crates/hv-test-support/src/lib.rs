@@ -29,7 +29,8 @@ pub mod virtq;
 mod guest;
 
 pub use guest::{
-    blk_pattern, check_dirty_transcript, dirty_rounds, hvtest_lines, test_guest, HVTEST_PREFIX,
+    blk_pattern, check_dirty_transcript, dirty_rounds, hvtest_lines, test_guest, whole_lines,
+    HVTEST_PREFIX,
 };
 
 /// True when running under CI (`CI=true`): missing prerequisites are failures there.

@@ -173,11 +173,16 @@ pub(crate) type PortUpdate = (String, String, MacAddr, Vec<Ipv4Addr>, Vec<Securi
 /// transaction (all or none), and cuts the connections the new rules no longer admit (each
 /// port's in its network's zone).
 pub(crate) fn update_ports(mgr: &NetworkManager, updates: Vec<PortUpdate>) -> Result<()> {
+    // Each network's definition read once, however many of its ports change.
+    let mut bridges = HashMap::new();
     let specs = updates
         .into_iter()
         .map(|(tap, network, mac, ips, rules)| {
             let port = IfName::new(&tap).map_err(net_err)?;
-            let bridge = mgr.get(&network).ok().map(|def| def.bridge);
+            let bridge = bridges
+                .entry(network)
+                .or_insert_with_key(|n| mgr.get(n).ok().map(|def| def.bridge))
+                .clone();
             Ok(PortSpec { port, mac, ips, rules, bridge })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -500,16 +500,22 @@ impl PortSecurity {
             return Ok(0);
         }
         let forget = || {
-            // Each port's network zone, from its bridge (none known: every zone).
-            let mut nl = crate::netlink::Netlink::new()?;
-            let mut ports = Vec::with_capacity(specs.len());
-            for spec in specs {
-                let link = match &spec.bridge {
-                    Some(bridge) => nl.link(bridge.as_str())?,
-                    None => None,
-                };
-                ports.push((*spec, link.map(|l| conns::bridge_zone(l.index))));
+            // Each port's network zone, from its bridge (none known: every zone), each bridge
+            // looked up once.
+            let mut zones: std::collections::HashMap<&IfName, Option<u16>> = Default::default();
+            let mut nl = None;
+            for bridge in specs.iter().filter_map(|s| s.bridge.as_ref()) {
+                if !zones.contains_key(bridge) {
+                    let nl = match &mut nl {
+                        Some(nl) => nl,
+                        None => nl.insert(crate::netlink::Netlink::new()?),
+                    };
+                    let link = nl.link(bridge.as_str())?;
+                    zones.insert(bridge, link.map(|l| conns::bridge_zone(l.index)));
+                }
             }
+            let ports: Vec<_> =
+                specs.iter().map(|s| (*s, s.bridge.as_ref().and_then(|b| zones[b]))).collect();
             let mut ct = Conntrack::new()?;
             let all = ct.list()?;
             let mut deleted = 0;
